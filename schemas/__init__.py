@@ -1,0 +1,1 @@
+"""The wire contract: event envelope and types, the event-id codec, JSON Schemas."""

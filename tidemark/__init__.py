@@ -1,0 +1,1 @@
+"""Tidemark's composition root: the ``tidemark`` command line."""

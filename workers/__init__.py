@@ -1,0 +1,2 @@
+"""Producers of stream events: the job consumer, generators, the transactional writer,
+and the publisher SDK for backend services."""

@@ -1,0 +1,120 @@
+"""Factories of the Kafka clients Tidemark uses, and a bounded start with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from eventlog.errors import KafkaUnavailable
+from eventlog.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _common(kafka: KafkaSettings, role: str) -> dict[str, Any]:
+    if not kafka.bootstrap:
+        raise KafkaUnavailable("TIDEMARK_KAFKA_BOOTSTRAP is not set")
+    return {
+        "bootstrap_servers": kafka.bootstrap,
+        "client_id": f"{kafka.client_id}-{role}",
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "metadata_max_age_ms": 30_000,
+        "retry_backoff_ms": 100,
+    }
+
+
+def make_producer(kafka: KafkaSettings, *, role: str, transactional_id: str | None = None,
+                  linger_ms: int = 2) -> AIOKafkaProducer:
+    """An idempotent producer (transactional when ``transactional_id`` is given)."""
+    return AIOKafkaProducer(
+        **_common(kafka, role),
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+    )
+
+
+def make_consumer(kafka: KafkaSettings, *, role: str, group_id: str | None = None,
+                  **extra: Any) -> AIOKafkaConsumer:
+    """A read_committed consumer; without ``group_id`` it is for manual assignment."""
+    return AIOKafkaConsumer(
+        **_common(kafka, role),
+        group_id=group_id,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **extra,
+    )
+
+
+def make_admin(kafka: KafkaSettings, *, role: str) -> AIOKafkaAdminClient:
+    common = _common(kafka, role)
+    del common["metadata_max_age_ms"], common["retry_backoff_ms"]
+    return AIOKafkaAdminClient(**common)
+
+
+async def retry_until(deadline_s: float, what: str,
+                      attempt: Callable[[], Awaitable[T]]) -> T:
+    """Call ``attempt`` until it succeeds or ``deadline_s`` passes.
+
+    Backoff is exponential with full jitter, from 0.1 s up to 2 s between tries.
+    Only Kafka errors and OS errors are retried; the last one is re-raised wrapped
+    in :class:`KafkaUnavailable`.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return await attempt()
+        except (KafkaError, OSError) as exc:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                raise KafkaUnavailable(f"{what}: Kafka unreachable for {deadline_s:.0f}s") from exc
+            log.warning("%s failed (%s); retrying", what, exc)
+            await asyncio.sleep(min(remaining, random.uniform(0, delay)))  # noqa: S311
+            delay = min(delay * 2, 2.0)
+
+
+C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+
+async def started(factory: Callable[[], C], kafka: KafkaSettings, what: str) -> C:
+    """Create and start an aiokafka client, retrying while Kafka is not reachable yet.
+
+    Each try uses a fresh client; a client whose start failed is closed.
+    """
+
+    async def attempt() -> C:
+        client = factory()
+        try:
+            await client.start()
+        except BaseException:
+            await _close_quietly(client)
+            raise
+        return client
+
+    return await retry_until(kafka.connect_timeout_s, what, attempt)
+
+
+async def _close_quietly(client: Any) -> None:
+    try:
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+    except (KafkaError, OSError) as exc:
+        log.debug("closing a client that failed to start: %s", exc)
+
+
+async def stop_client(client: Any) -> None:
+    """Stop or close an aiokafka client, logging instead of raising Kafka errors."""
+    await _close_quietly(client)

@@ -1,0 +1,182 @@
+"""The stream index: a compacted topic, key = stream id, value = the stream's record.
+
+Writers put whole snapshots (last writer wins, per key, in partition order). A
+reader tails the whole topic into memory; a lookup that misses first waits for the
+reader to catch up with the topic's end, so a stream created through one gateway is
+found through any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from eventlog.clients import make_consumer, started, stop_client
+from eventlog.settings import KafkaSettings
+from eventlog.topics import STREAMS_TOPIC
+
+log = logging.getLogger(__name__)
+
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+TERMINAL_STATUSES: Final = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamInfo:
+    """What the index knows of one stream."""
+
+    stream_id: str
+    namespace: str
+    topic: str
+    partition: int
+    first_offset: int
+    generator: str
+    status: str
+    created_at: int
+    updated_at: int
+    last_seq: int = 0
+    terminal_offset: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def evolve(self, **changes: Any) -> StreamInfo:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> StreamInfo:
+        obj = orjson.loads(raw)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in names})
+
+
+async def put(producer: AIOKafkaProducer, info: StreamInfo) -> None:
+    """Write a snapshot and wait for it to be acknowledged (or, in a transaction, sent)."""
+    await (await producer.send(STREAMS_TOPIC, info.to_json(), key=info.stream_id.encode()))
+
+
+async def enqueue(producer: AIOKafkaProducer, info: StreamInfo) -> asyncio.Future[Any]:
+    """Queue a snapshot on the producer (in its open transaction, if any)."""
+    fut: asyncio.Future[Any] = await producer.send(
+        STREAMS_TOPIC, info.to_json(), key=info.stream_id.encode())
+    return fut
+
+
+class StreamIndex:
+    """An in-memory view of the index topic, kept current by :meth:`run`."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self._streams: dict[str, StreamInfo] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tps: list[TopicPartition] = []
+        self._progress = asyncio.Condition()
+        self._loaded = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @property
+    def loaded(self) -> bool:
+        """True once everything the topic held at start has been read."""
+        return self._loaded.is_set()
+
+    async def start(self) -> None:
+        self._consumer = await started(
+            lambda: make_consumer(self._kafka, role="index"), self._kafka, "index start")
+        partitions = self._consumer.partitions_for_topic(STREAMS_TOPIC)
+        if not partitions:
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(STREAMS_TOPIC) or set()
+        self._tps = [TopicPartition(STREAMS_TOPIC, p) for p in sorted(partitions)]
+        self._consumer.assign(self._tps)
+        await self._consumer.seek_to_beginning(*self._tps)
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await stop_client(self._consumer)
+            self._consumer = None
+
+    async def run(self) -> None:
+        """Apply index records as they arrive; runs until cancelled."""
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        initial = asyncio.create_task(self._mark_loaded())
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+                for records in batches.values():
+                    for rec in records:
+                        self._apply(rec.key, rec.value)
+                async with self._progress:
+                    self._progress.notify_all()
+        finally:
+            initial.cancel()
+
+    async def _mark_loaded(self) -> None:
+        await self.sync(timeout=None)
+        self._loaded.set()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        stream_id = key.decode("utf-8", "replace")
+        if value is None:
+            self._streams.pop(stream_id, None)
+            return
+        try:
+            self._streams[stream_id] = StreamInfo.from_json(value)
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            log.warning("unreadable index record for stream %s: %s", stream_id, exc)
+
+    def get(self, stream_id: str) -> StreamInfo | None:
+        return self._streams.get(stream_id)
+
+    async def sync(self, *, timeout: float | None) -> bool:
+        """Wait until every index record written before this call has been applied."""
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        ends = await consumer.end_offsets(self._tps)
+
+        async def caught_up() -> bool:
+            for tp, end in ends.items():
+                if await consumer.position(tp) < end:
+                    return False
+            return True
+
+        async def wait() -> None:
+            async with self._progress:
+                while not await caught_up():
+                    await self._progress.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def lookup(self, stream_id: str, *, timeout: float) -> StreamInfo | None:
+        """The stream's record; on a miss, wait (up to ``timeout``) for the index to catch up."""
+        info = self._streams.get(stream_id)
+        if info is None and await self.sync(timeout=timeout):
+            info = self._streams.get(stream_id)
+        return info
+
+    async def refresh(self, stream_id: str, *, timeout: float) -> StreamInfo | None:
+        """The stream's record after catching up with every write made before this call."""
+        await self.sync(timeout=timeout)
+        return self._streams.get(stream_id)

@@ -1,0 +1,39 @@
+"""The log record as Tidemark reads it: a position, a key, and the routing headers."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from schemas.events import HEADER_SEQ, HEADER_TYPE
+
+
+class LogRecord(NamedTuple):
+    """One record of a stream's log, with ``type`` and ``seq`` from its headers."""
+
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    type: str
+    seq: int
+    timestamp: int
+
+    @classmethod
+    def from_consumer(cls, record: Any) -> LogRecord | None:
+        """Convert an aiokafka ConsumerRecord; None for records Tidemark did not write."""
+        if record.key is None or record.value is None:
+            return None
+        kind = ""
+        seq = -1
+        for name, raw in record.headers:
+            if name == HEADER_TYPE:
+                kind = raw.decode("ascii", "replace")
+            elif name == HEADER_SEQ:
+                try:
+                    seq = int(raw)
+                except ValueError:
+                    return None
+        if not kind or seq < 0:
+            return None
+        return cls(record.partition, record.offset, record.key, record.value, kind, seq,
+                   record.timestamp)

@@ -1,0 +1,148 @@
+"""Typed settings, read once from ``TIDEMARK_*`` environment variables.
+
+Each field names its variable in ``metadata["env"]``; :func:`load_settings` is the
+only code that reads the environment, and it reports names it does not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from eventlog.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "TIDEMARK_"
+NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def _env(name: str, default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"env": PREFIX + name, "help": help_text})
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    bootstrap: str = _env("KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers, host:port[,host:port]")
+    client_id: str = _env("KAFKA_CLIENT_ID", "tidemark", "client.id prefix of every Kafka client")
+    request_timeout_ms: int = _env("KAFKA_REQUEST_TIMEOUT_MS", 15_000, "Kafka request timeout")
+    connect_timeout_s: float = _env(
+        "KAFKA_CONNECT_TIMEOUT", 60.0, "how long a process waits for Kafka at start")
+    jars_dir: Path = _env(  # noqa: RUF009 (Path is immutable)
+        "KAFKA_JARS", Path(".cache/kafka/libs"), "where `make setup` put the broker's jars")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    namespace: str = _env("NAMESPACE", "default", "the namespace (tenant) this process serves")
+    partitions: int = _env("PARTITIONS", 12, "partitions of new events/jobs/index topics")
+    replication_factor: int = _env("REPLICATION_FACTOR", 1, "replication factor of new topics")
+    retention_ms: int = _env("RETENTION_MS", 86_400_000, "retention of the events topic")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    host: str = _env("HOST", "127.0.0.1", "gateway listen address")
+    port: int = _env("PORT", 8080, "gateway listen port (0: any free port)")
+    heartbeat_s: float = _env("HEARTBEAT_SECONDS", 15.0, "interval of `: ping` comments")
+    retry_ms: int = _env("SSE_RETRY_MS", 2_000, "the `retry:` reconnect delay sent to clients")
+    tail_bytes: int = _env(
+        "TAIL_BYTES", 8 * 1024 * 1024, "bytes of recent events kept in memory per partition")
+    client_buffer_bytes: int = _env(
+        "CLIENT_BUFFER_BYTES", 1024 * 1024, "pending bytes per client before it is cut off")
+    catchup_readers: int = _env("CATCHUP_READERS", 8, "concurrent catch-up reads from Kafka")
+    max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
+    request_timeout_s: float = _env(
+        "REQUEST_TIMEOUT", 10.0, "deadline of create, publish and cancel requests")
+    index_wait_s: float = _env(
+        "INDEX_WAIT", 3.0, "how long a lookup waits for the stream index to catch up")
+    shutdown_grace_s: float = _env("SHUTDOWN_GRACE", 5.0, "drain deadline on SIGTERM")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    max_jobs: int = _env("WORKER_MAX_JOBS", 64, "streams one worker generates at once")
+    linger_ms: int = _env("WORKER_LINGER_MS", 10, "how long events wait to share a transaction")
+    batch_events: int = _env("WORKER_BATCH_EVENTS", 500, "most events in one transaction")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
+    log_level: str = _env("LOG_LEVEL", "INFO", "log level")
+
+    def __post_init__(self) -> None:
+        if not re.match(NAMESPACE_PATTERN, self.log.namespace):
+            raise ConfigError(f"TIDEMARK_NAMESPACE must match {NAMESPACE_PATTERN}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("TIDEMARK_LOG_FORMAT must be text or json")
+        if self.log.partitions < 1 or self.log.partitions > 10_000:
+            raise ConfigError("TIDEMARK_PARTITIONS must be between 1 and 10000")
+
+
+_S = TypeVar("_S")
+
+
+def _parse(raw: str, kind: Any, name: str) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(raw)
+        if kind in (bool, "bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from exc
+    return raw
+
+
+def _section(cls: type[_S], environ: Mapping[str, str], known: set[str]) -> _S:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = f.metadata.get("env")
+        if name is None:
+            continue
+        known.add(name)
+        if name in environ:
+            values[f.name] = _parse(environ[name], f.type, name)
+    return cls(**values)
+
+
+def env_names() -> dict[str, str]:
+    """Every variable Tidemark reads, with its help text (for docs and `--help`)."""
+    out: dict[str, str] = {}
+    for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, Settings):
+        for f in dataclasses.fields(cls):
+            if "env" in f.metadata:
+                out[f.metadata["env"]] = f.metadata["help"]
+    return out
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build settings from an environment mapping; warn about unknown TIDEMARK_* names."""
+    known: set[str] = set()
+    kafka = _section(KafkaSettings, environ, known)
+    log_settings = _section(LogSettings, environ, known)
+    gateway = _section(GatewaySettings, environ, known)
+    worker = _section(WorkerSettings, environ, known)
+    top = _section(Settings, environ, known)
+    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
+    for name in unknown:
+        log.warning("unknown setting %s is ignored", name)
+    return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
+                               worker=worker)

@@ -1,0 +1,201 @@
+"""Protocol-neutral operations on streams: create, scan, and append with a sequence.
+
+A stream is a key in a partitioned events topic. Its events carry a per-stream
+``seq`` from 0 with no gaps; writers take the next seq from what the log holds
+(read_committed), so retries and takeovers never write a seq twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaProducer
+
+from eventlog import index
+from eventlog.errors import SeqConflict, StreamEnded
+from eventlog.index import StreamInfo
+from eventlog.jobs import Job
+from eventlog.placement import partition_for
+from eventlog.reader import LogReader
+from eventlog.settings import LogSettings
+from eventlog.topics import events_topic, jobs_topic
+from schemas import events
+from schemas.events import Event
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def send_event(producer: AIOKafkaProducer, topic: str, partition: int,
+                     event: Event) -> asyncio.Future[Any]:
+    """Queue one event on the producer; the returned future resolves to its metadata."""
+    fut: asyncio.Future[Any] = await producer.send(
+        topic, event.to_json(), key=event.stream.encode(), partition=partition,
+        headers=event.headers())
+    return fut
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What a scan of the log found for one stream."""
+
+    last_seq: int = -1
+    terminal: str | None = None
+    terminal_offset: int | None = None
+    scanned_until: int = 0
+
+    def apply(self, rec_offset: int, rec_type: str, rec_seq: int) -> None:
+        if rec_seq <= self.last_seq or self.terminal is not None:
+            return
+        self.last_seq = rec_seq
+        if events.is_terminal(rec_type):
+            self.terminal = rec_type
+            self.terminal_offset = rec_offset
+
+
+async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = None,
+               ) -> StreamState:
+    """Bring ``state`` (or a new one) up to the partition's last stable offset."""
+    state = state or StreamState(scanned_until=info.first_offset)
+    log_start, end = await reader.bounds(info.topic, info.partition)
+    start = max(state.scanned_until, log_start)
+    if start < end:
+        async with reader.open(info.topic, info.partition, start) as cursor:
+            async for rec in cursor.records(until=end, key=info.stream_id.encode()):
+                state.apply(rec.offset, rec.type, rec.seq)
+    state.scanned_until = max(state.scanned_until, end)
+    return state
+
+
+class StreamCreator:
+    """Creates streams: the first event, then the index record, then the job."""
+
+    def __init__(self, settings: LogSettings, producer: AIOKafkaProducer) -> None:
+        self._settings = settings
+        self._producer = producer
+
+    async def create(self, stream_id: str, *, generator: str, query: str | None,
+                     options: dict[str, Any] | None, with_job: bool) -> StreamInfo:
+        ns = self._settings.namespace
+        topic = events_topic(ns)
+        partition = partition_for(stream_id, self._settings.partitions)
+        ts = now_ms()
+        first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts,
+                      data={"state": index.QUEUED})
+        meta = await (await send_event(self._producer, topic, partition, first))
+        info = StreamInfo(stream_id=stream_id, namespace=ns, topic=topic, partition=partition,
+                          first_offset=meta.offset, generator=generator, status=index.QUEUED,
+                          created_at=ts, updated_at=ts, last_seq=0)
+        # The index record makes the stream visible; it is written before the job so
+        # that a worker's "running" snapshot can never be overtaken by "queued".
+        await index.put(self._producer, info)
+        if with_job:
+            job = Job(stream=info, query=query or "", options=options or {})
+            await (await self._producer.send(jobs_topic(ns), job.to_json(),
+                                             key=stream_id.encode(), partition=partition))
+        return info
+
+
+class Draft(NamedTuple):
+    """An event to append: its type, data and (optional) the writer's seq."""
+
+    type: str
+    data: dict[str, Any]
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    written: list[tuple[int, int]]  # (seq, offset)
+    duplicates: int
+    last_seq: int
+    terminal: str | None
+
+
+class Appender:
+    """Appends events to streams with per-stream sequence numbers.
+
+    Keeps, for a bounded number of recently used streams, what the log holds (last
+    seq, terminal event, how far it has been read); before each append it reads only
+    what other writers have added since. A seq at or below the last one is a retry
+    and is acknowledged without writing; a seq that leaves a gap is refused. One
+    append per stream runs at a time in this process.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, reader: LogReader, *,
+                 max_streams: int = 10_000) -> None:
+        self._producer = producer
+        self._reader = reader
+        self._states: OrderedDict[str, StreamState] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._max = max_streams
+
+    async def append(self, info: StreamInfo, drafts: Sequence[Draft]) -> AppendResult:
+        lock = self._locks.setdefault(info.stream_id, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._append_locked(info, drafts)
+        finally:
+            if not lock.locked() and self._locks.get(info.stream_id) is lock:
+                del self._locks[info.stream_id]
+
+    async def _append_locked(self, info: StreamInfo, drafts: Sequence[Draft]) -> AppendResult:
+        state = self._states.pop(info.stream_id, None)
+        state = await scan(self._reader, info, state)
+        plan = self._plan(info, state, drafts)
+        written: list[tuple[int, int]] = []
+        futures = [await send_event(self._producer, info.topic, info.partition, ev)
+                   for ev in plan]
+        for ev, fut in zip(plan, futures, strict=True):
+            meta = await fut
+            written.append((ev.seq, meta.offset))
+            state.apply(meta.offset, ev.type, ev.seq)
+        if state.terminal is not None and plan and plan[-1].terminal:
+            await index.put(self._producer, info.evolve(
+                status=terminal_status(state.terminal), last_seq=state.last_seq,
+                terminal_offset=state.terminal_offset, updated_at=now_ms()))
+        self._remember(info.stream_id, state)
+        return AppendResult(written=written, duplicates=len(drafts) - len(plan),
+                            last_seq=state.last_seq, terminal=state.terminal)
+
+    @staticmethod
+    def _plan(info: StreamInfo, state: StreamState, drafts: Sequence[Draft]) -> list[Event]:
+        last = state.last_seq
+        ended = state.terminal is not None
+        plan: list[Event] = []
+        ts = now_ms()
+        for draft in drafts:
+            seq = last + 1 if draft.seq is None else draft.seq
+            if seq <= last:
+                continue  # a retry of something already written
+            if ended:
+                raise StreamEnded(f"stream {info.stream_id} has ended; nothing more is accepted")
+            if seq != last + 1:
+                raise SeqConflict(f"seq {seq} leaves a gap: the next seq is {last + 1}",
+                                  expected=last + 1)
+            ev = Event(stream=info.stream_id, seq=seq, type=draft.type, ts=ts, data=draft.data)
+            plan.append(ev)
+            last = seq
+            ended = ev.terminal
+        return plan
+
+    def _remember(self, stream_id: str, state: StreamState) -> None:
+        if state.terminal is not None:
+            return
+        self._states[stream_id] = state
+        while len(self._states) > self._max:
+            self._states.popitem(last=False)
+
+
+def terminal_status(event_type: str) -> str:
+    return {events.RESULT: index.COMPLETED, events.ERROR: index.FAILED,
+            events.CANCELLED: index.CANCELLED}[event_type]

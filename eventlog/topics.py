@@ -1,0 +1,63 @@
+"""The Kafka topic layout, and idempotent creation of the topics a process needs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from eventlog.settings import LogSettings
+
+log = logging.getLogger(__name__)
+
+#: Compacted stream index, key = stream id.
+STREAMS_TOPIC: Final = "tidemark.streams"
+
+
+def events_topic(namespace: str) -> str:
+    """Every event of every stream of a namespace; key = stream id."""
+    return f"tidemark.{namespace}.events"
+
+
+def jobs_topic(namespace: str) -> str:
+    """Generation requests and control records (cancel) of a namespace; key = stream id."""
+    return f"tidemark.{namespace}.jobs"
+
+
+def namespace_topics(settings: LogSettings) -> list[NewTopic]:
+    partitions = settings.partitions
+    rf = settings.replication_factor
+    return [
+        NewTopic(events_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(settings.retention_ms),
+        }),
+        NewTopic(jobs_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(max(settings.retention_ms, 7 * 86_400_000)),
+        }),
+        NewTopic(STREAMS_TOPIC, partitions, rf, topic_configs={
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": "60000",
+        }),
+    ]
+
+
+async def ensure_topics(admin: AIOKafkaAdminClient, settings: LogSettings) -> None:
+    """Create the namespace's topics that are missing; existing ones are left as they are.
+
+    Partition counts are never changed later: that would move keys to other partitions.
+    """
+    wanted = namespace_topics(settings)
+    existing = set(await admin.list_topics())
+    missing = [t for t in wanted if t.name not in existing]
+    if not missing:
+        return
+    response = await admin.create_topics(missing)
+    for topic, code, *_ in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise RuntimeError(f"could not create topic {topic}: error code {code}")
+        if code == 0:
+            log.info("created topic %s", topic)

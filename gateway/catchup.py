@@ -1,0 +1,31 @@
+"""The backlog of a subscriber: everything of its stream from a position up to where
+the hub's live feed takes over.
+
+Recent positions are served from the hub's memory tail; older ones are read from
+Kafka through the pooled reader (bounded concurrency), framed on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from eventlog.reader import LogReader
+from gateway.hub import Frame, Hub, frame_record
+
+
+async def backlog(hub: Hub, reader: LogReader, partition: int, key: bytes, start: int,
+                  until: int) -> AsyncIterator[tuple[Frame, str]]:
+    """This stream's frames with offsets in [start, until), in order, with their source
+    (``memory`` or ``kafka``)."""
+    if start >= until:
+        return
+    tail = hub.tails[partition]
+    if tail.covers(start):
+        for frame in tail.since(start, key):
+            if frame.offset >= until:
+                return
+            yield frame, "memory"
+        return
+    async with reader.open(hub.topic, partition, start) as cursor:
+        async for rec in cursor.records(until=until, key=key):
+            yield frame_record(hub.epoch, rec), "kafka"

@@ -1,0 +1,35 @@
+"""Prometheus metrics of one gateway process (a registry per app, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("tidemark_sse_connections", "Open SSE responses", registry=r)
+        self.delivered = Counter("tidemark_events_delivered_total",
+                                 "Events written to SSE clients", registry=r)
+        self.requests = Counter("tidemark_sse_requests_total", "SSE requests by outcome",
+                                ["outcome"], registry=r)
+        self.backlog = Counter("tidemark_backlog_events_total",
+                               "Events served before live delivery, by source", ["source"],
+                               registry=r)
+        self.cutoffs = Counter("tidemark_slow_client_cutoffs_total",
+                               "Responses ended because the client fell behind", registry=r)
+        self.created = Counter("tidemark_streams_created_total", "Streams created",
+                               ["generator"], registry=r)
+        self.published = Counter("tidemark_events_published_total",
+                                 "Events appended through the publish API", registry=r)
+        self.problems = Counter("tidemark_http_problems_total", "Error responses by status",
+                                ["status"], registry=r)
+        self.subscribers = Gauge("tidemark_hub_subscribers", "Live subscribers in the hub",
+                                 registry=r)
+        self.index_streams = Gauge("tidemark_index_streams", "Streams in the local index",
+                                   registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,84 @@
+"""RFC 9457 problem details: every error response, mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from eventlog.errors import (
+    KafkaUnavailable,
+    SeqConflict,
+    StreamEnded,
+    StreamGone,
+    StreamNotFound,
+)
+from schemas.errors import TidemarkError
+from schemas.eventid import InvalidEventId
+from schemas.validation import InvalidInput
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = "application/problem+json"
+
+_TITLES: Final = {
+    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+    410: "Gone", 413: "Content Too Large", 415: "Unsupported Media Type",
+    422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable",
+}
+
+
+class Problem(web.HTTPException):
+    """An HTTP error with a problem+json body."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        self.status_code = status
+        body = {"type": "about:blank", "title": _TITLES.get(status, "Error"),
+                "status": status, "detail": detail, **extra}
+        headers = {}
+        if status == 503:
+            headers["Retry-After"] = "1"
+        super().__init__(body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers)
+
+
+def problem_for(exc: TidemarkError) -> Problem:
+    if isinstance(exc, InvalidInput):
+        return Problem(422, exc.reason, field=exc.pointer)
+    if isinstance(exc, InvalidEventId):
+        return Problem(400, f"malformed position: {exc}")
+    if isinstance(exc, StreamNotFound):
+        return Problem(404, str(exc))
+    if isinstance(exc, StreamGone):
+        return Problem(410, str(exc))
+    if isinstance(exc, SeqConflict):
+        return Problem(409, str(exc), expected_seq=exc.expected)
+    if isinstance(exc, StreamEnded):
+        return Problem(409, str(exc))
+    if isinstance(exc, KafkaUnavailable) or exc.retriable:
+        return Problem(503, f"temporarily unavailable: {exc}")
+    return Problem(500, "internal error")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into problem+json; nothing a client sends crashes the gateway."""
+    try:
+        return await handler(request)
+    except Problem:
+        raise
+    except TidemarkError as exc:
+        raise problem_for(exc) from exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        raise Problem(exc.status, detail or exc.reason) from exc
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        raise Problem(500, "internal error") from exc

@@ -1,0 +1,213 @@
+"""HTTP routes of the gateway."""
+
+from __future__ import annotations
+
+import uuid
+from importlib import resources
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from eventlog.errors import StreamNotFound
+from eventlog.index import StreamInfo
+from eventlog.jobs import cancel_record
+from eventlog.streams import Draft
+from eventlog.topics import jobs_topic
+from gateway import streaming
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.problems import Problem
+from gateway.services import SERVICES, Services
+from schemas import events
+from schemas.eventid import encode_event_id, parse_event_id
+from schemas.validation import Validators
+
+#: Generators the gateway accepts: ``demo`` runs on workers; ``external`` streams are
+#: written by a backend service through the publish API or the publisher SDK.
+GENERATORS: Final = frozenset({"demo", "external"})
+EXTERNAL: Final = "external"
+
+VALIDATORS = web.AppKey("validators", Validators)
+
+
+def _services(request: web.Request, *, ready: bool = True) -> Services:
+    services = request.app[SERVICES]
+    if ready and not services.ready.is_set():
+        raise Problem(503, "the gateway is not connected to Kafka yet")
+    return services
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", ""):
+        raise Problem(415, "send the body as application/json")
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from exc
+
+
+def _stream_id(request: web.Request) -> str:
+    stream_id = request.match_info["id"]
+    if not events.is_valid_stream_id(stream_id):
+        raise StreamNotFound(f"no stream {stream_id!r}")
+    return stream_id
+
+
+async def _lookup(services: Services, stream_id: str) -> StreamInfo:
+    assert services.index is not None
+    info = await services.index.lookup(stream_id,
+                                       timeout=services.settings.gateway.index_wait_s)
+    if info is None:
+        raise StreamNotFound(f"no stream {stream_id!r}")
+    return info
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _describe(services: Services, info: StreamInfo) -> dict[str, Any]:
+    assert services.hub is not None
+    epoch = services.hub.epoch
+    return {
+        "stream_id": info.stream_id,
+        "status": info.status,
+        "generator": info.generator,
+        "namespace": info.namespace,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "last_seq": info.last_seq,
+        "first_event_id": encode_event_id(epoch, info.partition, info.first_offset),
+        "terminal_event_id": (None if info.terminal_offset is None else
+                              encode_event_id(epoch, info.partition, info.terminal_offset)),
+        "events_url": f"/v1/streams/{info.stream_id}/events",
+    }
+
+
+async def create_stream(request: web.Request) -> web.Response:
+    services = _services(request)
+    body = await _json_body(request)
+    create = request.app[VALIDATORS].create_request(body)
+    if create.generator not in GENERATORS:
+        raise Problem(422, f"unknown generator {create.generator!r}; known: "
+                      f"{', '.join(sorted(GENERATORS))}", field="/generator")
+    assert services.creator is not None
+    stream_id = uuid.uuid4().hex
+    await services.creator.create(
+        stream_id, generator=create.generator, query=create.query, options=create.options,
+        with_job=create.generator != EXTERNAL)
+    services.metrics.created.labels(create.generator).inc()
+    url = f"/v1/streams/{stream_id}/events"
+    return _json({"stream_id": stream_id, "events_url": url,
+                  "status_url": f"/v1/streams/{stream_id}"}, status=201,
+                 headers={"Location": f"/v1/streams/{stream_id}"})
+
+
+async def stream_status(request: web.Request) -> web.Response:
+    services = _services(request)
+    info = await _lookup(services, _stream_id(request))
+    return _json(_describe(services, info))
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    stream_id = _stream_id(request)
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
+    position = parse_event_id(raw.strip()) if raw.strip() else None
+    info = await _lookup(services, stream_id)
+    assert services.hub is not None and services.reader is not None
+    gw = services.settings.gateway
+    session = streaming.Session(
+        request=request, info=info, hub=services.hub, reader=services.reader,
+        metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
+        closing=services.closing)
+    return await streaming.serve(session, position)
+
+
+async def publish(request: web.Request) -> web.Response:
+    services = _services(request)
+    stream_id = _stream_id(request)
+    body = await _json_body(request)
+    inputs = request.app[VALIDATORS].publish_request(body)
+    info = await _lookup(services, stream_id)
+    if info.generator != EXTERNAL:
+        raise Problem(409, f"stream {stream_id} is written by the {info.generator!r} "
+                      "generator; only external streams accept published events")
+    assert services.appender is not None and services.hub is not None
+    result = await services.appender.append(
+        info, [Draft(i.type, i.data, i.seq) for i in inputs])
+    services.metrics.published.inc(len(result.written))
+    epoch = services.hub.epoch
+    return _json({
+        "accepted": len(inputs),
+        "written": [{"seq": seq, "id": encode_event_id(epoch, info.partition, offset)}
+                    for seq, offset in result.written],
+        "duplicates": result.duplicates,
+        "last_seq": result.last_seq,
+        "ended": result.terminal is not None,
+    })
+
+
+async def cancel(request: web.Request) -> web.Response:
+    services = _services(request)
+    stream_id = _stream_id(request)
+    info = await _lookup(services, stream_id)
+    if info.finished:
+        return _json({"stream_id": stream_id, "status": info.status}, status=200)
+    assert services.producer is not None and services.appender is not None
+    if info.generator == EXTERNAL:
+        await services.appender.append(
+            info, [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
+    else:
+        await (await services.producer.send(
+            jobs_topic(info.namespace), cancel_record(stream_id), key=stream_id.encode(),
+            partition=info.partition))
+    return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = _services(request, ready=False)
+    hub = services.hub
+    if services.failure is not None:
+        raise Problem(503, f"gateway services failed: {services.failure}")
+    if not services.ready.is_set() or hub is None or not hub.ready:
+        raise Problem(503, "waiting for Kafka: stream index or hub not ready")
+    return _json({"status": "ready", "partitions": len(hub.tails),
+                  "subscribers": hub.subscriber_count})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    services = _services(request, ready=False)
+    m = services.metrics
+    if services.hub is not None:
+        m.subscribers.set(services.hub.subscriber_count)
+    if services.index is not None:
+        m.index_streams.set(len(services.index))
+    return web.Response(body=m.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+_INDEX_HTML: Final = resources.files("gateway").joinpath("static", "index.html")
+
+
+async def demo_page(request: web.Request) -> web.Response:
+    return web.Response(body=_INDEX_HTML.read_bytes(), content_type="text/html",
+                        charset="utf-8")
+
+
+def add_routes(app: web.Application) -> None:
+    app[VALIDATORS] = Validators()
+    app.router.add_get("/", demo_page)
+    app.router.add_post("/v1/streams", create_stream)
+    app.router.add_get("/v1/streams/{id}", stream_status)
+    app.router.add_get("/v1/streams/{id}/events", stream_events)
+    app.router.add_post("/v1/streams/{id}/events", publish)
+    app.router.add_post("/v1/streams/{id}/cancel", cancel)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

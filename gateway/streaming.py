@@ -1,0 +1,190 @@
+"""``GET /v1/streams/{id}/events``: one client's SSE response, by the resume rules.
+
+Order of work: resolve the position, subscribe to the hub (from offset H on, every
+frame of the stream reaches the subscriber), serve the backlog [start, H) from the
+memory tail or Kafka, then live frames. A frame is written only if its offset and
+seq are above the last written ones, which removes any overlap between backlog and
+live delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from eventlog.index import StreamInfo
+from eventlog.reader import LogReader
+from gateway import resume, sse
+from gateway.catchup import backlog
+from gateway.hub import Frame, Hub, Subscriber
+from gateway.metrics import Metrics
+from schemas import events
+from schemas.eventid import EventId, encode_event_id
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+#: How often a subscriber that overflowed during catch-up may catch up again.
+_MAX_CATCHUP_ROUNDS: Final = 8
+
+
+@dataclass(slots=True)
+class Cursor:
+    """What this response has written so far."""
+
+    offset: int
+    seq: int = -1
+    written: int = 0
+    ended: bool = False
+
+
+@dataclass(slots=True)
+class Session:
+    """Everything one SSE response needs."""
+
+    request: web.Request
+    info: StreamInfo
+    hub: Hub
+    reader: LogReader
+    metrics: Metrics
+    heartbeat_s: float
+    retry_ms: int
+    closing: asyncio.Event
+    response: web.StreamResponse | None = None
+    cursor: Cursor = field(default_factory=lambda: Cursor(-1))
+
+    @property
+    def key(self) -> bytes:
+        return self.info.stream_id.encode()
+
+    async def write(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
+
+    async def send(self, frame: Frame) -> None:
+        cur = self.cursor
+        if frame.offset <= cur.offset or frame.seq <= cur.seq or cur.ended:
+            return
+        await self.write(frame.data)
+        cur.offset, cur.seq = frame.offset, frame.seq
+        cur.written += 1
+        cur.ended = frame.terminal
+        self.metrics.delivered.inc()
+
+
+async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
+    info, hub = session.info, session.hub
+    partition = info.partition
+    if position is not None and position.epoch == hub.epoch and (
+            position.partition == partition and position.offset >= hub.position(partition)):
+        # The client read this position through a gateway that is ahead of this one.
+        await hub.wait_position(partition, position.offset + 1, timeout=3.0)
+    log_start, log_end = await session.reader.bounds(hub.topic, partition)
+    plan = resume.plan(info, position, epoch=hub.epoch, log_start=log_start,
+                       log_end=max(log_end, hub.position(partition)))
+    if plan.status == 204:
+        session.metrics.requests.labels("ended").inc()
+        return web.Response(status=204)
+    session.cursor = Cursor(plan.after)
+    sub: Subscriber | None
+    sub, until = hub.subscribe(partition, session.key)
+    session.metrics.connections.inc()
+    items = backlog(hub, session.reader, partition, session.key, plan.start, until)
+    try:
+        first = await anext(items, None)
+        if first is not None and plan.after >= 0 and first[0].offset == plan.after:
+            # The record at the client's position: it sets the seq baseline, and if it
+            # ends the stream the client has everything (the index may lag behind).
+            if first[0].terminal:
+                session.metrics.requests.labels("ended").inc()
+                return web.Response(status=204)
+            session.cursor.seq = first[0].seq
+            first = None
+        session.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await session.response.prepare(session.request)
+        await session.write(sse.frame_retry(session.retry_ms))
+        session.metrics.requests.labels("resumed" if position is not None else "new").inc()
+        if plan.reset is not None:
+            await send_reset(session, plan.reset, plan.start)
+        if first is not None:
+            session.metrics.backlog.labels(first[1]).inc()
+            await session.send(first[0])
+        async for frame, source in items:
+            if session.cursor.ended:
+                break
+            session.metrics.backlog.labels(source).inc()
+            await session.send(frame)
+        await items.aclose()
+        sub = await _catch_up_overflow(session, sub, until)
+        if sub is not None and not session.cursor.ended:
+            await _live(session, sub)
+        await session.response.write_eof()
+        return session.response
+    except ConnectionError:
+        log.debug("client of stream %s went away", info.stream_id)
+        return session.response or web.Response(status=204)
+    finally:
+        await items.aclose()
+        if sub is not None:
+            hub.unsubscribe(sub)
+        session.metrics.connections.dec()
+
+
+async def send_reset(session: Session, reason: str, start: int) -> None:
+    hub = session.hub
+    earliest = encode_event_id(hub.epoch, session.info.partition, start)
+    data = orjson.dumps({"reason": reason, "earliest": earliest})
+    await session.write(sse.frame_event(data, event=events.RESET))
+
+
+async def _catch_up_overflow(session: Session, sub: Subscriber, until: int) -> Subscriber | None:
+    """If live frames overflowed while the backlog was read, read on from Kafka."""
+    hub = session.hub
+    for _ in range(_MAX_CATCHUP_ROUNDS):
+        if not sub.overflowed or session.cursor.ended:
+            return sub
+        hub.unsubscribe(sub)
+        sub, new_until = hub.subscribe(session.info.partition, session.key)
+        async for frame, source in backlog(hub, session.reader, session.info.partition,
+                                           session.key, until, new_until):
+            session.metrics.backlog.labels(source).inc()
+            await session.send(frame)
+        until = new_until
+    if sub.overflowed:
+        hub.unsubscribe(sub)
+        await _cut_off(session)
+        return None
+    return sub
+
+
+async def _cut_off(session: Session) -> None:
+    session.metrics.cutoffs.inc()
+    await session.write(sse.frame_comment(
+        "closing: this client fell behind; reconnect with Last-Event-ID to resume"))
+
+
+async def _live(session: Session, sub: Subscriber) -> None:
+    while not session.cursor.ended:
+        if session.closing.is_set():
+            await session.write(sse.frame_comment("closing: gateway shutting down; reconnect"))
+            return
+        for frame in sub.drain():
+            await session.send(frame)
+            if session.cursor.ended:
+                return
+        if sub.overflowed:
+            await _cut_off(session)
+            return
+        try:
+            await asyncio.wait_for(sub.wakeup.wait(), session.heartbeat_s)
+        except TimeoutError:
+            await session.write(sse.PING)

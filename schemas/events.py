@@ -1,0 +1,80 @@
+"""The event envelope and the built-in event types.
+
+A Kafka record of a stream carries key = stream id, value = the envelope as orjson
+bytes, and headers ``tm-type`` and ``tm-seq`` (so routers need not decode values).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+STATUS: Final = "status"
+PROGRESS: Final = "progress"
+PARTIAL_RESULT: Final = "partial_result"
+METADATA: Final = "metadata"
+RESULT: Final = "result"
+ERROR: Final = "error"
+CANCELLED: Final = "cancelled"
+#: In-band notice from a gateway that it could not resume at the asked position.
+#: Never stored in the log, never publishable.
+RESET: Final = "reset"
+
+BUILTIN_TYPES: Final = frozenset(
+    {STATUS, PROGRESS, PARTIAL_RESULT, METADATA, RESULT, ERROR, CANCELLED}
+)
+TERMINAL_TYPES: Final = frozenset({RESULT, ERROR, CANCELLED})
+RESERVED_TYPES: Final = frozenset({RESET, "message"})
+
+HEADER_TYPE: Final = "tm-type"
+HEADER_SEQ: Final = "tm-seq"
+HEADER_TRACEPARENT: Final = "traceparent"
+
+#: Stream ids are URL path segments, Kafka keys and (with topic-per-stream
+#: placement) part of topic names, so they stay within Kafka's topic alphabet.
+STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+_STREAM_ID_RE: Final = re.compile(STREAM_ID_PATTERN)
+#: Event type names: lowercase identifiers, safe on an SSE ``event:`` line.
+EVENT_TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.-]{0,63}$"
+
+
+def is_terminal(event_type: str) -> bool:
+    return event_type in TERMINAL_TYPES
+
+
+def is_valid_stream_id(stream_id: str) -> bool:
+    return _STREAM_ID_RE.match(stream_id) is not None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """One event of a stream, as the envelope on the wire."""
+
+    stream: str
+    seq: int
+    type: str
+    ts: int
+    data: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        """The envelope as one line of JSON (orjson never emits a newline)."""
+        return orjson.dumps(
+            {"stream": self.stream, "seq": self.seq, "type": self.type, "ts": self.ts,
+             "data": self.data}
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [(HEADER_TYPE, self.type.encode()), (HEADER_SEQ, str(self.seq).encode())]
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Event:
+        obj = orjson.loads(raw)
+        return cls(stream=obj["stream"], seq=obj["seq"], type=obj["type"], ts=obj["ts"],
+                   data=obj["data"])

@@ -1,0 +1,192 @@
+"""``tidemark kafka|gateway|worker|dev``: start Tidemark's processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
+from eventlog.settings import Settings, env_names, load_settings
+from schemas.errors import TidemarkError
+from tidemark.logs import setup_logging
+
+log = logging.getLogger("tidemark")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _jars_dir(settings: Settings) -> Path:
+    """The broker jars: as set, else where `make setup` puts them in this checkout."""
+    path = settings.kafka.jars_dir
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _until_signal(*others: Awaitable[object]) -> None:
+    """Wait for SIGTERM or SIGINT (or for any of ``others`` to finish)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.ensure_future(stop.wait()), *map(asyncio.ensure_future, others)]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for fut in done:
+            if fut is not waits[0] and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+    finally:
+        for fut in waits[:1]:
+            fut.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None) -> int:
+    broker = LocalBroker(BrokerConfig(jars_dir=_jars_dir(settings), data_dir=data_dir,
+                                      port=port))
+    await broker.start()
+    _out(f"TIDEMARK_KAFKA_BOOTSTRAP={broker.bootstrap}")
+    try:
+        exited = asyncio.ensure_future(broker.wait())
+        await _until_signal(exited)
+        if exited.done():
+            log.error("the broker exited with code %s", exited.result())
+            return 1
+    finally:
+        await broker.stop()
+    return 0
+
+
+async def run_gateway(settings: Settings) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    gw = settings.gateway
+    runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, gw.host, gw.port, reuse_address=True)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else gw.port
+    _out(f"Gateway listening on http://{gw.host}:{port}/")
+    try:
+        await _until_signal()
+    finally:
+        log.info("gateway stopping")
+        await runner.cleanup()
+    return 0
+
+
+async def run_worker(settings: Settings) -> int:
+    from workers.demo import DemoGenerator
+    from workers.runner import Worker
+
+    worker = Worker(settings, {"demo": DemoGenerator()})
+    task = asyncio.create_task(worker.run(), name="worker")
+    _out("Worker started")
+    try:
+        await _until_signal(task)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return 0
+
+
+async def run_dev(settings: Settings, data_dir: Path) -> int:
+    """A local broker (unless one is set), one gateway and one worker, until Ctrl-C."""
+    broker: LocalBroker | None = None
+    env = dict(os.environ)
+    if not settings.kafka.bootstrap:
+        broker = LocalBroker(BrokerConfig(jars_dir=_jars_dir(settings), data_dir=data_dir))
+        await broker.start()
+        env["TIDEMARK_KAFKA_BOOTSTRAP"] = broker.bootstrap
+        log.info("local Kafka broker at %s (data in %s)", broker.bootstrap, data_dir)
+    children: list[asyncio.subprocess.Process] = []
+    try:
+        for role in ("worker", "gateway"):
+            children.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tidemark", role, env=env))
+        url = f"http://{settings.gateway.host}:{settings.gateway.port}/"
+        _out(f"Demo: {url}")
+        await _until_signal(*(c.wait() for c in children))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 15)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        if broker is not None:
+            await broker.stop()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(env_names().items()))
+    parser = argparse.ArgumentParser(
+        prog="tidemark", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Resumable Server-Sent Event streams on Apache Kafka.",
+        epilog=f"settings (environment variables):\n{variables}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    kafka = sub.add_parser("kafka", help="run a local single-node KRaft broker")
+    kafka.add_argument("--data-dir", type=Path, help="keep the broker's data here "
+                       "(a restart comes back as the same broker)")
+    kafka.add_argument("--port", type=int, help="listener port (default: a free one)")
+    gateway = sub.add_parser("gateway", help="run an SSE gateway")
+    gateway.add_argument("--host", help="listen address (TIDEMARK_HOST)")
+    gateway.add_argument("--port", type=int, help="listen port (TIDEMARK_PORT)")
+    sub.add_parser("worker", help="run a generation worker")
+    dev = sub.add_parser("dev", help="broker + gateway + worker on loopback")
+    dev.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".cache" / "dev-kafka",
+                     help="the local broker's data (kept across runs)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(os.environ)
+    except TidemarkError as exc:
+        sys.stderr.write(f"tidemark: {exc}\n")
+        return 2
+    if args.command == "gateway" and (args.host or args.port is not None):
+        settings = dataclasses.replace(settings, gateway=dataclasses.replace(
+            settings.gateway, host=args.host or settings.gateway.host,
+            port=settings.gateway.port if args.port is None else args.port))
+    setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
+    commands: dict[str, Callable[[], Awaitable[int]]] = {
+        "kafka": lambda: run_kafka(settings, args.data_dir, args.port),
+        "gateway": lambda: run_gateway(settings),
+        "worker": lambda: run_worker(settings),
+        "dev": lambda: run_dev(settings, args.data_dir),
+    }
+    try:
+        import uvloop
+
+        return uvloop.run(commands[args.command]())
+    except ImportError:
+        return asyncio.run(commands[args.command]())
+    except (BrokerError, TidemarkError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,87 @@
+"""The ``demo`` generator: a deterministic stand-in for an LLM answer.
+
+For a given query and options it always yields the same events: ``status`` running,
+``metadata``, ``progress`` through its steps, one ``partial_result`` per token at
+``tokens_per_second``, a last ``progress`` at 100 %, then ``result`` whose
+``data.text`` is the chunks joined. ``fail_at_seq`` ends it with a terminal ``error``
+at that seq instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
+
+from eventlog.jobs import Job
+from schemas import events
+from workers.generators import Draft
+
+DEFAULT_TOKENS: Final = 40
+DEFAULT_RATE: Final = 20.0
+MODEL: Final = "tidemark-demo-1"
+
+_WORDS: Final = (
+    "the stream of events flows through kafka and every gateway serves it to readers who "
+    "resume exactly where they stopped offsets are positions in an ordered log partitions "
+    "keep each answer in order while workers write tokens progress and results durable "
+    "transactions make every step atomic so nothing is lost or repeated on reconnect"
+).split()
+
+
+def demo_tokens(query: str, tokens: int) -> list[str]:
+    """The chunks the demo generator streams for ``query``: words, space-separated."""
+    out = []
+    for i in range(tokens):
+        digest = hashlib.blake2b(f"{query}\x00{i}".encode(), digest_size=4).digest()
+        word = _WORDS[int.from_bytes(digest, "big") % len(_WORDS)]
+        out.append(word if i == tokens - 1 else word + " ")
+    return out
+
+
+def demo_text(query: str, tokens: int = DEFAULT_TOKENS) -> str:
+    return "".join(demo_tokens(query, tokens))
+
+
+class DemoGenerator:
+    name = "demo"
+
+    def plan(self, job: Job) -> Iterator[tuple[str, dict[str, Any], float]]:
+        """Every event after seq 0 as (type, data, delay before it), in seq order."""
+        tokens = int(job.options.get("tokens") or DEFAULT_TOKENS)
+        rate = float(job.options.get("tokens_per_second") or DEFAULT_RATE)
+        chunks = demo_tokens(job.query, tokens)
+        step_every = max(1, tokens // 10)
+        steps = 1 + (tokens + step_every - 1) // step_every
+        yield events.STATUS, {"state": "running", "message": "generating an answer"}, 0.0
+        yield events.METADATA, {"model": MODEL, "query": job.query, "tokens": tokens,
+                                "tokensPerSecond": rate}, 0.0
+        yield events.PROGRESS, {"percentage": 0, "estimatedTimeRemaining": tokens / rate,
+                                "currentStep": "retrieving context", "completedSteps": 0}, 0.0
+        for i, chunk in enumerate(chunks):
+            yield events.PARTIAL_RESULT, {"chunk": chunk, "chunkIndex": i,
+                                          "isComplete": i == tokens - 1}, 1.0 / rate
+            done = i + 1
+            if done % step_every == 0 and done < tokens:
+                yield events.PROGRESS, {
+                    "percentage": round(100 * done / tokens, 1),
+                    "estimatedTimeRemaining": round((tokens - done) / rate, 3),
+                    "currentStep": "generating", "completedSteps": done // step_every}, 0.0
+        yield events.PROGRESS, {"percentage": 100, "estimatedTimeRemaining": 0,
+                                "currentStep": "done", "completedSteps": steps}, 0.0
+        yield events.RESULT, {"text": "".join(chunks), "tokens": tokens, "model": MODEL}, 0.0
+
+    async def events(self, job: Job, start_seq: int) -> AsyncIterator[Draft]:
+        fail_at = job.options.get("fail_at_seq")
+        for seq, (kind, data, delay) in enumerate(self.plan(job), start=1):
+            if seq < start_seq:
+                continue
+            if delay:
+                await asyncio.sleep(delay)
+            if fail_at is not None and seq >= fail_at:
+                yield Draft(seq, events.ERROR, {
+                    "code": "demo_failure", "retryable": False,
+                    "message": f"the demo generator was asked to fail at seq {fail_at}"})
+                return
+            yield Draft(seq, kind, data)
