@@ -1,0 +1,41 @@
+# Tidemark — the README's commands. `make run` and `make test` set everything up first.
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+KAFKA_LIB := .cache/kafka/libs
+INSTALLED := $(VENV)/.installed
+FETCHED   := $(KAFKA_LIB)/.fetched
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint kafka clean
+
+setup: $(INSTALLED) $(FETCHED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# The broker: Apache Kafka and a log4j2 backend from Maven Central (deploy/kafka/pom.xml).
+$(FETCHED): deploy/kafka/pom.xml
+	rm -rf $(KAFKA_LIB)
+	mvn --quiet --batch-mode -f deploy/kafka/pom.xml dependency:copy-dependencies \
+	    -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIB))
+	touch $@
+
+run: setup
+	$(BIN)/tidemark dev
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+kafka: setup
+	$(BIN)/tidemark kafka --data-dir .cache/kafka/data
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

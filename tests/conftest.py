@@ -1,0 +1,95 @@
+"""Shared fixtures: one real Kafka broker per test session, and Tidemark processes.
+
+The broker is, in order of preference: the one named by TIDEMARK_KAFKA_BOOTSTRAP; a
+testcontainers Kafka when TIDEMARK_TEST_DOCKER=1 and a Docker engine answers; else a
+local single-node KRaft broker started through `tidemark kafka` from the jars that
+`make setup` fetched. If none can be had the tests that need it fail; none skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Proc, base_env, free_port, wait_ready
+
+
+def _docker_kafka() -> Iterator[str]:
+    from testcontainers.kafka import KafkaContainer
+
+    with KafkaContainer().with_kraft() as kafka:
+        yield kafka.get_bootstrap_server()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("TIDEMARK_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    if os.environ.get("TIDEMARK_TEST_DOCKER") == "1":
+        yield from _docker_kafka()
+        return
+    logdir = tmp_path_factory.mktemp("kafka")
+    broker = Proc("kafka", ["kafka", "--data-dir", str(logdir / "data")], base_env(), logdir)
+    try:
+        line = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", timeout=120)
+        yield line.split("=", 1)[1]
+    finally:
+        broker.stop()
+
+
+class Cluster:
+    """Tidemark processes of one test, in a namespace of their own."""
+
+    def __init__(self, bootstrap: str, logdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.namespace = "t" + uuid.uuid4().hex[:12]
+        self.logdir = logdir
+        self.procs: list[Proc] = []
+        self.env = base_env(
+            TIDEMARK_KAFKA_BOOTSTRAP=bootstrap,
+            TIDEMARK_NAMESPACE=self.namespace,
+            TIDEMARK_PARTITIONS="4",
+            TIDEMARK_HEARTBEAT_SECONDS="1",
+            TIDEMARK_SSE_RETRY_MS="500",
+            TIDEMARK_SHUTDOWN_GRACE="3",
+        )
+
+    async def gateway(self, **settings: str) -> str:
+        """Start a gateway; return its base URL once /readyz answers 200."""
+        port = free_port()
+        n = sum(p.name.startswith("gateway") for p in self.procs)
+        proc = Proc(f"gateway{n}", ["gateway", "--port", str(port)],
+                    {**self.env, **settings}, self.logdir)
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, proc)
+        return url
+
+    def worker(self, **settings: str) -> Proc:
+        n = sum(p.name.startswith("worker") for p in self.procs)
+        proc = Proc(f"worker{n}", ["worker"], {**self.env, **settings}, self.logdir)
+        self.procs.append(proc)
+        proc.wait_line("Worker started")
+        return proc
+
+    def proc(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+async def cluster(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(kafka_bootstrap, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()

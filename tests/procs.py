@@ -1,0 +1,98 @@
+"""Real Tidemark processes for tests: `python -m tidemark <command>` as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Proc:
+    """One tidemark process; its stdout and stderr go to files under ``logdir``."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.name = name
+        self.out = logdir / f"{name}.out"
+        self.err = logdir / f"{name}.err"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.popen = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "tidemark", *args], stdout=out, stderr=err,
+                env=env, cwd=REPO, start_new_session=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def logs(self, lines: int = 40) -> str:
+        text = self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_line(self, prefix: str, timeout: float = 90.0) -> str:
+        """The first stdout line starting with ``prefix``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.out.read_text(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    return line
+            if not self.alive:
+                raise AssertionError(f"{self.name} exited early:\n{self.logs()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} printed no {prefix!r} in {timeout}s:\n{self.logs()}")
+
+    def send(self, sig: int) -> None:
+        if self.alive:
+            self.popen.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.send(sig)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def base_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMARK_")}
+    env.update(settings)
+    return env
+
+
+async def wait_ready(url: str, proc: Proc, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if not proc.alive:
+                raise AssertionError(f"{proc.name} exited:\n{proc.logs()}")
+            try:
+                async with session.get(url + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await _sleep(0.1)
+    raise AssertionError(f"{proc.name} not ready in {timeout}s:\n{proc.logs()}")
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

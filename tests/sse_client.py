@@ -1,0 +1,108 @@
+"""A test SSE client written against the wire format only (WHATWG event-stream parsing).
+
+It does not import Tidemark: it checks what any EventSource would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+TERMINAL = {"result", "error", "cancelled"}
+
+
+@dataclass
+class Event:
+    id: str | None
+    event: str
+    data: str
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(self.data)
+        return obj
+
+    @property
+    def seq(self) -> int:
+        return int(self.envelope["seq"])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    events: list[Event] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+    first_field: str | None = None
+    body: str = ""
+    ended_by_server: bool = False
+
+    @property
+    def last_id(self) -> str | None:
+        ids = [e.id for e in self.events if e.id]
+        return ids[-1] if ids else None
+
+    @property
+    def stream_events(self) -> list[Event]:
+        """The stream's own events (not in-band notices such as reset)."""
+        return [e for e in self.events if e.id is not None]
+
+
+async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str | None = None,
+               max_events: int | None = None, idle_timeout: float = 20.0,
+               stop_after_comments: int | None = None,
+               sink: list[Event] | None = None) -> Reply:
+    """Read an SSE response until the server ends it, ``max_events`` stream events
+    arrived, or nothing came for ``idle_timeout`` seconds (then the read fails).
+    Events are also appended to ``sink`` as they arrive (it survives a failed read)."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    async with session.get(url, headers=headers) as resp:
+        reply = Reply(resp.status, dict(resp.headers))
+        if sink is not None:
+            reply.events = sink
+        if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+            reply.body = await resp.text()
+            return reply
+        ev_id: str | None = None
+        ev_type = ""
+        data: list[str] = []
+        while True:
+            try:
+                raw = await asyncio.wait_for(resp.content.readline(), idle_timeout)
+            except TimeoutError as exc:
+                raise AssertionError(f"no data for {idle_timeout}s; got {reply.events[-3:]}") \
+                    from exc
+            if not raw:
+                reply.ended_by_server = True
+                return reply
+            line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            if line == "":
+                if data:
+                    reply.events.append(Event(ev_id, ev_type or "message", "\n".join(data)))
+                    if max_events is not None and len(reply.stream_events) >= max_events:
+                        return reply
+                ev_id, ev_type, data = None, "", []
+                continue
+            if line.startswith(":"):
+                reply.comments.append(line[1:].strip())
+                if stop_after_comments is not None and len(reply.comments) >= stop_after_comments:
+                    return reply
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            reply.first_field = reply.first_field or name
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                ev_type = value
+            elif name == "id":
+                ev_id = value
+            elif name == "retry" and value.isdigit():
+                reply.retry = int(value)
