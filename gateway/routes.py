@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from eventlog.errors import StreamNotFound
+from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import cancel_record
 from eventlog.streams import Draft
@@ -35,6 +38,17 @@ def _services(request: web.Request, *, ready: bool = True) -> Services:
     if ready and not services.ready.is_set():
         raise Problem(503, "the gateway is not connected to Kafka yet")
     return services
+
+
+@contextlib.asynccontextmanager
+async def _deadline(services: Services) -> AsyncIterator[None]:
+    """Bound a request that writes to Kafka: past the deadline it fails with 503."""
+    seconds = services.settings.gateway.request_timeout_s
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise KafkaUnavailable(f"Kafka did not answer within {seconds:g}s") from exc
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -95,9 +109,10 @@ async def create_stream(request: web.Request) -> web.Response:
                       f"{', '.join(sorted(GENERATORS))}", field="/generator")
     assert services.creator is not None
     stream_id = uuid.uuid4().hex
-    await services.creator.create(
-        stream_id, generator=create.generator, query=create.query, options=create.options,
-        with_job=create.generator != EXTERNAL)
+    async with _deadline(services):
+        await services.creator.create(
+            stream_id, generator=create.generator, query=create.query,
+            options=create.options, with_job=create.generator != EXTERNAL)
     services.metrics.created.labels(create.generator).inc()
     url = f"/v1/streams/{stream_id}/events"
     return _json({"stream_id": stream_id, "events_url": url,
@@ -136,8 +151,9 @@ async def publish(request: web.Request) -> web.Response:
         raise Problem(409, f"stream {stream_id} is written by the {info.generator!r} "
                       "generator; only external streams accept published events")
     assert services.appender is not None and services.hub is not None
-    result = await services.appender.append(
-        info, [Draft(i.type, i.data, i.seq) for i in inputs])
+    async with _deadline(services):
+        result = await services.appender.append(
+            info, [Draft(i.type, i.data, i.seq) for i in inputs])
     services.metrics.published.inc(len(result.written))
     epoch = services.hub.epoch
     return _json({
@@ -157,13 +173,14 @@ async def cancel(request: web.Request) -> web.Response:
     if info.finished:
         return _json({"stream_id": stream_id, "status": info.status}, status=200)
     assert services.producer is not None and services.appender is not None
-    if info.generator == EXTERNAL:
-        await services.appender.append(
-            info, [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
-    else:
-        await (await services.producer.send(
-            jobs_topic(info.namespace), cancel_record(stream_id), key=stream_id.encode(),
-            partition=info.partition))
+    async with _deadline(services):
+        if info.generator == EXTERNAL:
+            await services.appender.append(
+                info, [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
+        else:
+            await (await services.producer.send(
+                jobs_topic(info.namespace), cancel_record(stream_id),
+                key=stream_id.encode(), partition=info.partition))
     return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
 
 

@@ -151,3 +151,155 @@ async def test_gateway_killed_mid_stream_client_resumes_on_another(
     assert_contiguous(whole)
     assert whole[-1].event == "result"
     assert whole[-1].envelope["data"]["text"] == joined_chunks(whole)
+
+
+async def publish(http: aiohttp.ClientSession, base: str, sid: str,
+                  body: Any) -> tuple[int, dict[str, Any]]:
+    async with http.post(f"{base}/v1/streams/{sid}/events", json=body) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_external_stream_publish_retry_is_not_shown_twice(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway()
+    sid = await create(http, base, generator="external")
+    status, reply = await publish(http, base, sid, [
+        {"type": "status", "data": {"state": "running"}, "seq": 1},
+        {"type": "partial_result", "data": {"chunk": "Hello, ", "chunkIndex": 0}, "seq": 2},
+    ])
+    assert status == 200 and [w["seq"] for w in reply["written"]] == [1, 2]
+    # A retried request (same seqs) is accepted and written nothing.
+    status, reply = await publish(http, base, sid, {
+        "type": "partial_result", "data": {"chunk": "Hello, ", "chunkIndex": 0}, "seq": 2})
+    assert status == 200 and reply["written"] == [] and reply["duplicates"] == 1
+    # Without seq, the next one is taken.
+    status, reply = await publish(http, base, sid, {
+        "type": "partial_result", "data": {"chunk": "world", "chunkIndex": 1}})
+    assert status == 200 and reply["written"][0]["seq"] == 3
+    # A gap is refused with the seq expected.
+    status, reply = await publish(http, base, sid, {
+        "type": "partial_result", "data": {"chunk": "!", "chunkIndex": 2}, "seq": 9})
+    assert status == 409 and reply["expected_seq"] == 4
+    status, reply = await publish(http, base, sid, {"type": "result",
+                                                    "data": {"text": "Hello, world"}})
+    assert status == 200 and reply["ended"] is True
+    status, reply = await publish(http, base, sid, {"type": "status", "data": {"state": "x"}})
+    assert status == 409
+
+    events = (await sse_client.read(http, f"{base}/v1/streams/{sid}/events")).stream_events
+    assert_contiguous(events)
+    assert [e.event for e in events] == ["status", "status", "partial_result",
+                                         "partial_result", "result"]
+    assert joined_chunks(events) == events[-1].envelope["data"]["text"]
+    async with http.get(f"{base}/v1/streams/{sid}") as resp:
+        assert (await resp.json())["status"] == "completed"
+
+
+@pytest.mark.parametrize(("body", "pointer"), [
+    ({"type": "progress", "data": {"percentage": 140}}, "/data/percentage"),
+    ({"type": "partial_result", "data": {"chunkIndex": 0}}, "/data"),
+    ([{"type": "status", "data": {"state": "ok"}}, {"type": "nope", "data": {}}], "/1/type"),
+    ({"type": "error", "data": {"code": "x", "message": "m", "retryable": "yes"}},
+     "/data/retryable"),
+    ({"type": "status", "data": {"state": "ok"}, "seq": -1}, "/seq"),
+    ([], ""),
+])
+async def test_invalid_publish_is_422_with_the_failing_field_and_writes_nothing(
+        cluster: Cluster, http: aiohttp.ClientSession, body: Any, pointer: str) -> None:
+    base = await cluster.gateway()
+    sid = await create(http, base, generator="external")
+    async with http.post(f"{base}/v1/streams/{sid}/events", json=body) as resp:
+        assert resp.status == 422
+        assert resp.content_type == "application/problem+json"
+        problem = await resp.json()
+    assert problem["field"] == pointer and problem["detail"]
+    async with http.get(f"{base}/v1/streams/{sid}") as resp:
+        assert (await resp.json())["last_seq"] == 0
+
+
+async def test_bad_bodies_get_problems_not_crashes(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway(TIDEMARK_MAX_BODY_BYTES="2048")
+    sid = await create(http, base, generator="external")
+    url = f"{base}/v1/streams/{sid}/events"
+    big = {"type": "metadata", "data": {"blob": "x" * 4096}}
+    async with http.post(url, json=big) as resp:
+        assert resp.status == 413
+        assert resp.content_type == "application/problem+json"
+    async with http.post(url, data=b"{not json", headers={"Content-Type": "application/json"}
+                         ) as resp:
+        assert resp.status == 400 and resp.content_type == "application/problem+json"
+    async with http.post(f"{base}/v1/streams", json={"query": ""}) as resp:
+        assert resp.status == 422 and (await resp.json())["field"] == "/query"
+    async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "nope"}) as resp:
+        assert resp.status == 422 and (await resp.json())["field"] == "/generator"
+    async with http.post(f"{base}/v1/streams", json={"query": "q", "options": {"tokens": 0}}
+                         ) as resp:
+        assert resp.status == 422 and (await resp.json())["field"] == "/options/tokens"
+    async with http.get(f"{base}/v1/streams/..%2Fetc/events") as resp:
+        assert resp.status == 404 and resp.content_type == "application/problem+json"
+    async with http.delete(f"{base}/v1/streams") as resp:
+        assert resp.status == 405 and resp.content_type == "application/problem+json"
+    # The gateway is still serving.
+    async with http.get(f"{base}/readyz") as resp:
+        assert resp.status == 200
+
+
+async def test_idle_stream_gets_heartbeats(cluster: Cluster,
+                                           http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway()  # heartbeat every second in tests
+    sid = await create(http, base, generator="external")
+    reply = await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
+                                  stop_after_comments=2, idle_timeout=5)
+    assert reply.comments == ["ping", "ping"]
+    assert [e.event for e in reply.stream_events] == ["status"]
+
+
+async def test_cancel_ends_a_running_stream_with_cancelled(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.worker()
+    base = await cluster.gateway()
+    sid = await create(http, base, options={"tokens": 500, "tokens_per_second": 20})
+    url = f"{base}/v1/streams/{sid}/events"
+    head = await sse_client.read(http, url, max_events=6)
+    async with http.post(f"{base}/v1/streams/{sid}/cancel") as resp:
+        assert resp.status == 202
+    rest = await sse_client.read(http, url, last_event_id=head.last_id)
+    whole = head.stream_events + rest.stream_events
+    assert_contiguous(whole)
+    assert whole[-1].event == "cancelled"
+    assert sum(e.event in TERMINAL for e in whole) == 1
+    assert len(whole) < 100, "the worker did not stop within a batch"
+    async with http.get(f"{base}/v1/streams/{sid}") as resp:
+        assert (await resp.json())["status"] == "cancelled"
+
+
+async def test_fail_at_seq_ends_with_an_error_event(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.worker()
+    base = await cluster.gateway()
+    sid = await create(http, base, options={"tokens": 20, "tokens_per_second": 500,
+                                            "fail_at_seq": 7})
+    events = (await sse_client.read(http, f"{base}/v1/streams/{sid}/events")).stream_events
+    assert_contiguous(events)
+    assert events[-1].seq == 7 and events[-1].event == "error"
+    error = events[-1].envelope["data"]
+    assert error["code"] and error["message"] and error["retryable"] is False
+    async with http.get(f"{base}/v1/streams/{sid}") as resp:
+        assert (await resp.json())["status"] == "failed"
+
+
+async def test_health_readiness_metrics_and_demo_page(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway()
+    async with http.get(f"{base}/healthz") as resp:
+        assert resp.status == 200
+    async with http.get(f"{base}/readyz") as resp:
+        assert resp.status == 200
+    async with http.get(f"{base}/metrics") as resp:
+        assert resp.status == 200
+        assert "tidemark_sse_connections" in await resp.text()
+    async with http.get(f"{base}/") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        page = await resp.text()
+    assert "EventSource" in page and "/v1/streams" in page

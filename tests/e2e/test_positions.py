@@ -1,0 +1,101 @@
+"""Positions the log no longer holds: retention (log start moved past them), another
+topic epoch, and a stream deleted whole. Retention is made to happen at once with
+Kafka's DeleteRecords, which moves a partition's log start exactly as retention does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from tests import sse_client
+from tests.conftest import Cluster
+from tests.e2e.test_streams import create, publish
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def offset_of(event_id: str) -> int:
+    """Read the offset out of an id. Only this test peeks inside the opaque id: it
+    needs a Kafka offset to delete records up to."""
+    return int(event_id.rsplit("-", 1)[1])
+
+
+async def delete_before(bootstrap: str, topic: str, offset: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(offset)},
+                                   timeout_ms=10_000)
+    finally:
+        await admin.close()
+
+
+async def test_retention_gives_reset_then_earliest_and_a_deleted_stream_is_410(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.env["TIDEMARK_PARTITIONS"] = "1"  # every stream in partition 0
+    base = await cluster.gateway()
+    topic = f"tidemark.{cluster.namespace}.events"
+
+    gone = await create(http, base, generator="external")
+    await publish(http, base, gone, [{"type": "status", "data": {"state": "running"}},
+                                     {"type": "result", "data": {"text": "done"}}])
+    gone_events = (await sse_client.read(http, f"{base}/v1/streams/{gone}/events")).events
+
+    live = await create(http, base, generator="external")
+    for i in range(4):
+        await publish(http, base, live, {"type": "partial_result",
+                                         "data": {"chunk": f"c{i} ", "chunkIndex": i}})
+    live_events = (await sse_client.read(http, f"{base}/v1/streams/{live}/events",
+                                         max_events=5)).stream_events
+    assert [e.seq for e in live_events] == [0, 1, 2, 3, 4]
+
+    # Retention deletes everything before the live stream's seq 2.
+    await delete_before(cluster.bootstrap, topic, offset_of(live_events[2].id or ""))
+
+    for position in (None, gone_events[0].id):
+        reply = await sse_client.read(http, f"{base}/v1/streams/{gone}/events",
+                                      last_event_id=position)
+        assert reply.status == 410
+        assert reply.headers["Content-Type"].startswith("application/problem+json")
+
+    for position in (None, live_events[0].id):
+        reply = await sse_client.read(http, f"{base}/v1/streams/{live}/events",
+                                      last_event_id=position, max_events=3)
+        assert reply.events[0].event == "reset"
+        notice = reply.events[0].envelope
+        assert notice == {"reason": "retention", "earliest": live_events[2].id}
+        assert [e.seq for e in reply.stream_events] == [2, 3, 4]
+
+    # A position still held resumes without a reset.
+    reply = await sse_client.read(http, f"{base}/v1/streams/{live}/events",
+                                  last_event_id=live_events[2].id, max_events=2)
+    assert [e.event for e in reply.events] == ["partial_result", "partial_result"]
+    assert [e.seq for e in reply.stream_events] == [3, 4]
+
+
+async def test_position_from_another_topic_epoch_gives_reset_then_whole_stream(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway()
+    sid = await create(http, base, generator="external")
+    await publish(http, base, sid, [{"type": "status", "data": {"state": "running"}},
+                                    {"type": "result", "data": {"text": "ok"}}])
+    full = await sse_client.read(http, f"{base}/v1/streams/{sid}/events")
+    real = full.last_id or ""
+    epoch = real.split("-")[1]
+    foreign = real.replace(epoch, "0" * 8 if epoch != "0" * 8 else "f" * 8, 1)
+
+    reply = await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
+                                  last_event_id=foreign)
+    assert reply.events[0].event == "reset"
+    assert reply.events[0].envelope["reason"] == "epoch"
+    assert [e.id for e in reply.stream_events] == [e.id for e in full.stream_events]
