@@ -113,19 +113,37 @@ class StreamIndex:
 
     async def run(self) -> None:
         """Apply index records as they arrive; runs until cancelled."""
-        assert self._consumer is not None, "start() first"
-        consumer = self._consumer
         initial = asyncio.create_task(self._mark_loaded())
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
-                for records in batches.values():
-                    for rec in records:
-                        self._apply(rec.key, rec.value)
-                async with self._progress:
-                    self._progress.notify_all()
+                await self._poll()
         finally:
             initial.cancel()
+
+    async def _poll(self) -> None:
+        assert self._consumer is not None, "start() first"
+        batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
+        for records in batches.values():
+            for rec in records:
+                self._apply(rec.key, rec.value)
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def load(self, *, timeout: float) -> bool:
+        """Without :meth:`run`: read until everything written before this call is applied."""
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        ends = await consumer.end_offsets(self._tps)
+
+        async def read() -> None:
+            while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+                await self._poll()
+
+        try:
+            await asyncio.wait_for(read(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _mark_loaded(self) -> None:
         await self.sync(timeout=None)

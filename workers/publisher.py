@@ -1,0 +1,131 @@
+"""The publisher SDK: backend services write a stream's events straight to Kafka.
+
+    async with Publisher(settings) as pub:
+        stream = await pub.create_stream()
+        await stream.status("running")
+        await stream.partial("Hello, ", 0)
+        await stream.result({"text": "Hello, world"})
+
+The same rules as the HTTP publish API apply: seqs from 1 (seq 0 is the ``queued``
+status written at creation), a retried seq is acknowledged without being written
+twice, a gap is refused, and nothing follows a terminal event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+from typing import Any, Self
+
+from aiokafka import AIOKafkaProducer
+
+from eventlog.clients import make_producer, started, stop_client
+from eventlog.errors import StreamNotFound
+from eventlog.index import StreamIndex, StreamInfo
+from eventlog.reader import LogReader
+from eventlog.settings import Settings
+from eventlog.streams import Appender, AppendResult, Draft, StreamCreator
+from schemas import events
+from schemas.validation import Validators
+
+
+class StreamWriter:
+    """Appends to one stream; each call validates its data against schemas/json."""
+
+    def __init__(self, publisher: Publisher, info: StreamInfo) -> None:
+        self._publisher = publisher
+        self.info = info
+
+    @property
+    def stream_id(self) -> str:
+        return self.info.stream_id
+
+    async def publish(self, event_type: str, data: dict[str, Any],
+                      seq: int | None = None) -> AppendResult:
+        return await self._publisher.publish(self.info, [Draft(event_type, data, seq)])
+
+    async def status(self, state: str, message: str | None = None) -> AppendResult:
+        data = {"state": state} if message is None else {"state": state, "message": message}
+        return await self.publish(events.STATUS, data)
+
+    async def progress(self, percentage: float, *, eta: float | None = None,
+                       step: str = "", completed_steps: int = 0) -> AppendResult:
+        return await self.publish(events.PROGRESS, {
+            "percentage": percentage, "estimatedTimeRemaining": eta, "currentStep": step,
+            "completedSteps": completed_steps})
+
+    async def partial(self, chunk: str, index: int, *, last: bool = False) -> AppendResult:
+        return await self.publish(events.PARTIAL_RESULT,
+                                  {"chunk": chunk, "chunkIndex": index, "isComplete": last})
+
+    async def metadata(self, **fields: Any) -> AppendResult:
+        return await self.publish(events.METADATA, fields)
+
+    async def result(self, data: dict[str, Any]) -> AppendResult:
+        return await self.publish(events.RESULT, data)
+
+    async def error(self, code: str, message: str, *, retryable: bool = False) -> AppendResult:
+        return await self.publish(events.ERROR,
+                                  {"code": code, "message": message, "retryable": retryable})
+
+
+class Publisher:
+    """A Kafka producer, a small reader pool and the append rules, for one namespace."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._validators = Validators()
+        self._producer: AIOKafkaProducer | None = None
+        self._reader: LogReader | None = None
+        self._appender: Appender | None = None
+        self._index: StreamIndex | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        kafka = self._settings.kafka
+        self._producer = await started(lambda: make_producer(kafka, role="publisher"), kafka,
+                                       "publisher start")
+        self._reader = LogReader(kafka, size=2, role="publisher-reader")
+        self._appender = Appender(self._producer, self._reader)
+
+    async def close(self) -> None:
+        if self._index is not None:
+            await self._index.stop()
+        if self._reader is not None:
+            await self._reader.close()
+        if self._producer is not None:
+            await stop_client(self._producer)
+
+    async def create_stream(self, stream_id: str | None = None) -> StreamWriter:
+        """Create an ``external`` stream (its ``queued`` status is seq 0)."""
+        assert self._producer is not None, "start() first"
+        sid = stream_id or uuid.uuid4().hex
+        if not events.is_valid_stream_id(sid):
+            raise ValueError(f"invalid stream id {sid!r}")
+        info = await StreamCreator(self._settings.log, self._producer).create(
+            sid, generator="external", query=None, options=None, with_job=False)
+        return StreamWriter(self, info)
+
+    async def open_stream(self, stream_id: str) -> StreamWriter:
+        """A writer for a stream created elsewhere (looked up in the stream index)."""
+        if self._index is None:
+            self._index = StreamIndex(self._settings.kafka)
+            await self._index.start()
+        info = self._index.get(stream_id) if await self._index.load(timeout=30.0) else None
+        if info is None:
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        return StreamWriter(self, info)
+
+    async def publish(self, info: StreamInfo, drafts: list[Draft]) -> AppendResult:
+        assert self._appender is not None, "start() first"
+        self._validators.publish_request(
+            [{"type": d.type, "data": d.data, **({"seq": d.seq} if d.seq is not None else {})}
+             for d in drafts])
+        return await self._appender.append(info, drafts)
