@@ -12,4 +12,5 @@ from aiokafka.partitioner import murmur2
 
 
 def partition_for(stream_id: str, partitions: int) -> int:
-    return (murmur2(stream_id.encode()) & 0x7FFFFFFF) % partitions
+    digest: int = murmur2(stream_id.encode())
+    return (digest & 0x7FFFFFFF) % partitions

@@ -7,14 +7,14 @@ Kafka through the pooled reader (bounded concurrency), framed on the way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from eventlog.reader import LogReader
 from gateway.hub import Frame, Hub, frame_record
 
 
 async def backlog(hub: Hub, reader: LogReader, partition: int, key: bytes, start: int,
-                  until: int) -> AsyncIterator[tuple[Frame, str]]:
+                  until: int) -> AsyncGenerator[tuple[Frame, str], None]:
     """This stream's frames with offsets in [start, until), in order, with their source
     (``memory`` or ``kafka``)."""
     if start >= until:

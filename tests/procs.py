@@ -30,7 +30,7 @@ class Proc:
         self.out = logdir / f"{name}.out"
         self.err = logdir / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.popen = subprocess.Popen(  # noqa: S603
+            self.popen = subprocess.Popen(
                 [sys.executable, "-m", "tidemark", *args], stdout=out, stderr=err,
                 env=env, cwd=REPO, start_new_session=True)
 

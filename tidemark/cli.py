@@ -10,8 +10,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
 from eventlog.settings import Settings, env_names, load_settings
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.gateway, host=args.host or settings.gateway.host,
             port=settings.gateway.port if args.port is None else args.port))
     setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
-    commands: dict[str, Callable[[], Awaitable[int]]] = {
+    commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "kafka": lambda: run_kafka(settings, args.data_dir, args.port),
         "gateway": lambda: run_gateway(settings),
         "worker": lambda: run_worker(settings),
