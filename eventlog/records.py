@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import re
+from typing import Any, Final, NamedTuple
 
-from schemas.events import HEADER_SEQ, HEADER_TYPE
+from schemas.events import EVENT_TYPE_PATTERN, HEADER_SEQ, HEADER_TYPE
+
+_TYPE_RE: Final = re.compile(EVENT_TYPE_PATTERN)
 
 
 class LogRecord(NamedTuple):
@@ -20,7 +23,8 @@ class LogRecord(NamedTuple):
 
     @classmethod
     def from_consumer(cls, record: Any) -> LogRecord | None:
-        """Convert an aiokafka ConsumerRecord; None for records Tidemark did not write."""
+        """Convert an aiokafka ConsumerRecord; None for records Tidemark did not write
+        (no key or value, or routing headers missing or malformed)."""
         if record.key is None or record.value is None:
             return None
         kind = ""
@@ -33,7 +37,7 @@ class LogRecord(NamedTuple):
                     seq = int(raw)
                 except ValueError:
                     return None
-        if not kind or seq < 0:
+        if seq < 0 or _TYPE_RE.search(kind) is None:
             return None
         return cls(record.partition, record.offset, record.key, record.value, kind, seq,
                    record.timestamp)

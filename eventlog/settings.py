@@ -19,7 +19,7 @@ from eventlog.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "TIDEMARK_"
-NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)"
 
 
 def _env(name: str, default: Any, help_text: str) -> Any:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from typing import Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from eventlog.errors import KafkaUnavailable
 from eventlog.settings import LogSettings
+from eventlog.topicids import fetch_topic_ids
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +65,21 @@ async def ensure_topics(admin: AIOKafkaAdminClient, settings: LogSettings) -> No
             raise RuntimeError(f"could not create topic {topic}: error code {code}")
         if code == 0:
             log.info("created topic %s", topic)
+
+
+async def wait_for_topics(admin: AIOKafkaAdminClient, topics: list[str], *,
+                          timeout: float = 30.0) -> dict[str, uuid.UUID]:
+    """Wait until the broker's metadata shows every topic; return their topic ids.
+
+    A topic just created is not in every metadata answer at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        ids = await fetch_topic_ids(admin._client, topics)
+        if all(t in ids for t in topics):
+            return ids
+        if loop.time() > deadline:
+            missing = sorted(set(topics) - set(ids))
+            raise KafkaUnavailable(f"topics {missing} not in the broker's metadata")
+        await asyncio.sleep(0.1)

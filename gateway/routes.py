@@ -122,7 +122,12 @@ async def create_stream(request: web.Request) -> web.Response:
 
 async def stream_status(request: web.Request) -> web.Response:
     services = _services(request)
-    info = await _lookup(services, _stream_id(request))
+    stream_id = _stream_id(request)
+    assert services.index is not None
+    # Read-your-writes: catch up with the index before answering.
+    info = await services.index.refresh(stream_id, timeout=services.settings.gateway.index_wait_s)
+    if info is None:
+        raise StreamNotFound(f"no stream {stream_id!r}")
     return _json(_describe(services, info))
 
 

@@ -8,16 +8,18 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.index import StreamIndex
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, StreamCreator
-from eventlog.topicids import fetch_topic_ids, topic_epoch
-from eventlog.topics import ensure_topics, events_topic
+from eventlog.topicids import topic_epoch
+from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from schemas.errors import TidemarkError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Services:
         try:
             await ensure_topics(admin, s.log)
             topic = events_topic(s.log.namespace)
-            ids = await fetch_topic_ids(admin._client, [topic])
+            ids = await wait_for_topics(admin, [topic, STREAMS_TOPIC])
         finally:
             await stop_client(admin)
         self.producer = await started(lambda: make_producer(s.kafka, role="gateway"),
@@ -61,16 +63,27 @@ class Services:
         self.appender = Appender(self.producer, self.reader)
 
     async def run(self) -> None:
-        """Connect, then keep the index and the hub current until cancelled."""
+        """Connect (retrying with backoff), then keep the index and the hub current."""
+        delay = 0.5
+        while True:
+            try:
+                await self.connect()
+                break
+            except asyncio.CancelledError:
+                raise
+            except (TidemarkError, KafkaError, OSError) as exc:
+                self.failure = exc
+                log.warning("gateway could not connect (%s); retrying in %.1fs", exc, delay)
+                await self._close_clients()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.failure = None
+        assert self.index is not None and self.hub is not None
         try:
-            await self.connect()
-            assert self.index is not None and self.hub is not None
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.index.run(), name="index")
                 tg.create_task(self.hub.run(), name="hub")
                 tg.create_task(self._mark_ready(), name="ready")
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             self.failure = exc
             log.exception("gateway services failed")
@@ -86,6 +99,9 @@ class Services:
         self.closing.set()
         if self.hub is not None:
             self.hub.wake_all()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
         for closer in (self.hub, self.index):
             if closer is not None:
                 await closer.stop()
@@ -93,6 +109,7 @@ class Services:
             await self.reader.close()
         if self.producer is not None:
             await stop_client(self.producer)
+        self.hub = self.index = self.reader = self.producer = None
 
 
 SERVICES = web.AppKey("services", Services)

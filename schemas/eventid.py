@@ -19,6 +19,7 @@ VERSION: Final = "1"
 MAX_LENGTH: Final = 63
 _MAX_PARTITION: Final = 99_999
 _MAX_OFFSET: Final = 2**63 - 1
+_EPOCH_RE: Final = re.compile(r"[0-9a-f]{8}")
 _ID_RE: Final = re.compile(r"1-([0-9a-f]{8})-(0|[1-9][0-9]{0,4})-(0|[1-9][0-9]{0,18})")
 
 
@@ -48,8 +49,8 @@ class EventId(NamedTuple):
 def encode_event_id(epoch: str, partition: int, offset: int) -> str:
     if not (0 <= partition <= _MAX_PARTITION and 0 <= offset <= _MAX_OFFSET):
         raise ValueError(f"position out of range: partition={partition} offset={offset}")
-    if len(epoch) != 8:
-        raise ValueError(f"epoch must be 8 hex characters, got {epoch!r}")
+    if _EPOCH_RE.fullmatch(epoch) is None:
+        raise ValueError(f"epoch must be 8 lowercase hex characters, got {epoch!r}")
     return f"{VERSION}-{epoch}-{partition}-{offset}"
 
 

@@ -33,12 +33,14 @@ HEADER_TYPE: Final = "tm-type"
 HEADER_SEQ: Final = "tm-seq"
 HEADER_TRACEPARENT: Final = "traceparent"
 
+#: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
+#: and in Python, whose bare ``$`` also matches before a trailing newline.
 #: Stream ids are URL path segments, Kafka keys and (with topic-per-stream
 #: placement) part of topic names, so they stay within Kafka's topic alphabet.
-STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$(?!\n)"
 _STREAM_ID_RE: Final = re.compile(STREAM_ID_PATTERN)
 #: Event type names: lowercase identifiers, safe on an SSE ``event:`` line.
-EVENT_TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.-]{0,63}$"
+EVENT_TYPE_PATTERN: Final = r"^[a-z][a-z0-9_.-]{0,63}$(?!\n)"
 
 
 def is_terminal(event_type: str) -> bool:
@@ -46,7 +48,7 @@ def is_terminal(event_type: str) -> bool:
 
 
 def is_valid_stream_id(stream_id: str) -> bool:
-    return _STREAM_ID_RE.match(stream_id) is not None
+    return _STREAM_ID_RE.search(stream_id) is not None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

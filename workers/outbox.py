@@ -50,6 +50,7 @@ class OffsetTracker:
 
     def __init__(self, start: int) -> None:
         self._pending: set[int] = set()
+        self.start = start
         self.consumed_until = start  # the partition's committed offset when assigned
 
     def begin(self, offset: int) -> None:

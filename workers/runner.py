@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -48,10 +48,10 @@ class _Stream:
 class PartitionWorker:
     """Generates the jobs of one jobs partition through one transactional producer."""
 
-    def __init__(self, worker: Worker, tp: TopicPartition, start: int) -> None:
+    def __init__(self, worker: Worker, tp: TopicPartition) -> None:
         self._worker = worker
         self.tp = tp
-        self.tracker = OffsetTracker(start)
+        self.tracker = OffsetTracker(0)
         self._streams: dict[str, _Stream] = {}
         self._producer: Any = None
         self._outbox: Outbox | None = None
@@ -63,7 +63,8 @@ class PartitionWorker:
             return self._flusher.exception()
         return None
 
-    async def start(self) -> None:
+    async def start(self, position: Callable[[], Awaitable[int]]) -> int:
+        """Fence the partition's last owner, then start from ``position()``."""
         settings = self._worker.settings
         ns = settings.log.namespace
         # init_transactions() (inside start) fences any earlier owner of this partition
@@ -73,10 +74,13 @@ class PartitionWorker:
                                   transactional_id=transactional_id(ns, self.tp.partition),
                                   linger_ms=settings.worker.linger_ms),
             settings.kafka, "transactional producer start")
+        start = await position()
+        self.tracker = OffsetTracker(start)
         self._outbox = Outbox(self._producer, jobs_tp=self.tp, group_id=group_id(ns),
                               tracker=self.tracker, linger_ms=settings.worker.linger_ms,
                               batch_events=settings.worker.batch_events)
         self._flusher = asyncio.create_task(self._outbox.run(), name=f"outbox-{self.tp}")
+        return start
 
     async def stop(self) -> None:
         tasks = [s.task for s in self._streams.values() if s.task is not None]
@@ -229,12 +233,22 @@ class Worker:
         self.ready = asyncio.Event()
 
     async def take(self, tp: TopicPartition) -> None:
-        assert self._consumer is not None
-        committed = await self._consumer.committed(tp)
-        start = committed if committed is not None else await self._consumer.position(tp)
-        pw = PartitionWorker(self, tp, start)
-        await pw.start()
+        """Own a jobs partition: its records wait (paused) until its writer is ready."""
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.pause(tp)
+
+        async def position() -> int:
+            committed = await consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+                return int(committed)
+            return int(await consumer.position(tp))
+
+        pw = PartitionWorker(self, tp)
+        start = await pw.start(position)
         self.partitions[tp] = pw
+        consumer.resume(tp)
         log.info("took jobs partition %s at offset %s", tp.partition, start)
 
     async def _reset(self, tp: TopicPartition, pw: PartitionWorker) -> None:
@@ -245,8 +259,7 @@ class Worker:
         self.partitions.pop(tp, None)
         assert self._consumer is not None
         committed = await self._consumer.committed(tp)
-        if committed is not None:
-            self._consumer.seek(tp, committed)
+        self._consumer.seek(tp, committed if committed is not None else pw.tracker.start)
         await self.take(tp)
 
     async def run(self) -> None:
@@ -270,10 +283,12 @@ class Worker:
                 batches = await consumer.getmany(timeout_ms=200, max_records=100)
                 self.ready.set()
                 for tp, records in batches.items():
+                    pw = self.partitions.get(tp)
+                    if pw is None:
+                        # Not ready (or just revoked): read these again once it is.
+                        consumer.seek(tp, records[0].offset)
+                        continue
                     for rec in records:
-                        pw = self.partitions.get(tp)
-                        if pw is None:
-                            break
                         await pw.dispatch(rec.offset, rec.value)
                 for tp, pw in list(self.partitions.items()):
                     if pw.failed is not None:

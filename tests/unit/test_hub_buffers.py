@@ -1,0 +1,203 @@
+"""The hub's in-memory buffers are bounded by bytes: the per-partition tail and the
+per-client subscriber buffer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import pytest
+
+from gateway.hub import Frame, PartitionTail, Subscriber
+
+A, B = b"stream-a", b"stream-b"
+
+
+def frame(offset: int, key: bytes = A, size: int = 10, *, terminal: bool = False) -> Frame:
+    data = f"{offset}:".encode().ljust(size, b"x")[:size]
+    return Frame(offset, key, offset, terminal, data)
+
+
+class TailModel:
+    """What a tail of ``limit`` bytes should hold: the newest frames that fit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.frames: deque[Frame] = deque()
+
+    def append(self, f: Frame) -> None:
+        self.frames.append(f)
+        while sum(len(x.data) for x in self.frames) > self.limit:
+            self.frames.popleft()
+
+    def since(self, start: int, key: bytes) -> list[Frame]:
+        return [f for f in self.frames if f.offset >= start and f.key == key]
+
+
+# --- PartitionTail ------------------------------------------------------------------
+
+
+def test_new_tail_is_empty_and_covers_from_its_start() -> None:
+    tail = PartitionTail(start=50, limit=100)
+    assert len(tail) == 0 and tail.nbytes == 0
+    assert tail.covers(50) and tail.covers(1000)
+    assert not tail.covers(49)
+    assert tail.since(0, A) == []
+
+
+def test_tail_never_holds_more_than_its_limit() -> None:
+    tail = PartitionTail(start=0, limit=100)
+    for offset in range(200):
+        tail.append(frame(offset, A if offset % 3 else B, size=7 + offset % 11))
+        held = tail.since(0, A) + tail.since(0, B)
+        assert tail.nbytes <= 100
+        assert sum(len(f.data) for f in held) == tail.nbytes
+        assert len(held) == len(tail)
+
+
+def test_covers_moves_forward_as_old_frames_are_evicted() -> None:
+    tail = PartitionTail(start=0, limit=30)
+    for offset in range(3):
+        tail.append(frame(offset))
+    assert tail.covers(0)
+    tail.append(frame(3))  # 40 bytes > 30: offset 0 goes
+    assert not tail.covers(0)
+    assert tail.covers(1)
+    previous = 1
+    for offset in range(4, 50):
+        tail.append(frame(offset))
+        oldest = min(f.offset for f in tail.since(0, A))
+        assert tail.covers(oldest)
+        assert not tail.covers(oldest - 1)
+        assert oldest >= previous
+        previous = oldest
+
+
+def test_since_returns_only_that_streams_frames_in_order() -> None:
+    tail = PartitionTail(start=0, limit=10_000)
+    frames = [frame(o, A if o % 2 else B) for o in range(20)]
+    for f in frames:
+        tail.append(f)
+    assert tail.since(0, A) == [f for f in frames if f.key == A]
+    assert tail.since(7, A) == [f for f in frames if f.key == A and f.offset >= 7]
+    assert tail.since(8, B) == [f for f in frames if f.key == B and f.offset >= 8]
+    assert tail.since(20, A) == []
+    assert tail.since(0, b"no-such-stream") == []
+
+
+def test_since_matches_a_model_with_gaps_in_offsets_and_eviction() -> None:
+    # Offsets skip numbers, as transaction markers and aborted records do.
+    tail = PartitionTail(start=3, limit=64)
+    model = TailModel(64)
+    offset = 3
+    for i in range(300):
+        offset += 1 + i % 4
+        f = frame(offset, (A, B, b"c")[i % 3], size=5 + i % 9)
+        tail.append(f)
+        model.append(f)
+        for start in (0, offset - 20, offset - 7, offset, offset + 1):
+            for key in (A, B, b"c"):
+                assert tail.since(start, key) == model.since(start, key), (i, start, key)
+
+
+def test_tail_stays_correct_across_many_evictions() -> None:
+    # Thousands of evictions: the tail's storage is compacted along the way.
+    tail = PartitionTail(start=0, limit=50)
+    model = TailModel(50)
+    for offset in range(5000):
+        f = frame(offset)
+        tail.append(f)
+        model.append(f)
+    assert tail.since(0, A) == list(model.frames)
+    assert len(tail) == 5
+    assert tail.covers(4995) and not tail.covers(4994)
+
+
+def test_a_frame_larger_than_the_limit_is_not_held() -> None:
+    tail = PartitionTail(start=0, limit=20)
+    tail.append(frame(0))
+    tail.append(frame(1, size=21))
+    assert tail.nbytes == 0 and len(tail) == 0
+    assert not tail.covers(1)
+    assert tail.covers(2)
+    tail.append(frame(2))
+    assert tail.since(0, A) == [frame(2)]
+
+
+def test_since_is_a_snapshot() -> None:
+    tail = PartitionTail(start=0, limit=1000)
+    tail.append(frame(0))
+    snapshot = tail.since(0, A)
+    tail.append(frame(1))
+    assert snapshot == [frame(0)]
+
+
+# --- Subscriber -------------------------------------------------------------------
+
+
+def test_subscriber_buffers_up_to_its_limit_and_drains_fifo() -> None:
+    sub = Subscriber(partition=2, key=A, limit=30)
+    assert not sub.wakeup.is_set()
+    frames = [frame(o) for o in range(3)]  # exactly 30 bytes
+    for f in frames:
+        sub.push(f)
+    assert not sub.overflowed
+    assert sub.wakeup.is_set()
+    assert list(sub.drain()) == frames
+    assert not sub.wakeup.is_set()
+    assert list(sub.drain()) == []
+
+
+def test_draining_frees_the_buffer() -> None:
+    sub = Subscriber(partition=0, key=A, limit=30)
+    for round_ in range(10):
+        batch = [frame(round_ * 3 + i) for i in range(3)]
+        for f in batch:
+            sub.push(f)
+        assert list(sub.drain()) == batch
+    assert not sub.overflowed
+
+
+def test_subscriber_overflow_drops_its_frames_and_wakes_the_reader() -> None:
+    sub = Subscriber(partition=0, key=A, limit=30)
+    for o in range(3):
+        sub.push(frame(o))
+    sub.wakeup.clear()
+    sub.push(frame(3))  # 40 bytes > 30
+    assert sub.overflowed
+    assert sub.wakeup.is_set()
+    assert list(sub.drain()) == []
+    # Once cut off it stays cut off: the client resumes from its last id elsewhere.
+    sub.push(frame(4, size=1))
+    assert sub.overflowed
+    assert list(sub.drain()) == []
+
+
+def test_a_single_frame_over_the_limit_overflows() -> None:
+    sub = Subscriber(partition=0, key=A, limit=10)
+    sub.push(frame(0, size=11))
+    assert sub.overflowed
+    assert list(sub.drain()) == []
+
+
+def test_frames_pushed_while_draining_come_out_in_order() -> None:
+    sub = Subscriber(partition=0, key=A, limit=1000)
+    sub.push(frame(0))
+    sub.push(frame(1))
+    out = []
+    for f in sub.drain():
+        out.append(f)
+        if f.offset == 0:
+            sub.push(frame(2))
+    assert [f.offset for f in out] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("overflow", [False, True])
+async def test_push_wakes_a_waiting_reader(overflow: bool) -> None:
+    sub = Subscriber(partition=0, key=A, limit=10)
+    waiter = asyncio.create_task(sub.wakeup.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    sub.push(frame(0, size=50 if overflow else 10))
+    await asyncio.wait_for(waiter, timeout=1)
+    assert sub.overflowed is overflow
