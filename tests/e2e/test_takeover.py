@@ -1,0 +1,74 @@
+"""A worker killed mid-stream: another takes the job over and the client sees no gap
+and no duplicate (transactions abort, the new owner resumes from the last committed
+seq). A gateway draining on SIGTERM ends open responses so clients resume elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import sse_client
+from tests.conftest import Cluster
+from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
+from tests.sse_client import Event
+from workers.demo import demo_text
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    first = cluster.worker()
+    base = await cluster.gateway()
+    query = "who takes over?"
+    sid = await create(http, base, query=query,
+                       options={"tokens": 80, "tokens_per_second": 20})
+    url = f"{base}/v1/streams/{sid}/events"
+    seen: list[Event] = []
+    reader = asyncio.create_task(sse_client.read(http, url, sink=seen, idle_timeout=60))
+    while len(seen) < 15:
+        await asyncio.sleep(0.05)
+    first.kill()
+    killed_at = len(seen)
+    cluster.worker()
+    await reader
+
+    assert len(seen) > killed_at, "no event came after the takeover"
+    assert_contiguous(seen)
+    assert seen[-1].event == "result"
+    assert seen[-1].envelope["data"]["text"] == joined_chunks(seen) == demo_text(query, 80)
+    # A fresh full read agrees: the aborted transaction's events are nowhere.
+    again = (await sse_client.read(http, url)).stream_events
+    assert [e.id for e in again] == [e.id for e in seen]
+
+
+async def test_gateway_sigterm_ends_open_responses_and_exits(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.worker()
+    base = await cluster.gateway()
+    other = await cluster.gateway()
+    sid = await create(http, base, options={"tokens": 200, "tokens_per_second": 20})
+    seen: list[Event] = []
+    reader = asyncio.create_task(
+        sse_client.read(http, f"{base}/v1/streams/{sid}/events", sink=seen))
+    while len(seen) < 5:
+        await asyncio.sleep(0.05)
+    gateway = cluster.proc("gateway0")
+    gateway.send(signal.SIGTERM)
+    reply = await asyncio.wait_for(reader, 15)
+    assert reply.ended_by_server, "the response was not ended cleanly"
+    assert any("shutting down" in c for c in reply.comments)
+    assert await asyncio.to_thread(gateway.popen.wait, 15) == 0
+    rest = await sse_client.read(http, f"{other}/v1/streams/{sid}/events",
+                                 last_event_id=reply.last_id, max_events=5)
+    assert_contiguous(seen + rest.stream_events)
