@@ -59,6 +59,8 @@ class GatewaySettings:
     max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
     request_timeout_s: float = _env(
         "REQUEST_TIMEOUT", 10.0, "deadline of create, publish and cancel requests")
+    ready_wait_s: float = _env(
+        "READY_WAIT", 10.0, "how long a request waits for a starting gateway to reach Kafka")
     index_wait_s: float = _env(
         "INDEX_WAIT", 3.0, "how long a lookup waits for the stream index to catch up")
     shutdown_grace_s: float = _env("SHUTDOWN_GRACE", 5.0, "drain deadline on SIGTERM")

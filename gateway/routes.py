@@ -33,10 +33,17 @@ EXTERNAL: Final = "external"
 VALIDATORS = web.AppKey("validators", Validators)
 
 
-def _services(request: web.Request, *, ready: bool = True) -> Services:
+async def _ready(request: web.Request) -> Services:
+    """The services, once connected. A request to a gateway that is still starting
+    waits for it (bounded) rather than failing: an EventSource gives up for good on
+    an HTTP error, but a short wait is invisible to it."""
     services = request.app[SERVICES]
-    if ready and not services.ready.is_set():
-        raise Problem(503, "the gateway is not connected to Kafka yet")
+    if not services.ready.is_set():
+        try:
+            await asyncio.wait_for(services.ready.wait(),
+                                   services.settings.gateway.ready_wait_s)
+        except TimeoutError:
+            raise Problem(503, "the gateway is not connected to Kafka yet") from None
     return services
 
 
@@ -101,7 +108,7 @@ def _describe(services: Services, info: StreamInfo) -> dict[str, Any]:
 
 
 async def create_stream(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = await _ready(request)
     body = await _json_body(request)
     create = request.app[VALIDATORS].create_request(body)
     if create.generator not in GENERATORS:
@@ -121,7 +128,7 @@ async def create_stream(request: web.Request) -> web.Response:
 
 
 async def stream_status(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = await _ready(request)
     stream_id = _stream_id(request)
     assert services.index is not None
     # Read-your-writes: catch up with the index before answering.
@@ -132,7 +139,7 @@ async def stream_status(request: web.Request) -> web.Response:
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    services = _services(request)
+    services = await _ready(request)
     stream_id = _stream_id(request)
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
     position = parse_event_id(raw.strip()) if raw.strip() else None
@@ -147,7 +154,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 
 async def publish(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = await _ready(request)
     stream_id = _stream_id(request)
     body = await _json_body(request)
     inputs = request.app[VALIDATORS].publish_request(body)
@@ -172,7 +179,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = await _ready(request)
     stream_id = _stream_id(request)
     info = await _lookup(services, stream_id)
     if info.finished:
@@ -194,7 +201,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    services = _services(request, ready=False)
+    services = request.app[SERVICES]
     hub = services.hub
     if services.failure is not None:
         raise Problem(503, f"gateway services failed: {services.failure}")
@@ -205,7 +212,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    services = _services(request, ready=False)
+    services = request.app[SERVICES]
     m = services.metrics
     if services.hub is not None:
         m.subscribers.set(services.hub.subscriber_count)

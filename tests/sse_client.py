@@ -106,3 +106,15 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
                 ev_id = value
             elif name == "retry" and value.isdigit():
                 reply.retry = int(value)
+
+
+async def wait_for(seen: list[Event], count: int, reader: asyncio.Task[Reply], *,
+                   timeout: float = 30.0) -> None:
+    """Wait until a reader feeding ``seen`` has ``count`` events (fail if it ends first)."""
+    for _ in range(int(timeout / 0.02)):
+        if len(seen) >= count:
+            return
+        if reader.done():
+            raise AssertionError(f"the read ended after {len(seen)} events: {reader.result()}")
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"only {len(seen)} of {count} events in {timeout}s")

@@ -22,6 +22,7 @@ from tidemark.logs import setup_logging
 log = logging.getLogger("tidemark")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_DEV_RESTARTS = 20
 
 
 def _jars_dir(settings: Settings) -> Path:
@@ -110,7 +111,11 @@ async def run_worker(settings: Settings) -> int:
 
 
 async def run_dev(settings: Settings, data_dir: Path) -> int:
-    """A local broker (unless one is set), one gateway and one worker, until Ctrl-C."""
+    """A local broker (unless one is set), one worker and one gateway, until Ctrl-C.
+
+    A worker or gateway that exits (say, killed to watch clients resume) is started
+    again after a second, up to ``_DEV_RESTARTS`` times.
+    """
     broker: LocalBroker | None = None
     env = dict(os.environ)
     if not settings.kafka.bootstrap:
@@ -118,19 +123,31 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
         await broker.start()
         env["TIDEMARK_KAFKA_BOOTSTRAP"] = broker.bootstrap
         log.info("local Kafka broker at %s (data in %s)", broker.bootstrap, data_dir)
-    children: list[asyncio.subprocess.Process] = []
+    children: dict[str, asyncio.subprocess.Process] = {}
+
+    async def supervise(role: str) -> None:
+        for attempt in range(_DEV_RESTARTS + 1):
+            if attempt:
+                log.warning("%s exited with %s; starting it again", role,
+                            children[role].returncode)
+                await asyncio.sleep(1.0)
+            children[role] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tidemark", role, env=env)
+            await children[role].wait()
+        log.error("%s keeps exiting; stopping", role)
+
+    tasks = [asyncio.create_task(supervise(role)) for role in ("worker", "gateway")]
     try:
-        for role in ("worker", "gateway"):
-            children.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tidemark", role, env=env))
-        url = f"http://{settings.gateway.host}:{settings.gateway.port}/"
-        _out(f"Demo: {url}")
-        await _until_signal(*(c.wait() for c in children))
+        _out(f"Demo: http://{settings.gateway.host}:{settings.gateway.port}/")
+        await _until_signal(*tasks)
     finally:
-        for child in children:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for child in children.values():
             if child.returncode is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in children.values():
             try:
                 await asyncio.wait_for(child.wait(), 15)
             except TimeoutError:

@@ -69,7 +69,7 @@ async def test_gateway_is_alive_but_not_ready_until_kafka_answers(
     kafka_port = free_port()
     port = free_port()
     env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=f"127.0.0.1:{kafka_port}",
-                   TIDEMARK_KAFKA_CONNECT_TIMEOUT="120")
+                   TIDEMARK_KAFKA_CONNECT_TIMEOUT="120", TIDEMARK_READY_WAIT="0.5")
     gateway = Proc("gateway", ["gateway", "--port", str(port)], env, tmp_path)
     broker: Proc | None = None
     try:

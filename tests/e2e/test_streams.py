@@ -136,11 +136,7 @@ async def test_gateway_killed_mid_stream_client_resumes_on_another(
     seen: list[Event] = []
     reader = asyncio.create_task(
         sse_client.read(http, f"{first_gw}/v1/streams/{sid}/events", sink=seen))
-    while len(seen) < 1:
-        await asyncio.sleep(0.05)
-        if reader.done():
-            break
-    await asyncio.sleep(0.8)
+    await sse_client.wait_for(seen, 10, reader)
     cluster.proc("gateway0").stop(signal.SIGKILL)
     with pytest.raises(aiohttp.ClientError):
         await reader

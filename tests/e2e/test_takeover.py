@@ -36,8 +36,7 @@ async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
     url = f"{base}/v1/streams/{sid}/events"
     seen: list[Event] = []
     reader = asyncio.create_task(sse_client.read(http, url, sink=seen, idle_timeout=60))
-    while len(seen) < 15:
-        await asyncio.sleep(0.05)
+    await sse_client.wait_for(seen, 15, reader)
     first.kill()
     killed_at = len(seen)
     cluster.worker()
@@ -61,8 +60,7 @@ async def test_gateway_sigterm_ends_open_responses_and_exits(
     seen: list[Event] = []
     reader = asyncio.create_task(
         sse_client.read(http, f"{base}/v1/streams/{sid}/events", sink=seen))
-    while len(seen) < 5:
-        await asyncio.sleep(0.05)
+    await sse_client.wait_for(seen, 5, reader)
     gateway = cluster.proc("gateway0")
     gateway.send(signal.SIGTERM)
     reply = await asyncio.wait_for(reader, 15)
