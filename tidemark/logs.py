@@ -23,6 +23,20 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _TransientKafkaNoise(logging.Filter):
+    """aiokafka logs some errors it retries by itself at ERROR (a group coordinator
+    not elected yet, a partition leader moving); below DEBUG they are noise."""
+
+    _RETRIED = ("GroupCoordinatorNotAvailable", "NotLeaderForPartition", "NodeNotReady",
+                "NotCoordinatorForGroup", "CoordinatorLoadInProgress")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in self._RETRIED)
+
+
 def setup_logging(*, level: str, fmt: str, role: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -30,6 +44,8 @@ def setup_logging(*, level: str, fmt: str, role: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s"))
+    if level.upper() != "DEBUG":
+        handler.addFilter(_TransientKafkaNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -15,12 +14,6 @@ from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
 from tests.procs import Proc, base_env, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def start_broker(tmp_path: Path, n: int) -> tuple[Proc, str]:

@@ -4,8 +4,6 @@ Kafka's DeleteRecords, which moves a partition's log start exactly as retention 
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import pytest
 from aiokafka import TopicPartition
@@ -16,12 +14,6 @@ from tests.conftest import Cluster
 from tests.e2e.test_streams import create, publish
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def offset_of(event_id: str) -> int:

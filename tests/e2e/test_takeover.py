@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,12 +17,6 @@ from tests.sse_client import Event
 from workers.demo import demo_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
