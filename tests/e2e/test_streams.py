@@ -291,3 +291,26 @@ async def test_health_readiness_metrics_and_demo_page(
         assert resp.status == 200 and resp.content_type == "text/html"
         page = await resp.text()
     assert "EventSource" in page and "/v1/streams" in page
+
+
+async def test_resume_older_than_the_memory_tail_catches_up_from_kafka_then_goes_live(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.worker()
+    # A memory tail of one byte holds nothing: every resume is read back from Kafka.
+    base = await cluster.gateway(TIDEMARK_TAIL_BYTES="1")
+    sid = await create(http, base, options={"tokens": 120, "tokens_per_second": 60})
+    url = f"{base}/v1/streams/{sid}/events"
+    head = await sse_client.read(http, url, max_events=10)
+    await asyncio.sleep(0.5)  # the stream moves on while the client is away
+    rest = await sse_client.read(http, url, last_event_id=head.last_id)
+
+    whole = head.stream_events + rest.stream_events
+    assert_contiguous(whole)
+    assert whole[-1].event == "result"
+    assert whole[-1].envelope["data"]["text"] == joined_chunks(whole)
+    async with http.get(f"{base}/metrics") as resp:
+        metrics = await resp.text()
+    served = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+              for line in metrics.splitlines()
+              if line.startswith("tidemark_backlog_events_total{")}
+    assert served.get('source="kafka"', 0) > 0, metrics
