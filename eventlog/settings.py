@@ -55,6 +55,8 @@ class GatewaySettings:
         "TAIL_BYTES", 8 * 1024 * 1024, "bytes of recent events kept in memory per partition")
     client_buffer_bytes: int = _env(
         "CLIENT_BUFFER_BYTES", 1024 * 1024, "pending bytes per client before it is cut off")
+    client_write_timeout_s: float = _env(
+        "CLIENT_WRITE_TIMEOUT", 10.0, "a client whose socket takes no data this long is dropped")
     catchup_readers: int = _env("CATCHUP_READERS", 8, "concurrent catch-up reads from Kafka")
     max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
     request_timeout_s: float = _env(

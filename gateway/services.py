@@ -19,6 +19,7 @@ from eventlog.topicids import topic_epoch
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.streaming import Session
 from schemas.errors import TidemarkError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Services:
     creator: StreamCreator | None = None
     appender: Appender | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Open SSE responses (for the write watchdog).
+    sessions: set[Session] = field(default_factory=set)
     failure: BaseException | None = None
 
     async def connect(self) -> None:
@@ -84,10 +87,32 @@ class Services:
                 tg.create_task(self.index.run(), name="index")
                 tg.create_task(self.hub.run(), name="hub")
                 tg.create_task(self._mark_ready(), name="ready")
+                tg.create_task(self.pace(), name="pace")
         except Exception as exc:
             self.failure = exc
             log.exception("gateway services failed")
             raise
+
+    async def pace(self) -> None:
+        """Wake every subscriber twice per heartbeat interval (they ping if idle), and
+        drop clients whose sockets have accepted nothing for the write timeout."""
+        gw = self.settings.gateway
+        loop = asyncio.get_running_loop()
+        tick = min(gw.heartbeat_s / 2, 1.0)
+        next_wake = loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            if now >= next_wake and self.hub is not None:
+                self.hub.wake_all()
+                next_wake = now + gw.heartbeat_s / 2
+            for session in list(self.sessions):
+                started = session.write_started
+                if started is not None and now - started > gw.client_write_timeout_s:
+                    log.info("dropping a client of stream %s: no write accepted for %.0fs",
+                             session.info.stream_id, now - started)
+                    self.metrics.cutoffs.inc()
+                    session.abort()
 
     async def _mark_ready(self) -> None:
         assert self.index is not None

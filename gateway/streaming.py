@@ -59,8 +59,16 @@ class Session:
     heartbeat_s: float
     retry_ms: int
     closing: asyncio.Event
+    registry: set[Session]
     response: web.StreamResponse | None = None
     cursor: Cursor = field(default_factory=lambda: Cursor(-1))
+    #: When the write in progress began (loop time), or None: the watchdog cuts off a
+    #: client whose socket has not accepted a write for too long.
+    write_started: float | None = None
+    last_write: float = 0.0
+
+    def __hash__(self) -> int:
+        return id(self)
 
     @property
     def key(self) -> bytes:
@@ -68,7 +76,17 @@ class Session:
 
     async def write(self, data: bytes) -> None:
         assert self.response is not None
+        now = asyncio.get_running_loop().time()
+        self.write_started = now
         await self.response.write(data)
+        self.write_started = None
+        self.last_write = now
+
+    def abort(self) -> None:
+        """Drop the connection (its client stopped reading)."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
     async def send(self, frame: Frame) -> None:
         cur = self.cursor
@@ -98,6 +116,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     sub: Subscriber | None
     sub, until = hub.subscribe(partition, session.key)
     session.metrics.connections.inc()
+    session.registry.add(session)
     items = backlog(hub, session.reader, partition, session.key, plan.start, until)
     try:
         first = await anext(items, None)
@@ -136,6 +155,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         await items.aclose()
         if sub is not None:
             hub.unsubscribe(sub)
+        session.registry.discard(session)
         session.metrics.connections.dec()
 
 
@@ -173,6 +193,10 @@ async def _cut_off(session: Session) -> None:
 
 
 async def _live(session: Session, sub: Subscriber) -> None:
+    """Live frames until the stream ends. Every subscriber is woken twice per heartbeat
+    interval (see ``Services.pace``), so idle connections need no timer of their own
+    and none stays silent for a whole interval."""
+    loop = asyncio.get_running_loop()
     while not session.cursor.ended:
         if session.closing.is_set():
             await session.write(sse.frame_comment("closing: gateway shutting down; reconnect"))
@@ -184,7 +208,6 @@ async def _live(session: Session, sub: Subscriber) -> None:
         if sub.overflowed:
             await _cut_off(session)
             return
-        try:
-            await asyncio.wait_for(sub.wakeup.wait(), session.heartbeat_s)
-        except TimeoutError:
+        if loop.time() - session.last_write >= session.heartbeat_s / 2:
             await session.write(sse.PING)
+        await sub.wakeup.wait()
