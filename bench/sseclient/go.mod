@@ -1,0 +1,3 @@
+module tidemark/bench/sseclient
+
+go 1.26
