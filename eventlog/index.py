@@ -120,9 +120,9 @@ class StreamIndex:
         finally:
             initial.cancel()
 
-    async def _poll(self) -> None:
+    async def _poll(self, timeout_ms: int = 100) -> None:
         assert self._consumer is not None, "start() first"
-        batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
         for records in batches.values():
             for rec in records:
                 self._apply(rec.key, rec.value)
@@ -137,7 +137,7 @@ class StreamIndex:
 
         async def read() -> None:
             while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-                await self._poll()
+                await self._poll(timeout_ms=20)
 
         try:
             await asyncio.wait_for(read(), timeout)

@@ -27,6 +27,8 @@ from schemas.events import TERMINAL_TYPES
 
 log = logging.getLogger(__name__)
 
+_ROUTE_SLICE = 256
+
 
 class Frame(NamedTuple):
     """One event as the gateway serves it: position, routing fields, SSE bytes."""
@@ -206,7 +208,11 @@ class Hub:
         while True:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for tp, records in batches.items():
-                self._route(tp.partition, records)
+                for i in range(0, len(records), _ROUTE_SLICE):
+                    self._route(tp.partition, records[i:i + _ROUTE_SLICE])
+                    # Let handlers write out between slices, so a burst from one fetch
+                    # does not pile up in every subscriber's buffer at once.
+                    await asyncio.sleep(0)
                 self.tails[tp.partition].next_offset = max(
                     self.tails[tp.partition].next_offset, await consumer.position(tp))
             if batches:

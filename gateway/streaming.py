@@ -65,6 +65,7 @@ class Session:
     #: When the write in progress began (loop time), or None: the watchdog cuts off a
     #: client whose socket has not accepted a write for too long.
     write_started: float | None = None
+    sub: Subscriber | None = None
     last_write: float = 0.0
 
     def __hash__(self) -> int:
@@ -81,6 +82,17 @@ class Session:
         await self.response.write(data)
         self.write_started = None
         self.last_write = now
+
+    def subscribe(self) -> int:
+        """(Re)subscribe to the hub; return the offset from which the feed is complete."""
+        self.unsubscribe()
+        self.sub, until = self.hub.subscribe(self.info.partition, self.key)
+        return until
+
+    def unsubscribe(self) -> None:
+        if self.sub is not None:
+            self.hub.unsubscribe(self.sub)
+            self.sub = None
 
     def abort(self) -> None:
         """Drop the connection (its client stopped reading)."""
@@ -113,8 +125,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.metrics.requests.labels("ended").inc()
         return web.Response(status=204)
     session.cursor = Cursor(plan.after)
-    sub: Subscriber | None
-    sub, until = hub.subscribe(partition, session.key)
+    until = session.subscribe()
     session.metrics.connections.inc()
     session.registry.add(session)
     items = backlog(hub, session.reader, partition, session.key, plan.start, until)
@@ -143,9 +154,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             session.metrics.backlog.labels(source).inc()
             await session.send(frame)
         await items.aclose()
-        sub = await _catch_up_overflow(session, sub, until)
-        if sub is not None and not session.cursor.ended:
-            await _live(session, sub)
+        if await _keep_up(session, until):
+            await _live(session)
         await session.response.write_eof()
         return session.response
     except ConnectionError:
@@ -153,8 +163,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         return session.response or web.Response(status=204)
     finally:
         await items.aclose()
-        if sub is not None:
-            hub.unsubscribe(sub)
+        session.unsubscribe()
         session.registry.discard(session)
         session.metrics.connections.dec()
 
@@ -166,24 +175,27 @@ async def send_reset(session: Session, reason: str, start: int) -> None:
     await session.write(sse.frame_event(data, event=events.RESET))
 
 
-async def _catch_up_overflow(session: Session, sub: Subscriber, until: int) -> Subscriber | None:
-    """If live frames overflowed while the backlog was read, read on from Kafka."""
-    hub = session.hub
+async def _keep_up(session: Session, start: int) -> bool:
+    """Make sure the live feed holds everything after what was written.
+
+    If the subscriber's buffer overflowed (the client, or a burst, outran it), serve
+    the gap again from the memory tail or Kafka and subscribe anew, a bounded number
+    of times; a client still behind after that is cut off (and False returned).
+    """
     for _ in range(_MAX_CATCHUP_ROUNDS):
-        if not sub.overflowed or session.cursor.ended:
-            return sub
-        hub.unsubscribe(sub)
-        sub, new_until = hub.subscribe(session.info.partition, session.key)
-        async for frame, source in backlog(hub, session.reader, session.info.partition,
-                                           session.key, until, new_until):
+        sub = session.sub
+        if session.cursor.ended or (sub is not None and not sub.overflowed):
+            return True
+        until = session.subscribe()
+        async for frame, source in backlog(session.hub, session.reader, session.info.partition,
+                                           session.key, start, until):
             session.metrics.backlog.labels(source).inc()
             await session.send(frame)
-        until = new_until
-    if sub.overflowed:
-        hub.unsubscribe(sub)
-        await _cut_off(session)
-        return None
-    return sub
+        start = until
+    if session.cursor.ended:
+        return True
+    await _cut_off(session)
+    return False
 
 
 async def _cut_off(session: Session) -> None:
@@ -192,12 +204,14 @@ async def _cut_off(session: Session) -> None:
         "closing: this client fell behind; reconnect with Last-Event-ID to resume"))
 
 
-async def _live(session: Session, sub: Subscriber) -> None:
+async def _live(session: Session) -> None:
     """Live frames until the stream ends. Every subscriber is woken twice per heartbeat
     interval (see ``Services.pace``), so idle connections need no timer of their own
     and none stays silent for a whole interval."""
     loop = asyncio.get_running_loop()
     while not session.cursor.ended:
+        sub = session.sub
+        assert sub is not None
         if session.closing.is_set():
             await session.write(sse.frame_comment("closing: gateway shutting down; reconnect"))
             return
@@ -206,8 +220,9 @@ async def _live(session: Session, sub: Subscriber) -> None:
             if session.cursor.ended:
                 return
         if sub.overflowed:
-            await _cut_off(session)
-            return
+            if not await _keep_up(session, session.cursor.offset + 1):
+                return
+            continue
         if loop.time() - session.last_write >= session.heartbeat_s / 2:
             await session.write(sse.PING)
         await sub.wakeup.wait()

@@ -73,40 +73,44 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
         ev_id: str | None = None
         ev_type = ""
         data: list[str] = []
+        pending = b""
         while True:
             try:
-                raw = await asyncio.wait_for(resp.content.readline(), idle_timeout)
+                chunk = await asyncio.wait_for(resp.content.readany(), idle_timeout)
             except TimeoutError as exc:
                 raise AssertionError(f"no data for {idle_timeout}s; got {reply.events[-3:]}") \
                     from exc
-            if not raw:
+            if not chunk:
                 reply.ended_by_server = True
                 return reply
-            line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
-            if line == "":
-                if data:
-                    reply.events.append(Event(ev_id, ev_type or "message", "\n".join(data)))
-                    if max_events is not None and len(reply.stream_events) >= max_events:
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for raw in lines:
+                line = raw.decode("utf-8").removesuffix("\r")
+                if line == "":
+                    if data:
+                        reply.events.append(Event(ev_id, ev_type or "message", "\n".join(data)))
+                        if max_events is not None and len(reply.stream_events) >= max_events:
+                            return reply
+                    ev_id, ev_type, data = None, "", []
+                    continue
+                if line.startswith(":"):
+                    reply.comments.append(line[1:].strip())
+                    if stop_after_comments is not None and \
+                            len(reply.comments) >= stop_after_comments:
                         return reply
-                ev_id, ev_type, data = None, "", []
-                continue
-            if line.startswith(":"):
-                reply.comments.append(line[1:].strip())
-                if stop_after_comments is not None and len(reply.comments) >= stop_after_comments:
-                    return reply
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            reply.first_field = reply.first_field or name
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                ev_type = value
-            elif name == "id":
-                ev_id = value
-            elif name == "retry" and value.isdigit():
-                reply.retry = int(value)
-
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                reply.first_field = reply.first_field or name
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    ev_type = value
+                elif name == "id":
+                    ev_id = value
+                elif name == "retry" and value.isdigit():
+                    reply.retry = int(value)
 
 async def wait_for(seen: list[Event], count: int, reader: asyncio.Task[Reply], *,
                    timeout: float = 30.0) -> None:

@@ -118,7 +118,9 @@ class Publisher:
         if self._index is None:
             self._index = StreamIndex(self._settings.kafka)
             await self._index.start()
-        info = self._index.get(stream_id) if await self._index.load(timeout=30.0) else None
+        info = self._index.get(stream_id)
+        if info is None and await self._index.load(timeout=30.0):
+            info = self._index.get(stream_id)
         if info is None:
             raise StreamNotFound(f"no stream {stream_id!r}")
         return StreamWriter(self, info)

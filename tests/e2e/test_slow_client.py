@@ -1,0 +1,169 @@
+"""Bounded memory: a client that stops reading is cut off while others stream on; the
+gateway's memory stays bounded, and the slow client later resumes with nothing lost.
+A long stream and many finished streams leave the gateway's memory flat."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from eventlog.clients import make_producer
+from eventlog.settings import load_settings
+from eventlog.streams import send_event
+from schemas.events import Event
+from tests import sse_client
+from tests.conftest import Cluster
+from tests.e2e.test_streams import assert_contiguous
+from workers.publisher import Publisher
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def metric(http: aiohttp.ClientSession, base: str, name: str) -> float:
+    async with http.get(f"{base}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
+                  payload: int, first_seq: int = 1, end: bool = False) -> None:
+    """Write events straight to Kafka, as a fast backend would (Tidemark's record format)."""
+    settings = load_settings(cluster.env)
+    async with Publisher(settings) as pub:
+        infos = [(await pub.open_stream(sid)).info for sid in stream_ids]
+    producer = make_producer(settings.kafka, role="test", linger_ms=5)
+    await producer.start()
+    try:
+        pad = "x" * payload
+        for i in range(events_each):
+            seq = first_seq + i
+            last = end and i == events_each - 1
+            futures = [await send_event(producer, info.topic, info.partition, Event(
+                stream=info.stream_id, seq=seq, type="result" if last else "partial_result",
+                ts=0, data={"text": pad} if last else
+                {"chunk": pad, "chunkIndex": seq - 1}))
+                for info in infos]
+            if i % 200 == 199 or last:
+                await asyncio.gather(*futures)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
+                                 TIDEMARK_TAIL_BYTES="1048576",
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
+    gateway = cluster.proc("gateway0")
+    async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
+                         ) as resp:
+        sid = (await resp.json())["stream_id"]
+
+    # The slow client: a socket with a tiny receive buffer that reads nothing.
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base.removeprefix("http://").split(":")
+    slow.connect((host, int(port)))
+    slow.sendall(f"GET /v1/streams/{sid}/events HTTP/1.1\r\nHost: {host}\r\n"
+                 "Accept: text/event-stream\r\n\r\n".encode())
+    # A reader keeps up with the same stream the whole time.
+    seen: list[sse_client.Event] = []
+    follower = asyncio.create_task(
+        sse_client.read(http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=60))
+    await sse_client.wait_for(seen, 1, follower)
+    before = rss_bytes(gateway.popen.pid)
+
+    total_events, payload = 20_000, 1000  # ~20 MB through the gateway
+    await produce(cluster, [sid], total_events, payload=payload, end=True)
+    await asyncio.wait_for(follower, 120)
+    grown = rss_bytes(gateway.popen.pid) - before
+
+    assert_contiguous(seen)
+    assert seen[-1].event == "result", "the reading client was held back by the slow one"
+    # The slow client's socket has taken nothing for the write timeout: it is dropped.
+    for _ in range(300):
+        if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the slow client was never cut off")
+    assert grown < 16 * 1024 * 1024, f"gateway grew {grown / 2**20:.1f} MiB for one slow client"
+
+    # The slow client reads what reached it, then resumes from its last id.
+    slow.setblocking(False)
+    received = bytearray()
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(slow, 65536), 10)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        received.extend(chunk)
+    slow.close()
+    text = received.decode(errors="replace")
+    ids = [line[4:] for line in text.split("\n") if line.startswith("id: ")]
+    # An id counts only if its event arrived whole (its blank line came through).
+    complete = [i for i in ids if f"id: {i}\n" in text and
+                text.split(f"id: {i}\n", 1)[1].split("\n\n", 1)[0] != text.split(
+                    f"id: {i}\n", 1)[1]]
+    assert complete, "the slow client got nothing at all"
+    rest = await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
+                                 last_event_id=complete[-1])
+    resumed_from = [e.id for e in seen].index(complete[-1])
+    assert [e.id for e in rest.stream_events] == [e.id for e in seen[resumed_from + 1:]]
+
+
+async def test_a_long_stream_and_many_finished_streams_leave_memory_flat(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway(TIDEMARK_TAIL_BYTES="1048576")
+    gateway = cluster.proc("gateway0")
+    async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
+                         ) as resp:
+        sid = (await resp.json())["stream_id"]
+    seen: list[sse_client.Event] = []
+    reader = asyncio.create_task(
+        sse_client.read(http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=60))
+    await sse_client.wait_for(seen, 1, reader)
+    await produce(cluster, [sid], 20_000, payload=100)
+    await sse_client.wait_for(seen, 20_001, reader, timeout=120)
+    warmed = rss_bytes(gateway.popen.pid)
+    await produce(cluster, [sid], 180_000, payload=100, first_seq=20_001, end=True)
+    await asyncio.wait_for(reader, 180)
+    assert len(seen) == 200_001
+    assert_contiguous(seen)
+    after_long = rss_bytes(gateway.popen.pid)
+
+    # Many short streams, each followed to its end by a client.
+    ids = []
+    for _ in range(300):
+        async with http.post(f"{base}/v1/streams",
+                             json={"query": "q", "generator": "external"}) as resp:
+            ids.append((await resp.json())["stream_id"])
+    await produce(cluster, ids, 5, payload=100, end=True)
+    replies = await asyncio.gather(*(
+        sse_client.read(http, f"{base}/v1/streams/{i}/events") for i in ids))
+    assert all(r.stream_events[-1].event == "result" for r in replies)
+    after_many = rss_bytes(gateway.popen.pid)
+    assert await metric(http, base, "tidemark_sse_connections") == 0
+
+    mib = 2**20
+    assert after_long - warmed < 16 * mib, \
+        f"180k more events grew the gateway by {(after_long - warmed) / mib:.1f} MiB"
+    assert after_many - after_long < 16 * mib, \
+        f"300 finished streams grew the gateway by {(after_many - after_long) / mib:.1f} MiB"
