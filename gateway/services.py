@@ -112,7 +112,7 @@ class Services:
                     log.info("dropping a client of stream %s: no write accepted for %.0fs",
                              session.info.stream_id, now - started)
                     self.metrics.cutoffs.inc()
-                    session.abort()
+                    session.drop_stuck(gw.client_write_timeout_s)
 
     async def _mark_ready(self) -> None:
         assert self.index is not None

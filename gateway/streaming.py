@@ -33,7 +33,9 @@ SSE_HEADERS: Final = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
-#: How often a subscriber that overflowed during catch-up may catch up again.
+CUT_OFF_REASON: Final = sse.frame_comment(
+    "closing: this client fell behind; reconnect with Last-Event-ID to resume")
+#: How often a subscriber that overflowed may catch up again before it is cut off.
 _MAX_CATCHUP_ROUNDS: Final = 8
 
 
@@ -94,11 +96,21 @@ class Session:
             self.hub.unsubscribe(self.sub)
             self.sub = None
 
-    def abort(self) -> None:
-        """Drop the connection (its client stopped reading)."""
+    def drop_stuck(self, grace_s: float) -> None:
+        """End the response of a client whose socket stopped taking data.
+
+        The writer is parked on a full socket with every chunk handed over, so one more
+        whole chunk (the reason) and the last chunk can follow what is queued. The
+        connection then closes once the client reads it all, or is aborted after
+        ``grace_s``, so its buffers are freed either way.
+        """
         transport = self.request.transport
-        if transport is not None:
-            transport.abort()
+        if transport is None or transport.is_closing():
+            return
+        reason = CUT_OFF_REASON
+        transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(reason), reason))
+        transport.close()
+        asyncio.get_running_loop().call_later(grace_s, transport.abort)
 
     async def send(self, frame: Frame) -> None:
         cur = self.cursor
@@ -200,8 +212,7 @@ async def _keep_up(session: Session, start: int) -> bool:
 
 async def _cut_off(session: Session) -> None:
     session.metrics.cutoffs.inc()
-    await session.write(sse.frame_comment(
-        "closing: this client fell behind; reconnect with Last-Event-ID to resume"))
+    await session.write(CUT_OFF_REASON)
 
 
 async def _live(session: Session) -> None:

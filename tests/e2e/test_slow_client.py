@@ -117,6 +117,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
         received.extend(chunk)
     slow.close()
     text = received.decode(errors="replace")
+    assert "fell behind" in text, "the slow client was not told why it was cut off"
     ids = [line[4:] for line in text.split("\n") if line.startswith("id: ")]
     # An id counts only if its event arrived whole (its blank line came through).
     complete = [i for i in ids if f"id: {i}\n" in text and
