@@ -47,7 +47,8 @@ from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.index import StreamIndex, StreamInfo
 from eventlog.settings import Settings, load_settings
 from eventlog.streams import StreamCreator, send_event
-from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
+from eventlog.topicids import fetch_topic_ids
+from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic
 from schemas.events import PARTIAL_RESULT, Event
 
 
@@ -77,7 +78,12 @@ async def ensure_namespace(settings: Settings) -> None:
                           settings.kafka, "admin start")
     try:
         await ensure_topics(admin, settings.log)
-        await wait_for_topics(admin, [events_topic(settings.log.namespace), STREAMS_TOPIC])
+        topics = [events_topic(settings.log.namespace), STREAMS_TOPIC]
+        for _ in range(300):
+            ids = await fetch_topic_ids(admin._client, topics)
+            if all(t in ids for t in topics):
+                break
+            await asyncio.sleep(0.1)
     finally:
         await stop_client(admin)
 

@@ -153,7 +153,8 @@ func runConn(ctx context.Context, t Target, st *Stats, cfg *Config, dialSem chan
 		}
 		return
 	}
-	defer resp.Body.Close()
+	// The body is never Close()d: net/http would drain it, and an SSE body has no end.
+	// Closing the socket (deferred above) ends the response.
 	st.headers.Load().Record(uint64(time.Since(start).Microseconds()))
 	if resp.StatusCode != http.StatusOK {
 		st.fail("status-" + strconv.Itoa(resp.StatusCode))

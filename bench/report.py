@@ -1,0 +1,183 @@
+"""The Markdown tables that ``bench.run`` prints from a results dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _ms(h: dict[str, Any] | None, key: str) -> str:
+    if not h or not h.get("count"):
+        return "-"
+    return _f(h.get(key), 1 if (h.get(key) or 0) >= 10 else 2)
+
+
+def _cpu(win: dict[str, Any], name: str) -> str:
+    p = win.get("processes", {}).get(name)
+    return "-" if p is None else f"{p['cpu_pct_of_core']:.0f}%"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _error(section: dict[str, Any]) -> list[str]:
+    return [f"**error:** `{section['error'][-300:]}`", ""] if section.get("error") else []
+
+
+def render(res: dict[str, Any]) -> str:
+    meta = res.get("meta", {})
+    sc = res.get("scenarios", {})
+    lines = [f"## Tidemark benchmark — {meta.get('profile')} profile, {meta.get('date')}", "",
+             f"Machine: {meta.get('cores')} cores, {meta.get('memory_gib')} GiB, shared by the "
+             "Kafka broker, the gateway, the publisher(s) and the client processes. "
+             f"Client: {meta.get('client')}. {meta.get('stack')}. CPU is % of one core over the"
+             " measured window.", ""]
+
+    c = sc.get("connections", {})
+    if c:
+        lines += ["### 1. Concurrent connections (one gateway process, one idle stream per "
+                  f"connection, `: ping` every {c.get('setup', {}).get('heartbeat_s')} s)", ""]
+        lines += _error(c)
+        idle = c.get("gateway_idle", {})
+        rows = []
+        for s in c.get("steps", []):
+            w = s.get("window", {})
+            rows.append([_f(s["connections_attempted"]), _f(s.get("connections_held")),
+                         _f(s.get("connections_failed")), f"{_f(s.get('gateway_rss_mb'))} MB",
+                         f"{_f(s.get('rss_per_connection_kb'))} KB",
+                         f"{_f(s.get('heartbeats_in_hold'))} / {_f(s.get('heartbeats_expected'))}",
+                         _ms(s.get("connect_to_first_event_ms"), "p99_ms"),
+                         _cpu(w, "gateway"), _cpu(w, "clients"), _f(s.get("client_processes"))])
+        lines += _table(["connections", "held", "failed", "gateway RSS", "RSS/conn (minus idle)",
+                         "pings got/expected in hold", "connect→1st event p99 ms",
+                         "gateway CPU (idle hold)", "clients CPU", "client procs"], rows)
+        lines += ["", f"Idle gateway (index of {_f(idle.get('index_streams'))} streams loaded): "
+                  f"{_f(idle.get('rss_mb'))} MB. Highest held: **{_f(c.get('highest_held'))}**.",
+                  ""]
+
+    d = sc.get("delivery", {})
+    if d:
+        st = d.get("setup", {})
+        lines += [f"### 2. Delivery latency ({_f(st.get('streams'))} streams, one connection "
+                  f"each, {st.get('payload_bytes')} B records, {st.get('measure_s')} s windows)",
+                  ""]
+        lines += _error(d)
+        rows = []
+        for s in d.get("steps", []):
+            w, lat = s.get("window", {}), s.get("latency_ms", {})
+            rows.append([_f(s["setup"]["target_events_per_s"]),
+                         _f(s.get("published_events_per_s"), 0),
+                         _f(s.get("delivered_events_per_s"), 0), _ms(lat, "p50_ms"),
+                         _ms(lat, "p95_ms"), _ms(lat, "p99_ms"), _ms(lat, "max_ms"),
+                         _cpu(w, "gateway"), _f(s.get("gateway_cpu_us_per_event")),
+                         _cpu(w, "kafka"), _cpu(w, "publisher"), _cpu(w, "clients"),
+                         f"{_f(w.get('other_processes_cpu_s'))} s"])
+        lines += _table(["target ev/s", "published ev/s", "delivered ev/s", "p50 ms", "p95 ms",
+                         "p99 ms", "max ms", "gateway CPU", "gateway µs/event", "broker CPU",
+                         "publisher CPU", "clients CPU", "other procs CPU"], rows)
+        lines += ["", "Highest total events/s delivered by one gateway process with p99 < "
+                  f"100 ms: **{_f(d.get('highest_events_per_s_p99_under_100ms'), 0)}** "
+                  f"(step {_f(d.get('highest_step_target'))} ev/s).", ""]
+        prof = d.get("profile")
+        if prof:
+            lines += _profile(prof)
+
+    f = sc.get("first_event", {})
+    if f:
+        lines += ["### 3. First-event latency (POST /v1/streams external, then GET events at "
+                  "once)", ""]
+        lines += _error(f)
+        rows = [[_f(r["concurrency"]), _f(r["streams"]), _f(r["ok"]), _f(r["failed"]),
+                 _ms(r["post_to_first_event_ms"], "p50_ms"),
+                 _ms(r["post_to_first_event_ms"], "p99_ms"),
+                 _ms(r["post_ms"], "p50_ms"), _ms(r["get_to_first_event_ms"], "p50_ms"),
+                 _cpu(r.get("window", {}), "gateway")]
+                for r in f.get("runs", [])]
+        lines += _table(["concurrency", "streams", "ok", "failed", "POST→1st event p50 ms",
+                         "p99 ms", "POST alone p50 ms", "GET→1st event p50 ms", "gateway CPU"],
+                        rows)
+        lines.append("")
+
+    r = sc.get("resume", {})
+    if r:
+        lines += [f"### 4. Resume latency ({r.get('setup', {}).get('what', '')})", ""]
+        lines += _error(r)
+        rows = [[x["source"], _f(x["concurrency"]), _f(x["resumes"]), _f(x["ok"]),
+                 _f(x["first_seq_mismatch"]),
+                 _ms(x["reconnect_to_first_missed_event_ms"], "p50_ms"),
+                 _ms(x["reconnect_to_first_missed_event_ms"], "p99_ms"),
+                 ", ".join(f"{k} {int(v)}" for k, v in
+                           x["backlog_events_served_by_source"].items())]
+                for x in r.get("runs", [])]
+        lines += _table(["served from", "concurrency", "resumes", "ok", "wrong first event",
+                         "p50 ms", "p99 ms", "backlog events served (gateway metric)"], rows)
+        lines.append("")
+
+    s = sc.get("side_by_side", {})
+    if s:
+        st = s.get("setup", {})
+        lines += [f"### 5. Side by side ({_f(st.get('streams'))} streams, "
+                  f"{_f(st.get('events_per_s'))} ev/s, {st.get('payload_bytes')} B; then idle "
+                  f"connections added up to {_f(st.get('hold_target'))})", ""]
+        lines += _error(s)
+        rows = []
+        for name, t in s.get("targets", {}).items():
+            dl = t.get("delivery", {})
+            h = t.get("hold", {})
+            if "delivery" not in t:
+                rows.append([name, "error: " + str(t.get("error", "?"))[-160:].replace("|", "/")]
+                            + ["-"] * 9)
+                continue
+            lat = dl.get("latency_ms", {})
+            rows.append([name, _f(t.get("connections")), _f(dl.get("delivered_events_per_s"), 0),
+                         _ms(lat, "p50_ms"), _ms(lat, "p99_ms"),
+                         _f(dl.get("gateway_cpu_us_per_event")),
+                         _f(dl.get("broker_cpu_us_per_event")),
+                         f"{_f(t.get('rss_per_connection_kb'))} KB",
+                         _f(t.get("fds_per_connection"), 2),
+                         f"{_f(h.get('held'))} / {_f(h.get('target'))}"
+                         + (" (err)" if h.get("error") or h.get("dial_error") else ""),
+                         f"{_f(h.get('rss_per_connection_kb'))} KB"])
+        lines += _table(["target", "connections", "delivered ev/s", "p50 ms", "p99 ms",
+                         "gateway CPU µs/event", "broker CPU µs/event", "RSS/conn",
+                         "fds/conn", "held / target", "RSS/conn at hold"], rows)
+        ratios = s.get("ratios", {})
+        rrows = [[k, *(_f(v.get(x), 2) for x in ("held", "gateway_cpu_us_per_event",
+                                                  "broker_cpu_us_per_event", "p99_ms",
+                                                  "rss_per_connection_kb"))]
+                 for k, v in ratios.items() if isinstance(v, dict)]
+        if rrows:
+            lines += ["", "Ratios, other / Tidemark (shared topic):", ""]
+            lines += _table(["target", "connections held", "gateway CPU per event",
+                             "broker CPU per event", "p99 latency", "RSS per connection"], rrows)
+        lines.append("")
+    lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
+    return "\n".join(lines)
+
+
+def _profile(prof: dict[str, Any]) -> list[str]:
+    if prof.get("error"):
+        return [f"Profile: error `{prof['error']}`", ""]
+    st = prof.get("setup", {})
+    lines = [f"Gateway CPU profile (py-spy, {_f(st.get('events_per_s'))} ev/s to "
+             f"{_f(st.get('connections'))} connections, {st.get('seconds')} s; thread busy "
+             f"{_f(100 * (prof.get('busy_share_of_thread') or 0), 0)}% of the time):", ""]
+    pk = ", ".join(f"{x['package']} {x['pct']}%" for x in prof.get("self_by_package", [])[:8])
+    lines += [f"Self time by package: {pk}.", ""]
+    rows = [[x["function"].replace("|", "/"), f"{x['pct']}%"]
+            for x in prof.get("self_top", [])[:10]]
+    lines += _table(["top self-time functions", "share"], rows)
+    lines.append("")
+    return lines
