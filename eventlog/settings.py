@@ -19,6 +19,7 @@ from eventlog.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "TIDEMARK_"
+PLACEMENTS: Final = ("partitioned", "topic-per-stream")
 NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)"
 
 
@@ -43,6 +44,8 @@ class LogSettings:
     partitions: int = _env("PARTITIONS", 12, "partitions of new events/jobs/index topics")
     replication_factor: int = _env("REPLICATION_FACTOR", 1, "replication factor of new topics")
     retention_ms: int = _env("RETENTION_MS", 86_400_000, "retention of the events topic")
+    placement: str = _env(
+        "PLACEMENT", "partitioned", "partitioned (default) or topic-per-stream (benchmarks)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +90,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not re.match(NAMESPACE_PATTERN, self.log.namespace):
             raise ConfigError(f"TIDEMARK_NAMESPACE must match {NAMESPACE_PATTERN}")
+        if self.log.placement not in PLACEMENTS:
+            raise ConfigError(f"TIDEMARK_PLACEMENT must be one of {', '.join(PLACEMENTS)}")
         if self.log_format not in ("text", "json"):
             raise ConfigError("TIDEMARK_LOG_FORMAT must be text or json")
         if self.log.partitions < 1 or self.log.partitions > 10_000:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from eventlog import index
 from eventlog.errors import SeqConflict, StreamEnded
@@ -24,7 +25,7 @@ from eventlog.jobs import Job
 from eventlog.placement import partition_for
 from eventlog.reader import LogReader
 from eventlog.settings import LogSettings
-from eventlog.topics import events_topic, jobs_topic
+from eventlog.topics import events_topic, jobs_topic, stream_topic_spec, wait_for_topics
 from schemas import events
 from schemas.events import Event
 
@@ -79,15 +80,26 @@ async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = 
 class StreamCreator:
     """Creates streams: the first event, then the index record, then the job."""
 
-    def __init__(self, settings: LogSettings, producer: AIOKafkaProducer) -> None:
+    def __init__(self, settings: LogSettings, producer: AIOKafkaProducer, *,
+                 admin: AIOKafkaAdminClient | None = None) -> None:
         self._settings = settings
         self._producer = producer
+        self._admin = admin
+        if settings.placement == "topic-per-stream" and admin is None:
+            raise ValueError("topic-per-stream placement creates topics: pass an admin client")
 
     async def create(self, stream_id: str, *, generator: str, query: str | None,
                      options: dict[str, Any] | None, with_job: bool) -> StreamInfo:
         ns = self._settings.namespace
-        topic = events_topic(ns)
-        partition = partition_for(stream_id, self._settings.partitions)
+        if self._settings.placement == "topic-per-stream":
+            assert self._admin is not None
+            spec = stream_topic_spec(self._settings, stream_id)
+            await self._admin.create_topics([spec])
+            await wait_for_topics(self._admin._client, [spec.name])
+            topic, partition = spec.name, 0
+        else:
+            topic = events_topic(ns)
+            partition = partition_for(stream_id, self._settings.partitions)
         ts = now_ms()
         first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts,
                       data={"state": index.QUEUED})
@@ -100,8 +112,9 @@ class StreamCreator:
         await index.put(self._producer, info)
         if with_job:
             job = Job(stream=info, query=query or "", options=options or {})
-            await (await self._producer.send(jobs_topic(ns), job.to_json(),
-                                             key=stream_id.encode(), partition=partition))
+            await (await self._producer.send(
+                jobs_topic(ns), job.to_json(), key=stream_id.encode(),
+                partition=partition_for(stream_id, self._settings.partitions)))
         return info
 
 

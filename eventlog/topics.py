@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Final
+from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -28,6 +28,17 @@ def events_topic(namespace: str) -> str:
 def jobs_topic(namespace: str) -> str:
     """Generation requests and control records (cancel) of a namespace; key = stream id."""
     return f"tidemark.{namespace}.jobs"
+
+
+def stream_topic(namespace: str, stream_id: str) -> str:
+    """The topic of one stream under ``topic-per-stream`` placement (benchmark mode)."""
+    return f"tidemark.{namespace}.stream.{stream_id}"
+
+
+def stream_topic_spec(settings: LogSettings, stream_id: str) -> NewTopic:
+    return NewTopic(stream_topic(settings.namespace, stream_id), 1,
+                    settings.replication_factor, topic_configs={
+                        "cleanup.policy": "delete", "retention.ms": str(settings.retention_ms)})
 
 
 def namespace_topics(settings: LogSettings) -> list[NewTopic]:
@@ -67,16 +78,17 @@ async def ensure_topics(admin: AIOKafkaAdminClient, settings: LogSettings) -> No
             log.info("created topic %s", topic)
 
 
-async def wait_for_topics(admin: AIOKafkaAdminClient, topics: list[str], *,
+async def wait_for_topics(client: Any, topics: list[str], *,
                           timeout: float = 30.0) -> dict[str, uuid.UUID]:
     """Wait until the broker's metadata shows every topic; return their topic ids.
 
-    A topic just created is not in every metadata answer at once.
+    ``client`` is an aiokafka client (``admin._client``, ``consumer._client``). A topic
+    just created is not in every metadata answer at once.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        ids = await fetch_topic_ids(admin._client, topics)
+        ids = await fetch_topic_ids(client, topics)
         if all(t in ids for t in topics):
             return ids
         if loop.time() > deadline:

@@ -17,10 +17,13 @@ from gateway import routes
 from gateway.problems import problem_middleware
 from gateway.services import SERVICES, Services
 
+#: The task that runs the gateway's Kafka side; the process ends if it fails.
+SERVICES_TASK = web.AppKey("services_task", asyncio.Task[None])
+
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
-    task = asyncio.create_task(services.run(), name="gateway-services")
+    task = app[SERVICES_TASK] = asyncio.create_task(services.run(), name="gateway-services")
     yield
     services.closing.set()
     if services.hub is not None:

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
+from aiokafka import TopicPartition
+
 from eventlog.reader import LogReader
 from gateway.hub import Frame, Hub, frame_record
 
 
-async def backlog(hub: Hub, reader: LogReader, partition: int, key: bytes, start: int,
+async def backlog(hub: Hub, reader: LogReader, tp: TopicPartition, key: bytes, start: int,
                   until: int) -> AsyncGenerator[tuple[Frame, str], None]:
     """This stream's frames with offsets in [start, until), in order, with their source
     (``memory`` or ``kafka``)."""
     if start >= until:
         return
-    tail = hub.tails[partition]
+    tail = hub.tails[tp]
     if tail.covers(start):
         for frame in tail.since(start, key):
             if frame.offset >= until:
                 return
             yield frame, "memory"
         return
-    async with reader.open(hub.topic, partition, start) as cursor:
+    epoch = hub.epochs[tp.topic]
+    async with reader.open(tp.topic, tp.partition, start) as cursor:
         async for rec in cursor.records(until=until, key=key):
-            yield frame_record(hub.epoch, rec), "kafka"
+            yield frame_record(epoch, rec), "kafka"

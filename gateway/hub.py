@@ -19,8 +19,11 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventlog.clients import make_consumer, started, stop_client
+from eventlog.errors import KafkaUnavailable
 from eventlog.records import LogRecord
 from eventlog.settings import KafkaSettings
+from eventlog.topicids import topic_epoch
+from eventlog.topics import wait_for_topics
 from gateway import sse
 from schemas.eventid import encode_event_id
 from schemas.events import TERMINAL_TYPES
@@ -91,8 +94,8 @@ class PartitionTail:
 class Subscriber:
     """A client's live feed: a bounded buffer of frames, filled by the hub."""
 
-    def __init__(self, partition: int, key: bytes, limit: int) -> None:
-        self.partition = partition
+    def __init__(self, tp: TopicPartition, key: bytes, limit: int) -> None:
+        self.tp = tp
         self.key = key
         self._limit = limit
         self._frames: deque[Frame] = deque()
@@ -121,19 +124,29 @@ class Subscriber:
 
 
 class Hub:
-    """Tails one events topic and routes its records to subscribers by stream id."""
+    """Tails events topics and routes their records to subscribers by stream id.
 
-    def __init__(self, kafka: KafkaSettings, *, topic: str, epoch: str, tail_bytes: int,
-                 client_buffer_bytes: int) -> None:
+    The namespace's partitioned events topic is tracked from start to stop. Under
+    ``topic-per-stream`` placement each stream's topic is attached when a client asks
+    for it and detached once nobody has followed it for a while; every attach or detach
+    re-assigns the consumer (and re-seeks every partition it keeps), which is the cost
+    that placement pays per stream.
+    """
+
+    def __init__(self, kafka: KafkaSettings, *, tail_bytes: int,
+                 client_buffer_bytes: int, idle_detach_s: float = 30.0) -> None:
         self._kafka = kafka
-        self.topic = topic
-        self.epoch = epoch
         self._tail_bytes = tail_bytes
         self._client_buffer = client_buffer_bytes
+        self._idle_detach_s = idle_detach_s
         self._consumer: AIOKafkaConsumer | None = None
-        self._tps: dict[int, TopicPartition] = {}
-        self.tails: dict[int, PartitionTail] = {}
-        self._subs: dict[tuple[int, bytes], set[Subscriber]] = {}
+        #: Topic -> epoch (short hash of its topic id), for every topic ever looked up.
+        self.epochs: dict[str, str] = {}
+        self.tails: dict[TopicPartition, PartitionTail] = {}
+        self._static: set[str] = set()
+        self._idle_since: dict[str, float] = {}
+        self._assign_lock = asyncio.Lock()
+        self._subs: dict[tuple[TopicPartition, bytes], set[Subscriber]] = {}
         self._progress = asyncio.Condition()
         self.records_routed = 0
 
@@ -145,62 +158,129 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
-    async def start(self) -> None:
+    async def start(self, topics: list[str]) -> None:
+        """Track ``topics`` (all partitions, from their ends) for the hub's lifetime."""
         self._consumer = await started(
             lambda: make_consumer(self._kafka, role="hub", fetch_max_wait_ms=50,
                                   max_partition_fetch_bytes=4 * 1024 * 1024),
             self._kafka, "hub start")
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await self._consumer._client.force_metadata_update()
-            partitions = self._consumer.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            raise RuntimeError(f"topic {self.topic} has no partitions")
-        self._tps = {p: TopicPartition(self.topic, p) for p in sorted(partitions)}
-        self._consumer.assign(list(self._tps.values()))
-        await self._consumer.seek_to_end(*self._tps.values())
-        for p, tp in self._tps.items():
-            start = await self._consumer.position(tp)
-            self.tails[p] = PartitionTail(start, self._tail_bytes)
-        log.info("hub tails %s partitions of %s", len(self._tps), self.topic)
+        self._static.update(topics)
+        await self._attach(topics)
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await stop_client(self._consumer)
             self._consumer = None
 
-    def position(self, partition: int) -> int:
-        return self.tails[partition].next_offset
+    async def epoch(self, topic: str) -> str:
+        """The topic's epoch (looked up once)."""
+        epoch = self.epochs.get(topic)
+        if epoch is None:
+            assert self._consumer is not None, "start() first"
+            ids = await wait_for_topics(self._consumer._client, [topic])
+            epoch = self.epochs[topic] = topic_epoch(ids[topic])
+        return epoch
 
-    def subscribe(self, partition: int, key: bytes) -> tuple[Subscriber, int]:
+    async def attach(self, topic: str) -> None:
+        """Make sure ``topic`` is tailed (a no-op for the namespace's topic)."""
+        self._idle_since.pop(topic, None)
+        if topic in self._static or any(tp.topic == topic for tp in self.tails):
+            return
+        await self._attach([topic])
+
+    async def _attach(self, topics: list[str]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        async with self._assign_lock:
+            topics = [t for t in topics if not any(tp.topic == t for tp in self.tails)]
+            if not topics:
+                return
+            for topic in topics:
+                await self.epoch(topic)
+            new = [TopicPartition(t, p) for t in topics for p in await self._partitions(t)]
+            self._reassign([*self.tails, *new])
+            await consumer.seek_to_end(*new)
+            for tp in new:
+                self.tails[tp] = PartitionTail(await consumer.position(tp), self._tail_bytes)
+        log.info("hub tails %s partitions (%s)", len(self.tails), ", ".join(topics))
+
+    async def _partitions(self, topic: str) -> list[int]:
+        consumer = self._consumer
+        assert consumer is not None
+        client = consumer._client
+        for _ in range(50):
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                return sorted(partitions)
+            # A manually assigned consumer asks metadata only for the topics it tracks.
+            await (client.force_metadata_update() if topic in client._topics
+                   else client.add_topic(topic))
+            await asyncio.sleep(0.05)
+        raise KafkaUnavailable(f"no partitions for topic {topic} in the broker's metadata")
+
+    def _reassign(self, tps: list[TopicPartition]) -> None:
+        """Assign exactly ``tps``; partitions kept go on from where the hub was."""
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.assign(tps)
+        for tp in tps:
+            tail = self.tails.get(tp)
+            if tail is not None:
+                consumer.seek(tp, tail.next_offset)
+
+    async def detach_idle(self) -> None:
+        """Stop tailing per-stream topics nobody has followed for ``idle_detach_s``."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        busy = {tp.topic for tp, _ in self._subs}
+        for topic in {tp.topic for tp in self.tails} - self._static:
+            if topic in busy:
+                self._idle_since.pop(topic, None)
+            else:
+                self._idle_since.setdefault(topic, now)
+        idle = [t for t, since in self._idle_since.items() if now - since >= self._idle_detach_s]
+        if not idle:
+            return
+        async with self._assign_lock:
+            for topic in idle:
+                del self._idle_since[topic]
+                for tp in [tp for tp in self.tails if tp.topic == topic]:
+                    del self.tails[tp]
+            self._reassign(list(self.tails))
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.tails[tp].next_offset
+
+    def subscribe(self, tp: TopicPartition, key: bytes) -> tuple[Subscriber, int]:
         """A new subscriber, and the offset from which it will receive every frame."""
-        sub = Subscriber(partition, key, self._client_buffer)
-        self._subs.setdefault((partition, key), set()).add(sub)
-        return sub, self.tails[partition].next_offset
+        sub = Subscriber(tp, key, self._client_buffer)
+        self._subs.setdefault((tp, key), set()).add(sub)
+        return sub, self.tails[tp].next_offset
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        subs = self._subs.get((sub.partition, sub.key))
+        subs = self._subs.get((sub.tp, sub.key))
         if subs is not None:
             subs.discard(sub)
             if not subs:
-                del self._subs[(sub.partition, sub.key)]
+                del self._subs[(sub.tp, sub.key)]
 
     def wake_all(self) -> None:
-        """Wake every subscriber (on shutdown, so open responses can end)."""
+        """Wake every subscriber (heartbeats; shutdown, so open responses can end)."""
         for subs in self._subs.values():
             for sub in subs:
                 sub.wakeup.set()
 
-    async def wait_position(self, partition: int, offset: int, timeout: float) -> bool:
-        """Wait until the hub has read past ``offset`` - 1 in ``partition``."""
+    async def wait_position(self, tp: TopicPartition, offset: int, timeout: float) -> bool:
+        """Wait until the hub has read past ``offset`` - 1 in ``tp``."""
         async def reached() -> None:
             async with self._progress:
-                await self._progress.wait_for(lambda: self.position(partition) >= offset)
+                await self._progress.wait_for(
+                    lambda: tp not in self.tails or self.position(tp) >= offset)
         try:
             await asyncio.wait_for(reached(), timeout)
         except TimeoutError:
             return False
-        return True
+        return tp in self.tails
 
     async def run(self) -> None:
         consumer = self._consumer
@@ -209,18 +289,22 @@ class Hub:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for tp, records in batches.items():
                 for i in range(0, len(records), _ROUTE_SLICE):
-                    self._route(tp.partition, records[i:i + _ROUTE_SLICE])
+                    if tp not in self.tails:
+                        break  # detached meanwhile
+                    self._route(tp, records[i:i + _ROUTE_SLICE])
                     # Let handlers write out between slices, so a burst from one fetch
                     # does not pile up in every subscriber's buffer at once.
                     await asyncio.sleep(0)
-                self.tails[tp.partition].next_offset = max(
-                    self.tails[tp.partition].next_offset, await consumer.position(tp))
+                tail = self.tails.get(tp)
+                if tail is not None and tp in consumer.assignment():
+                    tail.next_offset = max(tail.next_offset, await consumer.position(tp))
             if batches:
                 async with self._progress:
                     self._progress.notify_all()
 
-    def _route(self, partition: int, records: list[object]) -> None:
-        tail = self.tails[partition]
+    def _route(self, tp: TopicPartition, records: list[object]) -> None:
+        tail = self.tails[tp]
+        epoch = self.epochs[tp.topic]
         subs = self._subs
         for raw in records:
             rec = LogRecord.from_consumer(raw)
@@ -228,8 +312,8 @@ class Hub:
             tail.next_offset = offset + 1
             if rec is None:
                 continue
-            frame = frame_record(self.epoch, rec)
+            frame = frame_record(epoch, rec)
             tail.append(frame)
             self.records_routed += 1
-            for sub in subs.get((partition, rec.key), ()):
+            for sub in subs.get((tp, rec.key), ()):
                 sub.push(frame)

@@ -15,6 +15,7 @@ from aiohttp import web
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import cancel_record
+from eventlog.placement import partition_for
 from eventlog.streams import Draft
 from eventlog.topics import jobs_topic
 from gateway import streaming
@@ -89,9 +90,9 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
                         content_type="application/json")
 
 
-def _describe(services: Services, info: StreamInfo) -> dict[str, Any]:
+async def _describe(services: Services, info: StreamInfo) -> dict[str, Any]:
     assert services.hub is not None
-    epoch = services.hub.epoch
+    epoch = await services.hub.epoch(info.topic)
     return {
         "stream_id": info.stream_id,
         "status": info.status,
@@ -135,7 +136,7 @@ async def stream_status(request: web.Request) -> web.Response:
     info = await services.index.refresh(stream_id, timeout=services.settings.gateway.index_wait_s)
     if info is None:
         raise StreamNotFound(f"no stream {stream_id!r}")
-    return _json(_describe(services, info))
+    return _json(await _describe(services, info))
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
@@ -167,7 +168,7 @@ async def publish(request: web.Request) -> web.Response:
         result = await services.appender.append(
             info, [Draft(i.type, i.data, i.seq) for i in inputs])
     services.metrics.published.inc(len(result.written))
-    epoch = services.hub.epoch
+    epoch = await services.hub.epoch(info.topic)
     return _json({
         "accepted": len(inputs),
         "written": [{"seq": seq, "id": encode_event_id(epoch, info.partition, offset)}
@@ -190,9 +191,10 @@ async def cancel(request: web.Request) -> web.Response:
             await services.appender.append(
                 info, [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
         else:
+            # The cancel goes to the job's partition, so the owning worker sees it.
             await (await services.producer.send(
-                jobs_topic(info.namespace), cancel_record(stream_id),
-                key=stream_id.encode(), partition=info.partition))
+                jobs_topic(info.namespace), cancel_record(stream_id), key=stream_id.encode(),
+                partition=partition_for(stream_id, services.settings.log.partitions)))
     return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
 
 

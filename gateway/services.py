@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from eventlog.clients import make_admin, make_producer, started, stop_client
@@ -15,7 +16,6 @@ from eventlog.index import StreamIndex
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, StreamCreator
-from eventlog.topicids import topic_epoch
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.hub import Hub
 from gateway.metrics import Metrics
@@ -32,6 +32,7 @@ class Services:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    admin: AIOKafkaAdminClient | None = None
     producer: AIOKafkaProducer | None = None
     reader: LogReader | None = None
     index: StreamIndex | None = None
@@ -45,53 +46,56 @@ class Services:
 
     async def connect(self) -> None:
         s = self.settings
-        admin = await started(lambda: make_admin(s.kafka, role="gateway-admin"), s.kafka,
-                              "admin start")
-        try:
-            await ensure_topics(admin, s.log)
-            topic = events_topic(s.log.namespace)
-            ids = await wait_for_topics(admin, [topic, STREAMS_TOPIC])
-        finally:
-            await stop_client(admin)
+        self.admin = admin = await started(
+            lambda: make_admin(s.kafka, role="gateway-admin"), s.kafka, "admin start")
+        await ensure_topics(admin, s.log)
+        topic = events_topic(s.log.namespace)
+        await wait_for_topics(admin._client, [topic, STREAMS_TOPIC])
         self.producer = await started(lambda: make_producer(s.kafka, role="gateway"),
                                       s.kafka, "producer start")
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
         self.index = StreamIndex(s.kafka)
         await self.index.start()
-        self.hub = Hub(s.kafka, topic=topic, epoch=topic_epoch(ids[topic]),
-                       tail_bytes=s.gateway.tail_bytes,
+        self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
                        client_buffer_bytes=s.gateway.client_buffer_bytes)
-        await self.hub.start()
-        self.creator = StreamCreator(s.log, self.producer)
+        await self.hub.start([topic])
+        self.creator = StreamCreator(s.log, self.producer, admin=admin)
         self.appender = Appender(self.producer, self.reader)
 
     async def run(self) -> None:
-        """Connect (retrying with backoff), then keep the index and the hub current."""
+        """Connect (retrying with backoff), then keep the index and the hub current.
+
+        This is the outermost edge of the services task: anything unexpected is logged
+        and recorded (``/readyz`` reports it) before the task ends.
+        """
+        try:
+            await self._connect()
+            assert self.index is not None and self.hub is not None
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.index.run(), name="index")
+                tg.create_task(self.hub.run(), name="hub")
+                tg.create_task(self._mark_ready(), name="ready")
+                tg.create_task(self.pace(), name="pace")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = exc
+            log.exception("gateway services failed")
+            raise
+
+    async def _connect(self) -> None:
         delay = 0.5
         while True:
             try:
                 await self.connect()
-                break
-            except asyncio.CancelledError:
-                raise
+                self.failure = None
+                return
             except (TidemarkError, KafkaError, OSError) as exc:
                 self.failure = exc
                 log.warning("gateway could not connect (%s); retrying in %.1fs", exc, delay)
                 await self._close_clients()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self.failure = None
-        assert self.index is not None and self.hub is not None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.index.run(), name="index")
-                tg.create_task(self.hub.run(), name="hub")
-                tg.create_task(self._mark_ready(), name="ready")
-                tg.create_task(self.pace(), name="pace")
-        except Exception as exc:
-            self.failure = exc
-            log.exception("gateway services failed")
-            raise
 
     async def pace(self) -> None:
         """Wake every subscriber twice per heartbeat interval (they ping if idle), and
@@ -106,6 +110,7 @@ class Services:
             if now >= next_wake and self.hub is not None:
                 self.hub.wake_all()
                 next_wake = now + gw.heartbeat_s / 2
+                await self.hub.detach_idle()
             for session in list(self.sessions):
                 started = session.write_started
                 if started is not None and now - started > gw.client_write_timeout_s:
@@ -132,9 +137,10 @@ class Services:
                 await closer.stop()
         if self.reader is not None:
             await self.reader.close()
-        if self.producer is not None:
-            await stop_client(self.producer)
-        self.hub = self.index = self.reader = self.producer = None
+        for client in (self.producer, self.admin):
+            if client is not None:
+                await stop_client(client)
+        self.hub = self.index = self.reader = self.producer = self.admin = None
 
 
 SERVICES = web.AppKey("services", Services)

@@ -16,6 +16,7 @@ from typing import Final
 
 import orjson
 from aiohttp import web
+from aiokafka import TopicPartition
 
 from eventlog.index import StreamInfo
 from eventlog.reader import LogReader
@@ -77,6 +78,10 @@ class Session:
     def key(self) -> bytes:
         return self.info.stream_id.encode()
 
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.info.topic, self.info.partition)
+
     async def write(self, data: bytes) -> None:
         assert self.response is not None
         now = asyncio.get_running_loop().time()
@@ -88,7 +93,7 @@ class Session:
     def subscribe(self) -> int:
         """(Re)subscribe to the hub; return the offset from which the feed is complete."""
         self.unsubscribe()
-        self.sub, until = self.hub.subscribe(self.info.partition, self.key)
+        self.sub, until = self.hub.subscribe(self.tp, self.key)
         return until
 
     def unsubscribe(self) -> None:
@@ -124,15 +129,16 @@ class Session:
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
-    info, hub = session.info, session.hub
-    partition = info.partition
-    if position is not None and position.epoch == hub.epoch and (
-            position.partition == partition and position.offset >= hub.position(partition)):
+    info, hub, tp = session.info, session.hub, session.tp
+    await hub.attach(info.topic)
+    epoch = await hub.epoch(info.topic)
+    if position is not None and position.epoch == epoch and (
+            position.partition == tp.partition and position.offset >= hub.position(tp)):
         # The client read this position through a gateway that is ahead of this one.
-        await hub.wait_position(partition, position.offset + 1, timeout=3.0)
-    log_start, log_end = await session.reader.bounds(hub.topic, partition)
-    plan = resume.plan(info, position, epoch=hub.epoch, log_start=log_start,
-                       log_end=max(log_end, hub.position(partition)))
+        await hub.wait_position(tp, position.offset + 1, timeout=3.0)
+    log_start, log_end = await session.reader.bounds(tp.topic, tp.partition)
+    plan = resume.plan(info, position, epoch=epoch, log_start=log_start,
+                       log_end=max(log_end, hub.position(tp)))
     if plan.status == 204:
         session.metrics.requests.labels("ended").inc()
         return web.Response(status=204)
@@ -140,7 +146,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     until = session.subscribe()
     session.metrics.connections.inc()
     session.registry.add(session)
-    items = backlog(hub, session.reader, partition, session.key, plan.start, until)
+    items = backlog(hub, session.reader, tp, session.key, plan.start, until)
     try:
         first = await anext(items, None)
         if first is not None and plan.after >= 0 and first[0].offset == plan.after:
@@ -156,7 +162,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         await session.write(sse.frame_retry(session.retry_ms))
         session.metrics.requests.labels("resumed" if position is not None else "new").inc()
         if plan.reset is not None:
-            await send_reset(session, plan.reset, plan.start)
+            await send_reset(session, plan.reset, encode_event_id(epoch, tp.partition, plan.start))
         if first is not None:
             session.metrics.backlog.labels(first[1]).inc()
             await session.send(first[0])
@@ -180,9 +186,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.metrics.connections.dec()
 
 
-async def send_reset(session: Session, reason: str, start: int) -> None:
-    hub = session.hub
-    earliest = encode_event_id(hub.epoch, session.info.partition, start)
+async def send_reset(session: Session, reason: str, earliest: str) -> None:
     data = orjson.dumps({"reason": reason, "earliest": earliest})
     await session.write(sse.frame_event(data, event=events.RESET))
 
@@ -199,7 +203,7 @@ async def _keep_up(session: Session, start: int) -> bool:
         if session.cursor.ended or (sub is not None and not sub.overflowed):
             return True
         until = session.subscribe()
-        async for frame, source in backlog(session.hub, session.reader, session.info.partition,
+        async for frame, source in backlog(session.hub, session.reader, session.tp,
                                            session.key, start, until):
             session.metrics.backlog.labels(source).inc()
             await session.send(frame)

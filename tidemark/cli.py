@@ -76,7 +76,7 @@ async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None)
 async def run_gateway(settings: Settings) -> int:
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import SERVICES_TASK, create_app
 
     app = create_app(settings)
     gw = settings.gateway
@@ -86,12 +86,16 @@ async def run_gateway(settings: Settings) -> int:
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else gw.port
     _out(f"Gateway listening on http://{gw.host}:{port}/")
+    code = 0
     try:
-        await _until_signal()
+        services_task: asyncio.Task[None] = app[SERVICES_TASK]
+        await _until_signal(services_task)
+    except Exception:  # noqa: BLE001 - logged by the services task; exit non-zero
+        code = 1
     finally:
         log.info("gateway stopping")
         await runner.cleanup()
-    return 0
+    return code
 
 
 async def run_worker(settings: Settings) -> int:

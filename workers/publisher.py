@@ -18,8 +18,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
-from eventlog.clients import make_producer, started, stop_client
+from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.errors import StreamNotFound
 from eventlog.index import StreamIndex, StreamInfo
 from eventlog.reader import LogReader
@@ -79,6 +80,7 @@ class Publisher:
         self._reader: LogReader | None = None
         self._appender: Appender | None = None
         self._index: StreamIndex | None = None
+        self._admin: AIOKafkaAdminClient | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -92,6 +94,9 @@ class Publisher:
         kafka = self._settings.kafka
         self._producer = await started(lambda: make_producer(kafka, role="publisher"), kafka,
                                        "publisher start")
+        if self._settings.log.placement == "topic-per-stream":
+            self._admin = await started(lambda: make_admin(kafka, role="publisher-admin"),
+                                        kafka, "publisher admin start")
         self._reader = LogReader(kafka, size=2, role="publisher-reader")
         self._appender = Appender(self._producer, self._reader)
 
@@ -100,8 +105,9 @@ class Publisher:
             await self._index.stop()
         if self._reader is not None:
             await self._reader.close()
-        if self._producer is not None:
-            await stop_client(self._producer)
+        for client in (self._producer, self._admin):
+            if client is not None:
+                await stop_client(client)
 
     async def create_stream(self, stream_id: str | None = None) -> StreamWriter:
         """Create an ``external`` stream (its ``queued`` status is seq 0)."""
@@ -109,7 +115,7 @@ class Publisher:
         sid = stream_id or uuid.uuid4().hex
         if not events.is_valid_stream_id(sid):
             raise ValueError(f"invalid stream id {sid!r}")
-        info = await StreamCreator(self._settings.log, self._producer).create(
+        info = await StreamCreator(self._settings.log, self._producer, admin=self._admin).create(
             sid, generator="external", query=None, options=None, with_job=False)
         return StreamWriter(self, info)
 

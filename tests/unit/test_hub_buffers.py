@@ -7,6 +7,7 @@ import asyncio
 from collections import deque
 
 import pytest
+from aiokafka import TopicPartition
 
 from gateway.hub import Frame, PartitionTail, Subscriber
 
@@ -136,7 +137,7 @@ def test_since_is_a_snapshot() -> None:
 
 
 def test_subscriber_buffers_up_to_its_limit_and_drains_fifo() -> None:
-    sub = Subscriber(partition=2, key=A, limit=30)
+    sub = Subscriber(tp=TopicPartition("t", 2), key=A, limit=30)
     assert not sub.wakeup.is_set()
     frames = [frame(o) for o in range(3)]  # exactly 30 bytes
     for f in frames:
@@ -149,7 +150,7 @@ def test_subscriber_buffers_up_to_its_limit_and_drains_fifo() -> None:
 
 
 def test_draining_frees_the_buffer() -> None:
-    sub = Subscriber(partition=0, key=A, limit=30)
+    sub = Subscriber(tp=TopicPartition("t", 0), key=A, limit=30)
     for round_ in range(10):
         batch = [frame(round_ * 3 + i) for i in range(3)]
         for f in batch:
@@ -159,7 +160,7 @@ def test_draining_frees_the_buffer() -> None:
 
 
 def test_subscriber_overflow_drops_its_frames_and_wakes_the_reader() -> None:
-    sub = Subscriber(partition=0, key=A, limit=30)
+    sub = Subscriber(tp=TopicPartition("t", 0), key=A, limit=30)
     for o in range(3):
         sub.push(frame(o))
     sub.wakeup.clear()
@@ -174,14 +175,14 @@ def test_subscriber_overflow_drops_its_frames_and_wakes_the_reader() -> None:
 
 
 def test_a_single_frame_over_the_limit_overflows() -> None:
-    sub = Subscriber(partition=0, key=A, limit=10)
+    sub = Subscriber(tp=TopicPartition("t", 0), key=A, limit=10)
     sub.push(frame(0, size=11))
     assert sub.overflowed
     assert list(sub.drain()) == []
 
 
 def test_frames_pushed_while_draining_come_out_in_order() -> None:
-    sub = Subscriber(partition=0, key=A, limit=1000)
+    sub = Subscriber(tp=TopicPartition("t", 0), key=A, limit=1000)
     sub.push(frame(0))
     sub.push(frame(1))
     out = []
@@ -194,7 +195,7 @@ def test_frames_pushed_while_draining_come_out_in_order() -> None:
 
 @pytest.mark.parametrize("overflow", [False, True])
 async def test_push_wakes_a_waiting_reader(overflow: bool) -> None:
-    sub = Subscriber(partition=0, key=A, limit=10)
+    sub = Subscriber(tp=TopicPartition("t", 0), key=A, limit=10)
     waiter = asyncio.create_task(sub.wakeup.wait())
     await asyncio.sleep(0)
     assert not waiter.done()
