@@ -57,11 +57,12 @@ def render(res: dict[str, Any]) -> str:
             rows.append([_f(s["connections_attempted"]), _f(s.get("connections_held")),
                          _f(s.get("connections_failed")), f"{_f(s.get('gateway_rss_mb'))} MB",
                          f"{_f(s.get('rss_per_connection_kb'))} KB",
-                         f"{_f(s.get('heartbeats_in_hold'))} / {_f(s.get('heartbeats_expected'))}",
+                         f"{_f(s.get('heartbeats_in_hold'))} "
+                         f"(≥ {_f(s.get('heartbeats_min_expected'))})",
                          _ms(s.get("connect_to_first_event_ms"), "p99_ms"),
                          _cpu(w, "gateway"), _cpu(w, "clients"), _f(s.get("client_processes"))])
         lines += _table(["connections", "held", "failed", "gateway RSS", "RSS/conn (minus idle)",
-                         "pings got/expected in hold", "connect→1st event p99 ms",
+                         "pings in hold (min expected)", "connect→1st event p99 ms",
                          "gateway CPU (idle hold)", "clients CPU", "client procs"], rows)
         lines += ["", f"Idle gateway (index of {_f(idle.get('index_streams'))} streams loaded): "
                   f"{_f(idle.get('rss_mb'))} MB. Highest held: **{_f(c.get('highest_held'))}**.",

@@ -116,13 +116,13 @@ def connections(b: Bench, p: Profile) -> dict[str, Any]:
                 step["error"] = str(exc)[-600:]
             step["setup_s"] = round(time.monotonic() - t0, 2)
             opened = n
-            snaps0 = [s.snapshot() for s in swarms]
+            snaps0 = [x for s in swarms for x in s.snapshot_raw()]
             procs: dict[str, Proc | list[Proc]] = {
                 "gateway": gw.proc, "kafka": b.broker,
                 "clients": [c for s in swarms for c in s.procs]}
             a = Sample.take(procs)
             time.sleep(p.hold_s)
-            snaps1 = [s.snapshot() for s in swarms]
+            snaps1 = [x for s in swarms for x in s.snapshot_raw()]
             z = Sample.take(procs)
             s0, s1 = merge(snaps0), merge(snaps1)
             held = s1["connections"]["open"]
@@ -137,15 +137,17 @@ def connections(b: Bench, p: Profile) -> dict[str, Any]:
                 "gateway_fds": gw.proc.fds(),
                 "rss_per_connection_kb": round((rss - idle_rss) / held, 1) if held else None,
                 "heartbeats_in_hold": s1["heartbeats"] - s0["heartbeats"],
-                "heartbeats_expected": int(held * p.hold_s // p.heartbeat_s),
+                "heartbeats_min_expected": int(held * (p.hold_s // p.heartbeat_s)),
+                "mean_ping_interval_s": round(held * p.hold_s / max(
+                    1, s1["heartbeats"] - s0["heartbeats"]), 2),
                 "client_processes": sum(len(s.procs) for s in swarms),
                 "window": window(a, z),
             })
             res["steps"].append(step)
             if held < 0.99 * n:
                 break
-        finals = [s.finish() for s in swarms]
-        res["client_totals"] = _client_totals(merge([f for f in finals if f]))
+        finals = [x for s in swarms for x in s.finish_raw()]
+        res["client_totals"] = _client_totals(merge(finals))
     best = max((s for s in res["steps"] if s["connections_held"] >= 0.99 *
                 s["connections_attempted"]), key=lambda s: s["connections_held"], default=None)
     res["highest_held"] = best["connections_held"] if best else 0
@@ -466,7 +468,7 @@ def _sbs_one(b: Bench, p: Profile, tag: str, kind: str, settings: dict[str, str]
                     hold["dial_error"] = str(exc)[-400:]
                 hold["setup_s"] = round(time.monotonic() - t0, 2)
             time.sleep(5)
-            snaps = merge([s.snapshot() for s in swarms])
+            snaps = merge([x for s in swarms for x in s.snapshot_raw()])
             held = snaps["connections"]["open"]
             rss = gw.proc.rss_kb()
             hold.update({

@@ -125,7 +125,11 @@ class Swarm:
         return merge(self.wait_kind("dialed", 1, timeout))
 
     def snapshot(self, timeout: float = 15) -> dict[str, Any]:
-        """Ask every process for a report (their histograms restart)."""
+        """Ask every process for a report (their histograms restart); merged."""
+        return merge(self.snapshot_raw(timeout))
+
+    def snapshot_raw(self, timeout: float = 15) -> list[dict[str, Any]]:
+        """Ask every process for a report (their histograms restart); one per process."""
         counts = [len(self._kind(p, "snapshot")) for p in self.procs]
         for p in self.procs:
             p.signal(signal.SIGUSR1)
@@ -135,10 +139,14 @@ class Swarm:
                 lines = self._kind(p, "snapshot")
                 return lines[n] if len(lines) > n else None
             got.append(p.wait_for("snapshot", test, timeout))
-        return merge(got)
+        return got
 
     def finish(self, timeout: float = 30) -> dict[str, Any]:
         """End every process (if still running) and merge their final reports."""
+        return merge(self.finish_raw(timeout))
+
+    def finish_raw(self, timeout: float = 30) -> list[dict[str, Any]]:
+        """End every process (if still running); their final reports."""
         for p in self.procs:
             p.signal(signal.SIGTERM)
         finals = []
@@ -148,7 +156,7 @@ class Swarm:
             if lines:
                 finals.append(lines[-1])
             self.reg.stop(p)
-        return merge(finals)
+        return finals
 
     def wait_finished(self, timeout: float) -> dict[str, Any]:
         """Wait for every process to end by itself (all connections done), then merge."""
