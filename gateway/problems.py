@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from eventlog.errors import (
     KafkaUnavailable,
@@ -16,6 +17,7 @@ from eventlog.errors import (
     StreamGone,
     StreamNotFound,
 )
+from gateway.breaker import CircuitOpen
 from schemas.errors import TidemarkError
 from schemas.eventid import InvalidEventId
 from schemas.validation import InvalidInput
@@ -34,13 +36,14 @@ _TITLES: Final = {
 class Problem(web.HTTPException):
     """An HTTP error with a problem+json body."""
 
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    def __init__(self, status: int, detail: str, *, retry_after: int = 1,
+                 **extra: Any) -> None:
         self.status_code = status
         body = {"type": "about:blank", "title": _TITLES.get(status, "Error"),
                 "status": status, "detail": detail, **extra}
         headers = {}
         if status == 503:
-            headers["Retry-After"] = "1"
+            headers["Retry-After"] = str(retry_after)
         super().__init__(body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers)
 
 
@@ -57,6 +60,8 @@ def problem_for(exc: TidemarkError) -> Problem:
         return Problem(409, str(exc), expected_seq=exc.expected)
     if isinstance(exc, StreamEnded):
         return Problem(409, str(exc))
+    if isinstance(exc, CircuitOpen):
+        return Problem(503, f"temporarily unavailable: {exc}", retry_after=exc.retry_after)
     if isinstance(exc, KafkaUnavailable) or exc.retriable:
         return Problem(503, f"temporarily unavailable: {exc}")
     return Problem(500, "internal error")
@@ -74,6 +79,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except TidemarkError as exc:
         raise problem_for(exc) from exc
+    except KafkaError as exc:
+        raise Problem(503, f"temporarily unavailable: Kafka: {exc}") from exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

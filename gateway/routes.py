@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
@@ -50,13 +51,21 @@ async def _ready(request: web.Request) -> Services:
 
 @contextlib.asynccontextmanager
 async def _deadline(services: Services) -> AsyncIterator[None]:
-    """Bound a request that writes to Kafka: past the deadline it fails with 503."""
+    """Guard a request that writes to Kafka: fail fast while the circuit is open, and
+    past the deadline fail with 503 (both count against the circuit)."""
     seconds = services.settings.gateway.request_timeout_s
+    breaker = services.breaker
+    breaker.check()
     try:
         async with asyncio.timeout(seconds):
             yield
     except TimeoutError as exc:
+        breaker.failure()
         raise KafkaUnavailable(f"Kafka did not answer within {seconds:g}s") from exc
+    except (KafkaError, KafkaUnavailable):
+        breaker.failure()
+        raise
+    breaker.success()
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -209,6 +218,8 @@ async def readyz(request: web.Request) -> web.Response:
         raise Problem(503, f"gateway services failed: {services.failure}")
     if not services.ready.is_set() or hub is None or not hub.ready:
         raise Problem(503, "waiting for Kafka: stream index or hub not ready")
+    if not services.kafka_ok:
+        raise Problem(503, "Kafka is not answering")
     return _json({"status": "ready", "partitions": len(hub.tails),
                   "subscribers": hub.subscriber_count})
 

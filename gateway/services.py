@@ -17,6 +17,7 @@ from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, StreamCreator
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
+from gateway.breaker import CircuitBreaker
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.streaming import Session
@@ -43,6 +44,9 @@ class Services:
     #: Open SSE responses (for the write watchdog).
     sessions: set[Session] = field(default_factory=set)
     failure: BaseException | None = None
+    #: Whether the broker answered the watcher's last probe.
+    kafka_ok: bool = True
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     async def connect(self) -> None:
         s = self.settings
@@ -76,6 +80,7 @@ class Services:
                 tg.create_task(self.hub.run(), name="hub")
                 tg.create_task(self._mark_ready(), name="ready")
                 tg.create_task(self.pace(), name="pace")
+                tg.create_task(self.watch_kafka(), name="watch-kafka")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -96,6 +101,25 @@ class Services:
                 await self._close_clients()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def watch_kafka(self, every_s: float = 2.0) -> None:
+        """Probe the broker; while it does not answer, /readyz is 503 and the circuit
+        breaker fails requests fast. Open SSE responses stay up (heartbeats go on)."""
+        while True:
+            await asyncio.sleep(every_s)
+            assert self.admin is not None
+            try:
+                await asyncio.wait_for(self.admin.describe_cluster(), every_s)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                if self.kafka_ok:
+                    log.warning("Kafka stopped answering (%s)", exc or type(exc).__name__)
+                self.kafka_ok = False
+                self.breaker.trip()
+            else:
+                if not self.kafka_ok:
+                    log.info("Kafka answers again")
+                    self.breaker.success()
+                self.kafka_ok = True
 
     async def pace(self) -> None:
         """Wake every subscriber twice per heartbeat interval (they ping if idle), and

@@ -89,3 +89,57 @@ async def test_gateway_is_alive_but_not_ready_until_kafka_answers(
         gateway.stop()
         if broker is not None:
             broker.stop()
+
+
+async def wait_status(http: aiohttp.ClientSession, url: str, status: int,
+                      timeout: float = 60.0) -> None:
+    for _ in range(int(timeout / 0.1)):
+        try:
+            async with http.get(url) as resp:
+                if resp.status == status:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered {status}")
+
+
+async def test_broker_down_fails_fast_keeps_streams_open_and_recovers(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    broker, bootstrap = start_broker(tmp_path, 0)
+    cluster = Cluster(bootstrap, tmp_path)
+    try:
+        base = await cluster.gateway(TIDEMARK_REQUEST_TIMEOUT="3")
+        sid = await create(http, base, generator="external")
+        seen: list[sse_client.Event] = []
+        reader = asyncio.create_task(sse_client.read(
+            http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=60))
+        await sse_client.wait_for(seen, 1, reader)
+
+        assert broker.stop() == 0, broker.logs()
+        await wait_status(http, f"{base}/readyz", 503)
+        for _ in range(3):
+            async with http.post(f"{base}/v1/streams", json={"query": "q"}) as resp:
+                assert resp.status == 503
+                assert resp.content_type == "application/problem+json"
+                assert int(resp.headers["Retry-After"]) >= 1
+        await asyncio.sleep(2.5)  # heartbeats keep the open response alive meanwhile
+        assert not reader.done()
+
+        broker, _ = start_broker(tmp_path, 1)
+        await wait_status(http, f"{base}/readyz", 200)
+        for _ in range(100):
+            async with http.post(f"{base}/v1/streams/{sid}/events", json=[
+                    {"type": "partial_result", "data": {"chunk": "back", "chunkIndex": 0},
+                     "seq": 1},
+                    {"type": "result", "data": {"text": "back"}, "seq": 2}]) as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.2)
+        reply = await asyncio.wait_for(reader, 60)
+        assert [e.seq for e in reply.stream_events] == [0, 1, 2]
+        assert reply.stream_events[-1].event == "result"
+        assert "ping" in reply.comments
+    finally:
+        cluster.stop()
+        broker.stop()
