@@ -60,6 +60,12 @@ class GatewaySettings:
         "CLIENT_BUFFER_BYTES", 1024 * 1024, "pending bytes per client before it is cut off")
     client_write_timeout_s: float = _env(
         "CLIENT_WRITE_TIMEOUT", 10.0, "a client whose socket takes no data this long is dropped")
+    max_response_s: float = _env(
+        "MAX_RESPONSE_SECONDS", 3600.0,
+        "an SSE response is ended cleanly after this long; the client resumes (0: never)")
+    idle_timeout_s: float = _env(
+        "IDLE_TIMEOUT", 600.0,
+        "an SSE response with no event this long is ended cleanly (0: never)")
     catchup_readers: int = _env("CATCHUP_READERS", 8, "concurrent catch-up reads from Kafka")
     max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
     request_timeout_s: float = _env(

@@ -61,6 +61,8 @@ class Session:
     metrics: Metrics
     heartbeat_s: float
     retry_ms: int
+    max_response_s: float
+    idle_timeout_s: float
     closing: asyncio.Event
     registry: set[Session]
     response: web.StreamResponse | None = None
@@ -224,11 +226,23 @@ async def _live(session: Session) -> None:
     interval (see ``Services.pace``), so idle connections need no timer of their own
     and none stays silent for a whole interval."""
     loop = asyncio.get_running_loop()
+    began = last_event = loop.time()
+    delivered = session.cursor.written
     while not session.cursor.ended:
         sub = session.sub
         assert sub is not None
         if session.closing.is_set():
             await session.write(sse.frame_comment("closing: gateway shutting down; reconnect"))
+            return
+        now = loop.time()
+        if session.cursor.written != delivered:
+            delivered, last_event = session.cursor.written, now
+        if session.max_response_s and now - began >= session.max_response_s:
+            # So that load balancers can move long streams: the client resumes at once.
+            await session.write(sse.frame_comment("closing: response lifetime reached; reconnect"))
+            return
+        if session.idle_timeout_s and now - last_event >= session.idle_timeout_s:
+            await session.write(sse.frame_comment("closing: no event for a while; reconnect"))
             return
         for frame in sub.drain():
             await session.send(frame)

@@ -314,3 +314,21 @@ async def test_resume_older_than_the_memory_tail_catches_up_from_kafka_then_goes
               for line in metrics.splitlines()
               if line.startswith("tidemark_backlog_events_total{")}
     assert served.get('source="kafka"', 0) > 0, metrics
+
+
+@pytest.mark.parametrize(("setting", "reason"), [
+    ("TIDEMARK_MAX_RESPONSE_SECONDS", "response lifetime reached"),
+    ("TIDEMARK_IDLE_TIMEOUT", "no event for a while"),
+])
+async def test_long_or_idle_responses_end_cleanly_and_resume(
+        cluster: Cluster, http: aiohttp.ClientSession, setting: str, reason: str) -> None:
+    base = await cluster.gateway(**{setting: "2"})
+    sid = await create(http, base, generator="external")
+    url = f"{base}/v1/streams/{sid}/events"
+    first = await sse_client.read(http, url, idle_timeout=10)
+    assert first.ended_by_server
+    assert any(reason in c for c in first.comments), first.comments
+    await publish(http, base, sid, {"type": "result", "data": {"text": "done"}})
+    rest = await sse_client.read(http, url, last_event_id=first.last_id)
+    assert_contiguous(first.stream_events + rest.stream_events)
+    assert rest.stream_events[-1].event == "result"
