@@ -13,7 +13,7 @@ import asyncio
 import bisect
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -134,8 +134,10 @@ class Hub:
     """
 
     def __init__(self, kafka: KafkaSettings, *, tail_bytes: int,
-                 client_buffer_bytes: int, idle_detach_s: float = 30.0) -> None:
+                 client_buffer_bytes: int, idle_detach_s: float = 30.0,
+                 on_terminal: Callable[[str], None] | None = None) -> None:
         self._kafka = kafka
+        self._on_terminal = on_terminal
         self._tail_bytes = tail_bytes
         self._client_buffer = client_buffer_bytes
         self._idle_detach_s = idle_detach_s
@@ -315,5 +317,7 @@ class Hub:
             frame = frame_record(epoch, rec)
             tail.append(frame)
             self.records_routed += 1
+            if frame.terminal and self._on_terminal is not None:
+                self._on_terminal(rec.type)
             for sub in subs.get((tp, rec.key), ()):
                 sub.push(frame)

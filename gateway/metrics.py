@@ -10,6 +10,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from eventlog.index import TERMINAL_STATUSES
+from eventlog.streams import terminal_status
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -35,8 +38,16 @@ class Metrics:
                                 ["status"], registry=r)
         self.subscribers = Gauge("tidemark_hub_subscribers", "Live subscribers in the hub",
                                  registry=r)
+        self.outcomes = Counter("tidemark_stream_outcomes_total",
+                                "Streams that ended, by outcome, as this gateway saw them",
+                                ["outcome"], registry=r)
+        for outcome in TERMINAL_STATUSES:
+            self.outcomes.labels(outcome)
         self.index_streams = Gauge("tidemark_index_streams", "Streams in the local index",
                                    registry=r)
+
+    def count_terminal(self, event_type: str) -> None:
+        self.outcomes.labels(terminal_status(event_type)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

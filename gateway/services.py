@@ -61,7 +61,8 @@ class Services:
         self.index = StreamIndex(s.kafka)
         await self.index.start()
         self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
-                       client_buffer_bytes=s.gateway.client_buffer_bytes)
+                       client_buffer_bytes=s.gateway.client_buffer_bytes,
+                       on_terminal=self.metrics.count_terminal)
         await self.hub.start([topic])
         self.creator = StreamCreator(s.log, self.producer, admin=admin)
         self.appender = Appender(self.producer, self.reader)

@@ -76,7 +76,8 @@ class Cluster:
         n = sum(p.name.startswith("worker") for p in self.procs)
         proc = Proc(f"worker{n}", ["worker"], {**self.env, **settings}, self.logdir)
         self.procs.append(proc)
-        proc.wait_line("Worker started")
+        line = proc.wait_line("Worker started")
+        proc.metrics_url = line.rsplit(" ", 1)[1]
         return proc
 
     def proc(self, name: str) -> Proc:

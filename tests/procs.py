@@ -27,6 +27,7 @@ class Proc:
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
         self.name = name
+        self.metrics_url = ""
         self.out = logdir / f"{name}.out"
         self.err = logdir / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:

@@ -103,14 +103,17 @@ async def run_worker(settings: Settings) -> int:
     from workers.runner import Worker
 
     worker = Worker(settings, {"demo": DemoGenerator()})
+    ws = settings.worker
+    metrics, port = await worker.metrics.serve(ws.metrics_host, ws.metrics_port)
     task = asyncio.create_task(worker.run(), name="worker")
-    _out("Worker started")
+    _out(f"Worker started; metrics on http://{ws.metrics_host}:{port}/metrics")
     try:
         await _until_signal(task)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await metrics.cleanup()
     return 0
 
 

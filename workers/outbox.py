@@ -23,6 +23,7 @@ from eventlog import index
 from eventlog.index import StreamInfo
 from eventlog.streams import now_ms, send_event, terminal_status
 from schemas.events import Event
+from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self._room = asyncio.Condition()
         self._committed = tracker.consumed_until
+        self.metrics: WorkerMetrics | None = None
 
     async def put(self, entry: Entry) -> asyncio.Future[None]:
         """Queue an entry (waiting while the outbox is full); returns its commit future."""
@@ -132,6 +134,9 @@ class Outbox:
                 await self._producer.send_offsets_to_transaction(
                     {self._jobs_tp: OffsetAndMetadata(watermark, "")}, self._group_id)
         self._committed = max(self._committed, watermark)
+        if self.metrics is not None:
+            self.metrics.transactions.inc()
+            self.metrics.events.inc(sum(e.event is not None for e in batch))
         for entry in batch:
             if not entry.written.done():
                 entry.written.set_result(None)

@@ -16,11 +16,12 @@ from eventlog.clients import make_admin, make_consumer, make_producer, started, 
 from eventlog.jobs import Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
-from eventlog.streams import now_ms, scan
+from eventlog.streams import now_ms, scan, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic
 from schemas import events
 from schemas.events import Event
 from workers.generators import Draft, Generator
+from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class PartitionWorker:
         self._outbox = Outbox(self._producer, jobs_tp=self.tp, group_id=group_id(ns),
                               tracker=self.tracker, linger_ms=settings.worker.linger_ms,
                               batch_events=settings.worker.batch_events)
+        self._outbox.metrics = self._worker.metrics
         self._flusher = asyncio.create_task(self._outbox.run(), name=f"outbox-{self.tp}")
         return start
 
@@ -114,6 +116,7 @@ class PartitionWorker:
         self._outbox.commit_offsets_soon()
 
     async def _run(self, stream: _Stream) -> None:
+        self._worker.metrics.running.inc()
         try:
             await self._generate(stream)
         except asyncio.CancelledError:
@@ -124,6 +127,7 @@ class PartitionWorker:
         finally:
             self._streams.pop(stream.job.stream_id, None)
             self._worker.slots.release()
+            self._worker.metrics.running.dec()
 
     async def _generate(self, stream: _Stream) -> None:
         job, outbox = stream.job, self._outbox
@@ -136,7 +140,7 @@ class PartitionWorker:
         seq = state.last_seq + 1
         if seq > 1:
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
-            self._worker.resumed += 1
+            self._worker.metrics.streams.labels("resumed").inc()
         generator = self._worker.generators.get(job.generator)
         drafts = (generator.events(job, seq) if generator is not None
                   else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
@@ -155,7 +159,7 @@ class PartitionWorker:
             seq += 1
             if ev.terminal:
                 await written
-                self._worker.outcomes[ev.type] = self._worker.outcomes.get(ev.type, 0) + 1
+                self._worker.metrics.streams.labels(terminal_status(ev.type)).inc()
                 log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type, ev.seq)
                 return
         # The generator stopped without a terminal event: end the stream as failed.
@@ -163,6 +167,7 @@ class PartitionWorker:
             "code": "generator_incomplete", "retryable": False,
             "message": "the generator ended without a result"})
         await (await outbox.put(Entry(event=ev, info=info, done_offset=stream.offset)))
+        self._worker.metrics.streams.labels("failed").inc()
 
 
 async def _fail(seq: int, code: str, message: str) -> Any:
@@ -227,8 +232,7 @@ class Worker:
         self.slots = asyncio.Semaphore(settings.worker.max_jobs)
         self.partitions: dict[TopicPartition, PartitionWorker] = {}
         self.reader = LogReader(settings.kafka, size=4, role="worker-reader")
-        self.outcomes: dict[str, int] = {}
-        self.resumed = 0
+        self.metrics = WorkerMetrics()
         self._consumer: AIOKafkaConsumer | None = None
         self.ready = asyncio.Event()
 
@@ -248,6 +252,7 @@ class Worker:
         pw = PartitionWorker(self, tp)
         start = await pw.start(position)
         self.partitions[tp] = pw
+        self.metrics.partitions.set(len(self.partitions))
         consumer.resume(tp)
         log.info("took jobs partition %s at offset %s", tp.partition, start)
 

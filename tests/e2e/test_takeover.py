@@ -32,7 +32,7 @@ async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
     await sse_client.wait_for(seen, 15, reader)
     first.kill()
     killed_at = len(seen)
-    cluster.worker()
+    second = cluster.worker()
     await reader
 
     assert len(seen) > killed_at, "no event came after the takeover"
@@ -42,6 +42,21 @@ async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
     # A fresh full read agrees: the aborted transaction's events are nowhere.
     again = (await sse_client.read(http, url)).stream_events
     assert [e.id for e in again] == [e.id for e in seen]
+
+    # Operators see it: the second worker resumed and completed one stream; the gateway
+    # saw one completion.
+    worker_metrics = await scrape(http, second.metrics_url)
+    assert worker_metrics['tidemark_worker_streams_total{outcome="resumed"}'] == 1
+    assert worker_metrics['tidemark_worker_streams_total{outcome="completed"}'] == 1
+    gateway_metrics = await scrape(http, f"{base}/metrics")
+    assert gateway_metrics['tidemark_stream_outcomes_total{outcome="completed"}'] == 1
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with http.get(url) as resp:
+        text = await resp.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 async def test_gateway_sigterm_ends_open_responses_and_exits(
