@@ -39,3 +39,16 @@ kafka: setup
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+# The benchmark (bench/README.md): `make bench`, `make bench ARGS=--full`. Needs Go for
+# the client swarm (bench/sseclient, stdlib only); py-spy (extra `bench`) for its profile.
+ARGS ?=
+BENCH_INSTALLED := $(VENV)/.bench-installed
+.PHONY: bench
+
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $@
+
+bench: setup $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.run $(ARGS)
