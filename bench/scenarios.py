@@ -59,8 +59,9 @@ class Profile:
     profile_s: float = 10.0
 
 
-SHORT = Profile(name="short", conn_steps=(1000, 2000), rates=(2000, 5000, 10_000),
-                measure_s=8.0, first_event_n=200, resume_streams=200, sbs_hold=1000)
+SHORT = Profile(name="short", conn_steps=(1000, 2000), rates=(2000, 5000, 7500, 10_000),
+                measure_s=8.0, first_event_n=200, resume_streams=200, sbs_hold=1000,
+                sbs_hold_timeout_s=60.0)
 FULL = Profile(name="full", conn_steps=(5000, 10_000, 15_000),
                rates=(2000, 5000, 10_000, 15_000, 20_000, 25_000, 30_000), measure_s=15.0,
                first_event_n=500, resume_streams=500, sbs_hold=3000,
@@ -215,6 +216,8 @@ def _measure_delivery(b: Bench, p: Profile, gw: Gateway, sw: Swarm, stream_file:
     k = win["processes"]["kafka"]["cpu_s"]
     out["gateway_cpu_us_per_event"] = round(1e6 * g / delivered, 1) if delivered else None
     out["broker_cpu_us_per_event"] = round(1e6 * k / delivered, 1) if delivered else None
+    c = win["processes"]["clients"]["cpu_s"]
+    out["client_cpu_us_per_event"] = round(1e6 * c / delivered, 1) if delivered else None
     return out
 
 
