@@ -7,9 +7,15 @@ INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint kafka clean
+.PHONY: setup run test lint kafka clean haproxy
 
-setup: $(INSTALLED) $(FETCHED)
+setup: $(INSTALLED) $(FETCHED) haproxy
+
+# The load balancer of the multi-gateway tests (Debian's haproxy).
+haproxy:
+	@command -v haproxy >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy >/dev/null; }
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

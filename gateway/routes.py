@@ -160,6 +160,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         request=request, info=info, hub=services.hub, reader=services.reader,
         metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
+        gateway_id=services.instance,
         closing=services.closing, registry=services.sessions)
     return await streaming.serve(session, position)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -44,6 +46,9 @@ class Services:
     #: Open SSE responses (for the write watchdog).
     sessions: set[Session] = field(default_factory=set)
     failure: BaseException | None = None
+    #: This process, in the ``Tidemark-Gateway`` header of SSE responses (for operators:
+    #: which gateway served a client; clients need not care).
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: Whether the broker answered the watcher's last probe.
     kafka_ok: bool = True
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)

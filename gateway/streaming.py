@@ -63,6 +63,7 @@ class Session:
     retry_ms: int
     max_response_s: float
     idle_timeout_s: float
+    gateway_id: str
     closing: asyncio.Event
     registry: set[Session]
     response: web.StreamResponse | None = None
@@ -159,7 +160,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
                 return web.Response(status=204)
             session.cursor.seq = first[0].seq
             first = None
-        session.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        session.response = web.StreamResponse(
+            status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
         await session.response.prepare(session.request)
         await session.write(sse.frame_retry(session.retry_ms))
         session.metrics.requests.labels("resumed" if position is not None else "new").inc()

@@ -25,14 +25,15 @@ def free_port() -> int:
 class Proc:
     """One tidemark process; its stdout and stderr go to files under ``logdir``."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path, *,
+                 argv: list[str] | None = None) -> None:
         self.name = name
         self.metrics_url = ""
         self.out = logdir / f"{name}.out"
         self.err = logdir / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "tidemark", *args], stdout=out, stderr=err,
+                argv or [sys.executable, "-m", "tidemark", *args], stdout=out, stderr=err,
                 env=env, cwd=REPO, start_new_session=True)
 
     @property
@@ -97,3 +98,44 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+    option redispatch
+    retries 3
+frontend tidemark
+    bind 127.0.0.1:{port}
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    option httpchk GET /readyz
+    default-server inter 300ms fall 2 rise 1
+{servers}
+"""
+
+
+def start_haproxy(gateways: list[str], logdir: Path) -> tuple[Proc, str]:
+    """A real load balancer: round robin, no stickiness, health checks on /readyz."""
+    port = free_port()
+    servers = "\n".join(f"    server gw{i} {url.removeprefix('http://')} check"
+                        for i, url in enumerate(gateways))
+    config = logdir / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+    proc = Proc("haproxy", [], base_env(), logdir, argv=["haproxy", "-db", "-f", str(config)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, url
+        if not proc.alive:
+            raise AssertionError(f"haproxy exited:\n{proc.logs()}")
+        time.sleep(0.05)
+    raise AssertionError(f"haproxy did not listen:\n{proc.logs()}")

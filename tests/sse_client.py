@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 TERMINAL = {"result", "error", "cancelled"}
 
@@ -34,7 +35,7 @@ class Event:
 @dataclass
 class Reply:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # names are case-insensitive (proxies lowercase them)
     events: list[Event] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
     retry: int | None = None
@@ -64,7 +65,7 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with session.get(url, headers=headers) as resp:
-        reply = Reply(resp.status, dict(resp.headers))
+        reply = Reply(resp.status, CIMultiDict(resp.headers))
         if sink is not None:
             reply.events = sink
         if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
