@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint kafka clean haproxy
+.PHONY: setup run test lint kafka clean haproxy chaos
 
 setup: $(INSTALLED) $(FETCHED) haproxy
 
@@ -35,6 +35,11 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The long chaos run (the test suite runs a short one): prints a JSON report.
+CHAOS_ARGS ?= --seconds 300 --streams 60
+chaos: setup
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
