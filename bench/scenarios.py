@@ -6,6 +6,8 @@ involved and their CPU seconds and RSS over the measured window.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import shutil
 import signal
@@ -166,8 +168,33 @@ def _client_totals(final: dict[str, Any]) -> dict[str, Any]:
 
 # 2. Delivery latency ---------------------------------------------------------------
 
+def _read_gc(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    return None
+
+
+def _gc_window(a: dict[str, Any] | None, z: dict[str, Any] | None, t0: float, t1: float,
+               ) -> dict[str, Any] | None:
+    """The gateway's garbage collections between unix times t0 and t1 (bench.serve)."""
+    if not a or not z:
+        return None
+    long = [x for x in z["pauses_over_5ms"] if t0 <= x[0] <= t1]
+    return {"collections_by_generation": [y - x for x, y in
+                                          zip(a["collections"], z["collections"], strict=True)],
+            "pause_s_by_generation": [round(y - x, 4) for x, y in
+                                      zip(a["total_s"], z["total_s"], strict=True)],
+            "pauses_over_5ms": len(long),
+            "longest_pause_ms": round(1000 * max((x[2] for x in long), default=0), 1),
+            "longest_pause_generation": max(long, key=lambda x: x[2])[1] if long else None}
+
+
 def _measure_delivery(b: Bench, p: Profile, gw: Gateway, sw: Swarm, stream_file: Path,
-                      state: Path, rate: int, ns: str) -> dict[str, Any]:
+                      state: Path, rate: int, ns: str, gc_file: Path | None = None,
+                      ) -> dict[str, Any]:
     shards = max(1, math.ceil(rate / p.rate_per_publisher))
     pubs = publishers(b, ns, stream_file, state, rate=rate,
                       duration=p.warmup_s + p.measure_s + 1, payload=p.payload, shards=shards)
@@ -181,10 +208,15 @@ def _measure_delivery(b: Bench, p: Profile, gw: Gateway, sw: Swarm, stream_file:
             "clients": list(sw.procs)}
         a = Sample.take(procs)
         m0 = prometheus(gw.url) if gw.kind == "tidemark" else {}
+        t0 = time.time()
+        gc_a = _read_gc(gc_file)
         time.sleep(p.measure_s)
         snap1 = sw.snapshot()
+        t1 = time.time()
         z = Sample.take(procs)
         m1 = prometheus(gw.url) if gw.kind == "tidemark" else {}
+        time.sleep(1.1 if gc_file else 0)  # the GC stats file is rewritten every second
+        gc_stats = _gc_window(gc_a, _read_gc(gc_file), t0, t1)
         results = [pub.result(timeout=p.measure_s + 60) for pub in pubs]
     finally:
         for pub in pubs:
@@ -208,6 +240,7 @@ def _measure_delivery(b: Bench, p: Profile, gw: Gateway, sw: Swarm, stream_file:
         "window": win,
         "cutoffs_total": snap1["closing_comments"],
         "connections_open": snap1["connections"]["open"],
+        "gateway_gc": gc_stats,
     }
     if m0 and m1:
         key = "tidemark_events_delivered_total"
@@ -240,14 +273,16 @@ def delivery(b: Bench, p: Profile) -> dict[str, Any]:
         "steps": []}
     with b.reg.scope():
         path, rows, _ = create_streams(b, ns, p.delivery_streams, tag="dlv")
-        gw = start_gateway(b, "gateway-dlv", ns, TIDEMARK_HEARTBEAT_SECONDS="5")
+        gc_file = b.workdir / "gc-dlv.json"
+        gw = start_gateway(b, "gateway-dlv", ns, TIDEMARK_HEARTBEAT_SECONDS="5",
+                           BENCH_GC_STATS=str(gc_file))
         urls = [events_url(gw, r["stream_id"]) for r in rows]
         sw = Swarm(b.reg, b.client, "dlv", urls, procs=1, duration=3600)
         sw.wait_dialed(timeout=120)
         time.sleep(1)
         state = b.workdir / "seq-dlv"
         for rate in p.rates:
-            step = _measure_delivery(b, p, gw, sw, path, state, rate, ns)
+            step = _measure_delivery(b, p, gw, sw, path, state, rate, ns, gc_file)
             res["steps"].append(step)
             lat = step["latency_ms"]
             if (lat.get("p99_ms") or 0) > 2000 or \
