@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ProducerFenced
 
 from eventlog import index
 from eventlog.clients import make_admin, make_consumer, make_producer, started, stop_client
@@ -257,12 +258,25 @@ class Worker:
         log.info("took jobs partition %s at offset %s", tp.partition, start)
 
     async def _reset(self, tp: TopicPartition, pw: PartitionWorker) -> None:
-        """A transaction failed: drop the partition's work and redo it from the commit."""
-        log.error("jobs partition %s failed (%s); redoing from its committed offset",
-                  tp.partition, pw.failed)
+        """A transaction failed: drop the partition's work and redo it from the commit.
+
+        If another worker fenced this one (it took the partition over while this one
+        was stalled: a zombie), nothing is redone here: the partition stays paused
+        until the group's next assignment says who owns it.
+        """
+        failure = pw.failed
         await pw.stop()
         self.partitions.pop(tp, None)
+        self.metrics.partitions.set(len(self.partitions))
         assert self._consumer is not None
+        if isinstance(failure, ProducerFenced):
+            log.warning("fenced on jobs partition %s: another worker owns it now",
+                        tp.partition)
+            if tp in self._consumer.assignment():
+                self._consumer.pause(tp)
+            return
+        log.error("jobs partition %s failed (%s); redoing from its committed offset",
+                  tp.partition, failure)
         committed = await self._consumer.committed(tp)
         self._consumer.seek(tp, committed if committed is not None else pw.tracker.start)
         await self.take(tp)

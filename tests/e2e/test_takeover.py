@@ -78,3 +78,29 @@ async def test_gateway_sigterm_ends_open_responses_and_exits(
     rest = await sse_client.read(http, f"{other}/v1/streams/{sid}/events",
                                  last_event_id=reply.last_id, max_events=5)
     assert_contiguous(seen + rest.stream_events)
+
+
+async def test_a_stalled_worker_that_comes_back_late_is_fenced_and_writes_nothing(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    zombie = cluster.worker()
+    base = await cluster.gateway()
+    query = "who is the zombie?"
+    sid = await create(http, base, query=query, options={"tokens": 60, "tokens_per_second": 10})
+    url = f"{base}/v1/streams/{sid}/events"
+    seen: list[Event] = []
+    reader = asyncio.create_task(sse_client.read(http, url, sink=seen, idle_timeout=90))
+    await sse_client.wait_for(seen, 8, reader)
+    zombie.send(signal.SIGSTOP)  # stalled mid-transaction, still "owning" its partitions
+    try:
+        cluster.worker()  # takes over once the group gives up on the stalled one
+        await asyncio.wait_for(reader, 90)
+    finally:
+        zombie.send(signal.SIGCONT)  # back, late, with its old producer and its old jobs
+    await asyncio.sleep(5)
+
+    assert_contiguous(seen)
+    assert seen[-1].event == "result"
+    assert seen[-1].envelope["data"]["text"] == demo_text(query, 60)
+    again = (await sse_client.read(http, url)).stream_events
+    assert [(e.id, e.data) for e in again] == [(e.id, e.data) for e in seen], \
+        "the zombie wrote after it was fenced"
