@@ -4,6 +4,8 @@ Kafka's DeleteRecords, which moves a partition's log start exactly as retention 
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiokafka import TopicPartition
@@ -91,3 +93,32 @@ async def test_position_from_another_topic_epoch_gives_reset_then_whole_stream(
     assert reply.events[0].event == "reset"
     assert reply.events[0].envelope["reason"] == "epoch"
     assert [e.id for e in reply.stream_events] == [e.id for e in full.stream_events]
+
+
+async def test_real_retention_deletes_a_finished_stream_and_resets_an_old_position(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.env["TIDEMARK_PARTITIONS"] = "1"
+    cluster.env["TIDEMARK_RETENTION_MS"] = "4000"  # segments roll every second
+    base = await cluster.gateway()
+    old = await create(http, base, generator="external")
+    await publish(http, base, old, {"type": "result", "data": {"text": "old"}})
+    old_events = (await sse_client.read(http, f"{base}/v1/streams/{old}/events")).events
+    live = await create(http, base, generator="external")
+    first = (await sse_client.read(http, f"{base}/v1/streams/{live}/events",
+                                   max_events=1)).stream_events[0]
+    # Keep writing so segments roll and the broker's retention check deletes old ones.
+    for i in range(120):
+        await publish(http, base, live, {"type": "partial_result",
+                                         "data": {"chunk": ".", "chunkIndex": i}})
+        reply = await sse_client.read(http, f"{base}/v1/streams/{old}/events",
+                                      last_event_id=old_events[0].id)
+        if reply.status == 410:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("retention never deleted the finished stream")
+    reply = await sse_client.read(http, f"{base}/v1/streams/{live}/events",
+                                  last_event_id=first.id, max_events=1)
+    assert reply.events[0].event == "reset"
+    assert reply.events[0].envelope["reason"] == "retention"
+    assert reply.stream_events[0].id == reply.events[0].envelope["earliest"]
