@@ -26,6 +26,8 @@ class Bench:
     run_id: str
     broker: Proc
     errors: list[str] = field(default_factory=list)
+    #: Extra settings for every Tidemark gateway (``bench.run --set``), for experiments.
+    gateway_settings: dict[str, str] = field(default_factory=dict)
 
     def namespace(self, tag: str) -> str:
         return f"bench{self.run_id}{tag}"
@@ -91,6 +93,8 @@ def start_gateway(bench: Bench, name: str, namespace: str, *, kind: str = "tidem
     module = "bench.serve" if kind == "tidemark" else "bench.baseline_gateway"
     argv = [PYTHON, "-m", module, *(["gateway"] if kind == "tidemark" else []),
             "--port", str(port)]
+    if kind == "tidemark":
+        settings = {**bench.gateway_settings, **settings}
     proc = bench.reg.start(name, argv, bench.env(namespace, **settings))
     gw = Gateway(proc, f"http://127.0.0.1:{port}", kind, namespace)
 

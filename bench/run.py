@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     ap.add_argument("--keep", action="store_true", help="keep logs and broker data")
+    ap.add_argument("--set", action="append", default=[], metavar="TIDEMARK_X=VALUE",
+                    help="an extra setting for every Tidemark gateway (repeatable); the "
+                    "results record it")
     ap.add_argument("--at", metavar="REV", help="run the servers from this git revision "
                     "(a `git archive` snapshot, with this checkout's bench/) instead of the "
                     "working tree")
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_profile:
         profile = scenarios.Profile(**{**profile.__dict__, "profile_s": 0.0})
 
+    settings = dict(x.split("=", 1) for x in args.set)
+    if any(not k.startswith("TIDEMARK_") for k in settings):
+        ap.error("--set takes TIDEMARK_NAME=VALUE")
     fd = raise_fd_limit()
     run_id = secrets.token_hex(3)
     workdir = REPO / ".cache" / "bench" / f"run-{run_id}"
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, Any] = {"meta": _meta(profile.name, fd), "scenarios": {}}
     results["meta"]["workdir"] = str(workdir)
+    results["meta"]["gateway_settings"] = settings
     if args.at:
         results["meta"]["servers_from"] = f"git revision {args.at} ({_rev(args.at)})"
         results["meta"]["uncommitted_server_changes"] = False
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         client = swarm.build(REPO / ".cache" / "bench")
         broker, bootstrap = start_broker(reg, workdir / "kafka-data")
         b = Bench(reg=reg, bootstrap=bootstrap, workdir=workdir, client=client,
-                  run_id=run_id, broker=broker)
+                  run_id=run_id, broker=broker, gateway_settings=settings)
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "connections": lambda: {"connections": scenarios.connections(b, profile)},
             "delivery": lambda: {"delivery": scenarios.delivery(b, profile)},

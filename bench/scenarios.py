@@ -476,6 +476,9 @@ def _sbs_one(b: Bench, p: Profile, tag: str, kind: str, settings: dict[str, str]
         loaded_rss, loaded_fds = gw.proc.rss_kb(), gw.proc.fds()
         step = _measure_delivery(b, p, gw, sw, path, b.workdir / f"seq-{tag}", p.sbs_rate, ns)
         n = step["connections_open"]
+        if kind == "tidemark":
+            # Streams this gateway's index holds (its namespace has len(rows)).
+            out["index_streams"] = prometheus(gw.url).get("tidemark_index_streams")
         out.update({
             "connections": n,
             "gateway_idle_rss_mb": round(idle_rss / 1024, 1),
