@@ -8,10 +8,11 @@ A stream is a key in a partitioned events topic. Its events carry a per-stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -152,14 +153,27 @@ class Appender:
         self._locks: dict[str, asyncio.Lock] = {}
         self._max = max_streams
 
-    async def append(self, info: StreamInfo, drafts: Sequence[Draft]) -> AppendResult:
-        lock = self._locks.setdefault(info.stream_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, stream_id: str) -> AsyncIterator[None]:
+        """One operation per stream at a time; the lock is dropped when nobody waits."""
+        lock = self._locks.setdefault(stream_id, asyncio.Lock())
         try:
             async with lock:
-                return await self._append_locked(info, drafts)
+                yield
         finally:
-            if not lock.locked() and self._locks.get(info.stream_id) is lock:
-                del self._locks[info.stream_id]
+            if not lock.locked() and self._locks.get(stream_id) is lock:
+                del self._locks[stream_id]
+
+    async def append(self, info: StreamInfo, drafts: Sequence[Draft]) -> AppendResult:
+        async with self._exclusive(info.stream_id):
+            return await self._append_locked(info, drafts)
+
+    async def last_seq(self, info: StreamInfo) -> int:
+        """The stream's last seq in the log (-1 for none)."""
+        async with self._exclusive(info.stream_id):
+            state = await scan(self._reader, info, self._states.pop(info.stream_id, None))
+            self._remember(info.stream_id, state)
+            return state.last_seq
 
     async def _append_locked(self, info: StreamInfo, drafts: Sequence[Draft]) -> AppendResult:
         state = self._states.pop(info.stream_id, None)

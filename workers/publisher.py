@@ -13,15 +13,19 @@ twice, a gap is refused, and nothing follows a terminal event.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import uuid
 from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from eventlog.clients import make_admin, make_producer, started, stop_client
-from eventlog.errors import StreamNotFound
+from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamIndex, StreamInfo
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
@@ -29,13 +33,18 @@ from eventlog.streams import Appender, AppendResult, Draft, StreamCreator
 from schemas import events
 from schemas.validation import Validators
 
+log = logging.getLogger(__name__)
+
 
 class StreamWriter:
     """Appends to one stream; each call validates its data against schemas/json."""
 
-    def __init__(self, publisher: Publisher, info: StreamInfo) -> None:
+    def __init__(self, publisher: Publisher, info: StreamInfo, next_seq: int) -> None:
         self._publisher = publisher
         self.info = info
+        #: Seqs are given here, before the first try, so a retried append after an
+        #: unclear failure (written, but the answer was lost) is recognised as a retry.
+        self.next_seq = next_seq
 
     @property
     def stream_id(self) -> str:
@@ -43,7 +52,10 @@ class StreamWriter:
 
     async def publish(self, event_type: str, data: dict[str, Any],
                       seq: int | None = None) -> AppendResult:
-        return await self._publisher.publish(self.info, [Draft(event_type, data, seq)])
+        result = await self._publisher.publish(
+            self.info, [Draft(event_type, data, self.next_seq if seq is None else seq)])
+        self.next_seq = result.last_seq + 1
+        return result
 
     async def status(self, state: str, message: str | None = None) -> AppendResult:
         data = {"state": state} if message is None else {"state": state, "message": message}
@@ -73,8 +85,10 @@ class StreamWriter:
 class Publisher:
     """A Kafka producer, a small reader pool and the append rules, for one namespace."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, attempts: int = 6) -> None:
         self._settings = settings
+        #: Tries per append (exponential backoff with jitter between them, up to 5 s).
+        self.attempts = attempts
         self._validators = Validators()
         self._producer: AIOKafkaProducer | None = None
         self._reader: LogReader | None = None
@@ -117,7 +131,7 @@ class Publisher:
             raise ValueError(f"invalid stream id {sid!r}")
         info = await StreamCreator(self._settings.log, self._producer, admin=self._admin).create(
             sid, generator="external", query=None, options=None, with_job=False)
-        return StreamWriter(self, info)
+        return StreamWriter(self, info, next_seq=1)
 
     async def open_stream(self, stream_id: str) -> StreamWriter:
         """A writer for a stream created elsewhere (looked up in the stream index)."""
@@ -129,11 +143,22 @@ class Publisher:
             info = self._index.get(stream_id)
         if info is None:
             raise StreamNotFound(f"no stream {stream_id!r}")
-        return StreamWriter(self, info)
+        assert self._appender is not None
+        return StreamWriter(self, info, next_seq=await self._appender.last_seq(info) + 1)
 
     async def publish(self, info: StreamInfo, drafts: list[Draft]) -> AppendResult:
         assert self._appender is not None, "start() first"
         self._validators.publish_request(
             [{"type": d.type, "data": d.data, **({"seq": d.seq} if d.seq is not None else {})}
              for d in drafts])
-        return await self._appender.append(info, drafts)
+        delay = 0.2
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await self._appender.append(info, drafts)
+            except (KafkaError, KafkaUnavailable) as exc:
+                if attempt == self.attempts:
+                    raise KafkaUnavailable(f"append failed {attempt} times: {exc}") from exc
+                log.warning("append to %s failed (%s); retrying", info.stream_id, exc)
+                await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
