@@ -8,10 +8,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from eventlog.settings import load_settings
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
 from tests.procs import Proc, base_env, free_port
+from workers.publisher import Publisher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -140,6 +142,31 @@ async def test_broker_down_fails_fast_keeps_streams_open_and_recovers(
         assert [e.seq for e in reply.stream_events] == [0, 1, 2]
         assert reply.stream_events[-1].event == "result"
         assert "ping" in reply.comments
+    finally:
+        cluster.stop()
+        broker.stop()
+
+
+async def test_publisher_sdk_rides_out_a_broker_restart_without_duplicates(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    broker, bootstrap = start_broker(tmp_path, 0)
+    cluster = Cluster(bootstrap, tmp_path)
+    try:
+        base = await cluster.gateway()
+        settings = load_settings(cluster.env)
+        async with Publisher(settings) as pub:
+            stream = await pub.create_stream()
+            await stream.status("running")
+            assert broker.stop() == 0
+            pending = asyncio.create_task(stream.partial("during the outage", 0))
+            await asyncio.sleep(2)
+            broker, _ = start_broker(tmp_path, 1)
+            await asyncio.wait_for(pending, 60)
+            await stream.result({"text": "during the outage"})
+        reply = await sse_client.read(http, f"{base}/v1/streams/{stream.stream_id}/events")
+        assert [e.seq for e in reply.stream_events] == [0, 1, 2, 3]
+        assert [e.event for e in reply.stream_events] == [
+            "status", "status", "partial_result", "result"]
     finally:
         cluster.stop()
         broker.stop()
