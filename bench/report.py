@@ -84,10 +84,12 @@ def render(res: dict[str, Any]) -> str:
                          _ms(lat, "p95_ms"), _ms(lat, "p99_ms"), _ms(lat, "max_ms"),
                          _cpu(w, "gateway"), _f(s.get("gateway_cpu_us_per_event")),
                          _cpu(w, "kafka"), _cpu(w, "publisher"), _cpu(w, "clients"),
-                         f"{_f(w.get('other_processes_cpu_s'))} s"])
+                         f"{_f(w.get('other_processes_cpu_s'))} s",
+                         _f((s.get("gateway_gc") or {}).get("longest_pause_ms"))])
         lines += _table(["target ev/s", "published ev/s", "delivered ev/s", "p50 ms", "p95 ms",
                          "p99 ms", "max ms", "gateway CPU", "gateway µs/event", "broker CPU",
-                         "publisher CPU", "clients CPU", "other procs CPU"], rows)
+                         "publisher CPU", "clients CPU", "other procs CPU",
+                         "gateway longest GC pause ms"], rows)
         lines += ["", "Highest total events/s delivered by one gateway process with p99 < "
                   f"100 ms: **{_f(d.get('highest_events_per_s_p99_under_100ms'), 0)}** "
                   f"(step {_f(d.get('highest_step_target'))} ev/s).", ""]
