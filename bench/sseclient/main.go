@@ -146,8 +146,8 @@ func (st *Stats) report(kind, label string, began time.Time, swap bool) map[stri
 		"first_seq_mismatch": st.firstSeqMismatch.Load(), "seq_gaps": st.seqGaps.Load(),
 		"seq_duplicates": st.seqDuplicates.Load(), "negative_latency": st.negativeLatency.Load(),
 		"post_failed": st.postFailed.Load(),
-		"cpu": map[string]any{"user_s": user, "sys_s": sys, "total_s": user + sys},
-		"max_rss_kb": maxrss,
+		"cpu":         map[string]any{"user_s": user, "sys_s": sys, "total_s": user + sys},
+		"max_rss_kb":  maxrss,
 	}
 	for name, h := range hists {
 		out[name] = h.Summary()
