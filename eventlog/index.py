@@ -79,8 +79,10 @@ async def enqueue(producer: AIOKafkaProducer, info: StreamInfo) -> asyncio.Futur
 class StreamIndex:
     """An in-memory view of the index topic, kept current by :meth:`run`."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, *, namespace: str | None = None) -> None:
         self._kafka = kafka
+        #: Keep only this namespace's streams (the topic holds every namespace's).
+        self._namespace = namespace
         self._streams: dict[str, StreamInfo] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
@@ -157,9 +159,12 @@ class StreamIndex:
             self._streams.pop(stream_id, None)
             return
         try:
-            self._streams[stream_id] = StreamInfo.from_json(value)
+            info = StreamInfo.from_json(value)
         except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
             log.warning("unreadable index record for stream %s: %s", stream_id, exc)
+            return
+        if self._namespace is None or info.namespace == self._namespace:
+            self._streams[stream_id] = info
 
     def get(self, stream_id: str) -> StreamInfo | None:
         return self._streams.get(stream_id)

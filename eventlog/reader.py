@@ -77,6 +77,8 @@ class LogReader:
         self._idle: list[AIOKafkaConsumer] = []
         self._all: list[AIOKafkaConsumer] = []
         self._closed = False
+        self._starts: dict[tuple[str, int], tuple[int, float]] = {}
+        self._start_locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     async def _acquire(self) -> AIOKafkaConsumer:
         await self._slots.acquire()
@@ -119,6 +121,23 @@ class LogReader:
             return int(first[tp]), int(end[tp])
         finally:
             self._release(consumer)
+
+    async def log_start(self, topic: str, partition: int, *, max_age_s: float = 1.0) -> int:
+        """The partition's log start offset, at most ``max_age_s`` old.
+
+        Retention moves it rarely and by whole segments; a burst of requests shares one
+        lookup per partition.
+        """
+        key = (topic, partition)
+        loop = asyncio.get_running_loop()
+        lock = self._start_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._starts.get(key)
+            if cached is not None and loop.time() - cached[1] < max_age_s:
+                return cached[0]
+            start, _ = await self.bounds(topic, partition)
+            self._starts[key] = (start, loop.time())
+            return start
 
     async def close(self) -> None:
         self._closed = True

@@ -50,10 +50,15 @@ def frame_record(epoch: str, rec: LogRecord) -> Frame:
 
 
 class PartitionTail:
-    """Recent frames of one partition, oldest first, at most ``limit`` bytes."""
+    """Recent frames of one partition, oldest first, at most ``limit`` bytes.
+
+    Frames are kept as plain tuples: a tuple of ints and bytes is untracked by Python's
+    garbage collector after its first collection, so a full tail (hundreds of thousands
+    of frames) adds nothing to the pauses of full collections; a NamedTuple would.
+    """
 
     def __init__(self, start: int, limit: int) -> None:
-        self._frames: list[Frame] = []
+        self._frames: list[tuple[int, bytes, int, bool, bytes]] = []
         self._head = 0
         self._bytes = 0
         self._limit = limit
@@ -71,13 +76,13 @@ class PartitionTail:
         return len(self._frames) - self._head
 
     def append(self, frame: Frame) -> None:
-        self._frames.append(frame)
+        self._frames.append(tuple(frame))  # type: ignore[arg-type]
         self._bytes += len(frame.data)
         while self._bytes > self._limit and self._head < len(self._frames):
-            old = self._frames[self._head]
-            self._bytes -= len(old.data)
+            offset, _, _, _, data = self._frames[self._head]
+            self._bytes -= len(data)
             self._head += 1
-            self.covered_from = old.offset + 1
+            self.covered_from = offset + 1
         if self._head > 1024 and self._head * 2 > len(self._frames):
             del self._frames[: self._head]
             self._head = 0
@@ -87,8 +92,8 @@ class PartitionTail:
 
     def since(self, start: int, key: bytes) -> list[Frame]:
         """This stream's frames from offset ``start`` on (a snapshot)."""
-        i = bisect.bisect_left(self._frames, start, lo=self._head, key=lambda f: f.offset)
-        return [f for f in self._frames[i:] if f.key == key]
+        i = bisect.bisect_left(self._frames, start, lo=self._head, key=lambda f: f[0])
+        return [Frame._make(f) for f in self._frames[i:] if f[1] == key]
 
 
 class Subscriber:

@@ -63,7 +63,7 @@ class Services:
         self.producer = await started(lambda: make_producer(s.kafka, role="gateway"),
                                       s.kafka, "producer start")
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
-        self.index = StreamIndex(s.kafka)
+        self.index = StreamIndex(s.kafka, namespace=s.log.namespace)
         await self.index.start()
         self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
                        client_buffer_bytes=s.gateway.client_buffer_bytes,

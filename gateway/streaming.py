@@ -139,9 +139,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             position.partition == tp.partition and position.offset >= hub.position(tp)):
         # The client read this position through a gateway that is ahead of this one.
         await hub.wait_position(tp, position.offset + 1, timeout=3.0)
-    log_start, log_end = await session.reader.bounds(tp.topic, tp.partition)
-    plan = resume.plan(info, position, epoch=epoch, log_start=log_start,
-                       log_end=max(log_end, hub.position(tp)))
+    log_start, log_end = await _bounds(session, position, epoch)
+    plan = resume.plan(info, position, epoch=epoch, log_start=log_start, log_end=log_end)
     if plan.status == 204:
         session.metrics.requests.labels("ended").inc()
         return web.Response(status=204)
@@ -188,6 +187,25 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.unsubscribe()
         session.registry.discard(session)
         session.metrics.connections.dec()
+
+
+async def _bounds(session: Session, position: EventId | None, epoch: str) -> tuple[int, int]:
+    """The partition's (log start, log end) as far as the resume rules need them.
+
+    The log start comes from a per-partition cache (at most a second old); when the
+    read starts before what the hub has read, the hub's position stands for the log
+    end. So a burst of reconnects costs Kafka one lookup per partition, not two per
+    connection.
+    """
+    hub, tp, info = session.hub, session.tp, session.info
+    start = info.first_offset
+    if position is not None and position.epoch == epoch and position.partition == tp.partition:
+        start = position.offset
+    tail = hub.tails[tp]
+    if start < tail.next_offset:
+        return await session.reader.log_start(tp.topic, tp.partition), tail.next_offset
+    log_start, log_end = await session.reader.bounds(tp.topic, tp.partition)
+    return log_start, max(log_end, tail.next_offset)
 
 
 async def send_reset(session: Session, reason: str, earliest: str) -> None:

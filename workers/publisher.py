@@ -136,7 +136,8 @@ class Publisher:
     async def open_stream(self, stream_id: str) -> StreamWriter:
         """A writer for a stream created elsewhere (looked up in the stream index)."""
         if self._index is None:
-            self._index = StreamIndex(self._settings.kafka)
+            self._index = StreamIndex(self._settings.kafka,
+                                      namespace=self._settings.log.namespace)
             await self._index.start()
         info = self._index.get(stream_id)
         if info is None and await self._index.load(timeout=30.0):
