@@ -130,12 +130,17 @@ def start_haproxy(gateways: list[str], logdir: Path) -> tuple[Proc, str]:
     config = logdir / "haproxy.cfg"
     config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
     proc = Proc("haproxy", [], base_env(), logdir, argv=["haproxy", "-db", "-f", str(config)])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    wait_port(port, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_port(port: int, proc: Proc, timeout: float = 30.0) -> None:
+    """Wait until something listens on 127.0.0.1:``port`` (fail if ``proc`` exits)."""
+    for _ in range(int(timeout / 0.05)):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, url
+                return
         if not proc.alive:
-            raise AssertionError(f"haproxy exited:\n{proc.logs()}")
+            raise AssertionError(f"{proc.name} exited:\n{proc.logs()}")
         time.sleep(0.05)
-    raise AssertionError(f"haproxy did not listen:\n{proc.logs()}")
+    raise AssertionError(f"{proc.name} did not listen on {port}:\n{proc.logs()}")

@@ -65,53 +65,61 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with session.get(url, headers=headers) as resp:
-        reply = Reply(resp.status, CIMultiDict(resp.headers))
-        if sink is not None:
-            reply.events = sink
-        if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
-            reply.body = await resp.text()
+        return await parse(resp, max_events=max_events, idle_timeout=idle_timeout,
+                           stop_after_comments=stop_after_comments, sink=sink)
+
+async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
+                idle_timeout: float = 20.0, stop_after_comments: int | None = None,
+                sink: list[Event] | None = None) -> Reply:
+    """Read an open response (see :func:`read`)."""
+    reply = Reply(resp.status, CIMultiDict(resp.headers))
+    if sink is not None:
+        reply.events = sink
+    if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+        reply.body = await resp.text()
+        return reply
+    ev_id: str | None = None
+    ev_type = ""
+    data: list[str] = []
+    pending = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(resp.content.readany(), idle_timeout)
+        except TimeoutError as exc:
+            raise AssertionError(f"no data for {idle_timeout}s; got {reply.events[-3:]}") \
+                from exc
+        if not chunk:
+            reply.ended_by_server = True
             return reply
-        ev_id: str | None = None
-        ev_type = ""
-        data: list[str] = []
-        pending = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(resp.content.readany(), idle_timeout)
-            except TimeoutError as exc:
-                raise AssertionError(f"no data for {idle_timeout}s; got {reply.events[-3:]}") \
-                    from exc
-            if not chunk:
-                reply.ended_by_server = True
-                return reply
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for raw in lines:
-                line = raw.decode("utf-8").removesuffix("\r")
-                if line == "":
-                    if data:
-                        reply.events.append(Event(ev_id, ev_type or "message", "\n".join(data)))
-                        if max_events is not None and len(reply.stream_events) >= max_events:
-                            return reply
-                    ev_id, ev_type, data = None, "", []
-                    continue
-                if line.startswith(":"):
-                    reply.comments.append(line[1:].strip())
-                    if stop_after_comments is not None and \
-                            len(reply.comments) >= stop_after_comments:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for raw in lines:
+            line = raw.decode("utf-8").removesuffix("\r")
+            if line == "":
+                if data:
+                    reply.events.append(Event(ev_id, ev_type or "message", "\n".join(data)))
+                    if max_events is not None and len(reply.stream_events) >= max_events:
                         return reply
-                    continue
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                reply.first_field = reply.first_field or name
-                if name == "data":
-                    data.append(value)
-                elif name == "event":
-                    ev_type = value
-                elif name == "id":
-                    ev_id = value
-                elif name == "retry" and value.isdigit():
-                    reply.retry = int(value)
+                ev_id, ev_type, data = None, "", []
+                continue
+            if line.startswith(":"):
+                reply.comments.append(line[1:].strip())
+                if stop_after_comments is not None and \
+                        len(reply.comments) >= stop_after_comments:
+                    return reply
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            reply.first_field = reply.first_field or name
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                ev_type = value
+            elif name == "id":
+                ev_id = value
+            elif name == "retry" and value.isdigit():
+                reply.retry = int(value)
+
 
 async def wait_for(seen: list[Event], count: int, reader: asyncio.Task[Reply], *,
                    timeout: float = 30.0) -> None:
