@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -483,6 +485,8 @@ class LocalBroker:
             )
 
     async def _spawn(self, jars_dir: Path, data_dir: Path, heap: int) -> None:
+        assert self._state is not None
+        await _wait_port_free(self._state.port, timeout=min(15.0, self._config.start_timeout))
         args = [
             *self._java_args(jars_dir, data_dir, heap),
             "kafka.Kafka",
@@ -498,6 +502,7 @@ class LocalBroker:
                 stdout=self._console,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=data_dir,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise BrokerError(f"cannot run {self._config.java!r}: {exc}") from exc
@@ -584,3 +589,29 @@ class LocalBroker:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
             self._dir = None
+
+
+def _die_with_parent() -> None:
+    """In the JVM child, before exec: be killed when the launching process dies, so a
+    broker never outlives (and blocks the port and data dir of) a killed launcher."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+async def _wait_port_free(port: int, *, timeout: float) -> None:
+    """Wait until nothing listens on the port (an earlier broker still going away)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((_HOST, port))
+                return
+            except OSError:
+                if loop.time() > deadline:
+                    raise BrokerError(
+                        f"port {port} is still in use (another broker on this data dir?)"
+                    ) from None
+        await asyncio.sleep(0.1)

@@ -57,15 +57,19 @@ class Proc:
         raise AssertionError(f"{self.name} printed no {prefix!r} in {timeout}s:\n{self.logs()}")
 
     def send(self, sig: int) -> None:
+        """Signal the process's whole group (a broker's JVM goes with its launcher)."""
         if self.alive:
-            self.popen.send_signal(sig)
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         self.send(sig)
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
+            self.send(signal.SIGKILL)
             return self.popen.wait()
 
     def kill(self) -> None:

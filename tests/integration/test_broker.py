@@ -103,15 +103,14 @@ async def test_a_port_other_than_the_remembered_one_is_an_error(
         assert again.bootstrap == f"127.0.0.1:{remembered}"
 
 
-async def test_a_broker_that_cannot_listen_fails_with_its_log(jars_dir: Path) -> None:
+async def test_a_port_held_by_another_process_is_refused_clearly(jars_dir: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        broker = LocalBroker(BrokerConfig(jars_dir=jars_dir, port=port, start_timeout=60.0))
-        with pytest.raises(BrokerError, match="exited") as info:
+        broker = LocalBroker(BrokerConfig(jars_dir=jars_dir, port=port, start_timeout=3.0))
+        with pytest.raises(BrokerError, match=f"port {port} is still in use"):
             await broker.start()
-    assert "Address already in use" in str(info.value) or "bind" in str(info.value).lower()
     assert broker.pid is None
     assert broker.data_dir is None  # the temporary directory is gone
 
