@@ -25,9 +25,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     task = app[SERVICES_TASK] = asyncio.create_task(services.run(), name="gateway-services")
     yield
-    services.closing.set()
-    if services.hub is not None:
-        services.hub.wake_all()
+    # on_shutdown has already ended the open responses (see _on_shutdown).
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task

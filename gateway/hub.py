@@ -155,7 +155,6 @@ class Hub:
         self._assign_lock = asyncio.Lock()
         self._subs: dict[tuple[TopicPartition, bytes], set[Subscriber]] = {}
         self._progress = asyncio.Condition()
-        self.records_routed = 0
 
     @property
     def ready(self) -> bool:
@@ -321,7 +320,6 @@ class Hub:
                 continue
             frame = frame_record(epoch, rec)
             tail.append(frame)
-            self.records_routed += 1
             if frame.terminal and self._on_terminal is not None:
                 self._on_terminal(rec.type)
             for sub in subs.get((tp, rec.key), ()):
