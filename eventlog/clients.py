@@ -115,6 +115,24 @@ async def _close_quietly(client: Any) -> None:
         log.debug("closing a client that failed to start: %s", exc)
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *,
+                        timeout: float = 5.0) -> list[int]:
+    """A topic's partitions, as a (manually assigned) consumer's metadata knows them.
+
+    Such a consumer asks metadata only for the topics it tracks, and a topic just
+    created is not in every answer at once: ask, track, and wait, up to ``timeout``.
+    """
+    client = consumer._client
+    for _ in range(max(1, int(timeout / 0.05))):
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return sorted(partitions)
+        await (client.force_metadata_update() if topic in client._topics
+               else client.add_topic(topic))
+        await asyncio.sleep(0.05)
+    raise KafkaUnavailable(f"no partitions for topic {topic} in the broker's metadata")
+
+
 async def stop_client(client: Any) -> None:
     """Stop or close an aiokafka client, logging instead of raising Kafka errors."""
     await _close_quietly(client)

@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from eventlog.clients import make_consumer, started, stop_client
+from eventlog.clients import make_consumer, partitions_of, started, stop_client
 from eventlog.settings import KafkaSettings
 from eventlog.topics import STREAMS_TOPIC
 
@@ -100,11 +100,8 @@ class StreamIndex:
     async def start(self) -> None:
         self._consumer = await started(
             lambda: make_consumer(self._kafka, role="index"), self._kafka, "index start")
-        partitions = self._consumer.partitions_for_topic(STREAMS_TOPIC)
-        if not partitions:
-            await self._consumer._client.force_metadata_update()
-            partitions = self._consumer.partitions_for_topic(STREAMS_TOPIC) or set()
-        self._tps = [TopicPartition(STREAMS_TOPIC, p) for p in sorted(partitions)]
+        self._tps = [TopicPartition(STREAMS_TOPIC, p)
+                     for p in await partitions_of(self._consumer, STREAMS_TOPIC)]
         self._consumer.assign(self._tps)
         await self._consumer.seek_to_beginning(*self._tps)
 

@@ -18,8 +18,7 @@ from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from eventlog.clients import make_consumer, started, stop_client
-from eventlog.errors import KafkaUnavailable
+from eventlog.clients import make_consumer, partitions_of, started, stop_client
 from eventlog.records import LogRecord
 from eventlog.settings import KafkaSettings
 from eventlog.topicids import topic_epoch
@@ -203,26 +202,12 @@ class Hub:
                 return
             for topic in topics:
                 await self.epoch(topic)
-            new = [TopicPartition(t, p) for t in topics for p in await self._partitions(t)]
+            new = [TopicPartition(t, p) for t in topics for p in await partitions_of(consumer, t)]
             self._reassign([*self.tails, *new])
             await consumer.seek_to_end(*new)
             for tp in new:
                 self.tails[tp] = PartitionTail(await consumer.position(tp), self._tail_bytes)
         log.info("hub tails %s partitions (%s)", len(self.tails), ", ".join(topics))
-
-    async def _partitions(self, topic: str) -> list[int]:
-        consumer = self._consumer
-        assert consumer is not None
-        client = consumer._client
-        for _ in range(50):
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                return sorted(partitions)
-            # A manually assigned consumer asks metadata only for the topics it tracks.
-            await (client.force_metadata_update() if topic in client._topics
-                   else client.add_topic(topic))
-            await asyncio.sleep(0.05)
-        raise KafkaUnavailable(f"no partitions for topic {topic} in the broker's metadata")
 
     def _reassign(self, tps: list[TopicPartition]) -> None:
         """Assign exactly ``tps``; partitions kept go on from where the hub was."""
