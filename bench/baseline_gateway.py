@@ -2,7 +2,7 @@
 
 Kept for comparison only. ``GET /v1/streams/{id}/events`` starts an aiokafka consumer
 for this one client, assigns it the stream's partition of the namespace's events
-topic (``eventlog.placement.partition_for``, the partition Tidemark writes to), seeks
+topic (``eventlog.placement.stream_partition``, where Tidemark writes), seeks
 to the end (live events only: no resume), and writes every record whose key is the
 stream id as an SSE event, with a ``: ping`` comment when nothing was written for a
 heartbeat interval. The consumer is stopped when the client goes away. Everything
@@ -26,7 +26,7 @@ from aiohttp import web
 from aiokafka import TopicPartition
 
 from eventlog.clients import make_consumer, stop_client
-from eventlog.placement import partition_for
+from eventlog.placement import stream_partition
 from eventlog.settings import Settings, load_settings
 from eventlog.topics import events_topic
 from schemas.events import HEADER_TYPE, TERMINAL_TYPES
@@ -52,7 +52,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     stream_id = request.match_info["id"]
     key = stream_id.encode()
     topic = events_topic(settings.log.namespace)
-    tp = TopicPartition(topic, partition_for(stream_id, settings.log.partitions))
+    tp = TopicPartition(topic, stream_partition(stream_id, settings.log.partitions))
     heartbeat = settings.gateway.heartbeat_s
     consumer = make_consumer(settings.kafka, role="baseline")
     try:

@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaProducer
 
 from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.index import StreamIndex, StreamInfo
+from eventlog.reader import LogReader
 from eventlog.settings import Settings, load_settings
 from eventlog.streams import StreamCreator, send_event
 from eventlog.topicids import fetch_topic_ids
@@ -97,16 +98,19 @@ async def create_kafka(settings: Settings, n: int, prefix: str, concurrency: int
                        ) -> list[StreamInfo]:
     await ensure_namespace(settings)
     producer = await start_producer(settings)
+    reader = LogReader(settings.kafka, size=2, role="bench-floor")
     try:
-        creator = StreamCreator(settings.log, producer)
+        # Self-describing ids, as the gateway makes them (``prefix`` is not needed).
+        creator = StreamCreator(settings.log, producer, floor=reader.floor)
         infos: list[StreamInfo] = []
         for lo in range(0, n, concurrency):
-            batch = [creator.create(f"{prefix}{i:06d}", generator="external", query="bench",
-                                    options=None, with_job=False)
-                     for i in range(lo, min(n, lo + concurrency))]
+            batch = [creator.create(generator="external", query="bench", options=None,
+                                    with_job=False)
+                     for _ in range(lo, min(n, lo + concurrency))]
             infos.extend(await asyncio.wait_for(asyncio.gather(*batch), 60))
         return infos
     finally:
+        await reader.close()
         await stop_client(producer)
 
 

@@ -47,14 +47,14 @@ def make_producer(kafka: KafkaSettings, *, role: str, transactional_id: str | No
 
 def make_consumer(kafka: KafkaSettings, *, role: str, group_id: str | None = None,
                   **extra: Any) -> AIOKafkaConsumer:
-    """A read_committed consumer; without ``group_id`` it is for manual assignment."""
+    """A read_committed consumer (unless ``isolation_level`` says otherwise); without
+    ``group_id`` it is for manual assignment."""
     return AIOKafkaConsumer(
         **_common(kafka, role),
         group_id=group_id,
-        isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **extra,
+        **{"isolation_level": "read_committed", **extra},
     )
 
 

@@ -1,9 +1,15 @@
 """The stream index: a compacted topic, key = stream id, value = the stream's record.
 
-Writers put whole snapshots (last writer wins, per key, in partition order). A
-reader tails the whole topic into memory; a lookup that misses first waits for the
-reader to catch up with the topic's end, so a stream created through one gateway is
-found through any other.
+Writers put whole snapshots (last writer wins, per key, in partition order): the
+creator when a stream is made, the worker when it starts and ends it, the appender at a
+terminal event. Streams whose events retention has deleted get tombstones
+(``eventlog.janitor``), so the compacted topic holds only streams still in the log.
+
+Gateways do not need the index for streams with self-describing ids (they find those
+in the events log; see ``gateway.lookup``). :class:`StreamIndex` tails the topic into
+memory for the other ids (``keep`` selects which): a lookup that misses first waits for
+the reader to catch up with the topic's end, so a stream created through one gateway
+is found through any other.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -79,10 +86,13 @@ async def enqueue(producer: AIOKafkaProducer, info: StreamInfo) -> asyncio.Futur
 class StreamIndex:
     """An in-memory view of the index topic, kept current by :meth:`run`."""
 
-    def __init__(self, kafka: KafkaSettings, *, namespace: str | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, *, namespace: str | None = None,
+                 keep: Callable[[str], bool] | None = None) -> None:
         self._kafka = kafka
         #: Keep only this namespace's streams (the topic holds every namespace's).
         self._namespace = namespace
+        #: Keep only the streams whose ids pass this test (checked before decoding).
+        self._keep = keep
         self._streams: dict[str, StreamInfo] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
@@ -152,6 +162,8 @@ class StreamIndex:
         if key is None:
             return
         stream_id = key.decode("utf-8", "replace")
+        if self._keep is not None and not self._keep(stream_id):
+            return
         if value is None:
             self._streams.pop(stream_id, None)
             return

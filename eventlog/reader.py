@@ -45,9 +45,10 @@ class Cursor:
                 out.append(rec)
         return out
 
-    async def records(self, *, until: int, key: bytes | None = None,
-                      timeout_s: float = 30.0) -> AsyncIterator[LogRecord]:
-        """Records before offset ``until`` (with ``key``, when given), in order.
+    async def batches(self, *, until: int, key: bytes | None = None,
+                      timeout_s: float = 30.0) -> AsyncIterator[list[LogRecord]]:
+        """Records before offset ``until`` (with ``key``, when given), in order, as they
+        are fetched (no batch is empty).
 
         Ends when the position reaches ``until``; raises TimeoutError if the log
         does not get there within ``timeout_s`` of no progress.
@@ -60,11 +61,19 @@ class Cursor:
                 stalled_since = loop.time()
             elif loop.time() - stalled_since > timeout_s:
                 raise TimeoutError(f"no progress reading {self._tp} towards offset {until}")
+            out = [rec for rec in batch
+                   if rec.offset < until and (key is None or rec.key == key)]
+            if out:
+                yield out
+            if batch and batch[-1].offset >= until:
+                return
+
+    async def records(self, *, until: int, key: bytes | None = None,
+                      timeout_s: float = 30.0) -> AsyncIterator[LogRecord]:
+        """Like :meth:`batches`, one record at a time."""
+        async for batch in self.batches(until=until, key=key, timeout_s=timeout_s):
             for rec in batch:
-                if rec.offset >= until:
-                    return
-                if key is None or rec.key == key:
-                    yield rec
+                yield rec
 
 
 class LogReader:
@@ -77,8 +86,11 @@ class LogReader:
         self._idle: list[AIOKafkaConsumer] = []
         self._all: list[AIOKafkaConsumer] = []
         self._closed = False
-        self._starts: dict[tuple[str, int], tuple[int, float]] = {}
-        self._start_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        #: (topic, partition) -> (log start, end, when): shared by a burst of lookups.
+        self._bounds: dict[tuple[str, int], tuple[int, int, float]] = {}
+        self._bounds_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._hw_consumer: AIOKafkaConsumer | None = None
+        self._hw_lock = asyncio.Lock()
 
     async def _acquire(self) -> AIOKafkaConsumer:
         await self._slots.acquire()
@@ -128,19 +140,44 @@ class LogReader:
         Retention moves it rarely and by whole segments; a burst of requests shares one
         lookup per partition.
         """
+        return (await self._recent_bounds(topic, partition, max_age_s))[0]
+
+    async def floor(self, topic: str, partition: int, *, max_age_s: float = 1.0) -> int:
+        """An offset at or below the partition's end (its last stable offset, at most
+        ``max_age_s`` old): offsets only grow, so an older answer is still a lower bound."""
+        return (await self._recent_bounds(topic, partition, max_age_s))[1]
+
+    async def _recent_bounds(self, topic: str, partition: int,
+                             max_age_s: float) -> tuple[int, int]:
         key = (topic, partition)
         loop = asyncio.get_running_loop()
-        lock = self._start_locks.setdefault(key, asyncio.Lock())
+        lock = self._bounds_locks.setdefault(key, asyncio.Lock())
         async with lock:
-            cached = self._starts.get(key)
-            if cached is not None and loop.time() - cached[1] < max_age_s:
-                return cached[0]
-            start, _ = await self.bounds(topic, partition)
-            self._starts[key] = (start, loop.time())
-            return start
+            cached = self._bounds.get(key)
+            if cached is not None and loop.time() - cached[2] < max_age_s:
+                return cached[0], cached[1]
+            start, end = await self.bounds(topic, partition)
+            self._bounds[key] = (start, end, loop.time())
+            return start, end
+
+    async def high_watermark(self, topic: str, partition: int) -> int:
+        """The partition's end including records of open transactions: everything
+        acknowledged to a producer so far is below it."""
+        tp = TopicPartition(topic, partition)
+        async with self._hw_lock:
+            if self._hw_consumer is None:
+                self._hw_consumer = await started(
+                    lambda: make_consumer(self._kafka, role=f"{self._role}-hw",
+                                          isolation_level="read_uncommitted"),
+                    self._kafka, "reader start")
+            end = await self._hw_consumer.end_offsets([tp])
+            return int(end[tp])
 
     async def close(self) -> None:
         self._closed = True
+        if self._hw_consumer is not None:
+            await stop_client(self._hw_consumer)
+            self._hw_consumer = None
         consumers, self._all, self._idle = self._all, [], []
         for consumer in consumers:
             await stop_client(consumer)

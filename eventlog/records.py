@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final, NamedTuple
 
-from schemas.events import EVENT_TYPE_PATTERN, HEADER_SEQ, HEADER_TYPE
+from schemas.events import EVENT_TYPE_PATTERN, HEADER_GENERATOR, HEADER_SEQ, HEADER_TYPE
 
 _TYPE_RE: Final = re.compile(EVENT_TYPE_PATTERN)
 
@@ -20,6 +20,8 @@ class LogRecord(NamedTuple):
     type: str
     seq: int
     timestamp: int
+    #: The ``tm-generator`` header (a stream's first record carries it), else None.
+    generator: str | None = None
 
     @classmethod
     def from_consumer(cls, record: Any) -> LogRecord | None:
@@ -29,6 +31,7 @@ class LogRecord(NamedTuple):
             return None
         kind = ""
         seq = -1
+        generator = None
         for name, raw in record.headers:
             if name == HEADER_TYPE:
                 kind = raw.decode("ascii", "replace")
@@ -37,7 +40,9 @@ class LogRecord(NamedTuple):
                     seq = int(raw)
                 except ValueError:
                     return None
+            elif name == HEADER_GENERATOR:
+                generator = raw.decode("ascii", "replace")
         if seq < 0 or _TYPE_RE.search(kind) is None:
             return None
         return cls(record.partition, record.offset, record.key, record.value, kind, seq,
-                   record.timestamp)
+                   record.timestamp, generator)

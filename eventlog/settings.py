@@ -46,6 +46,9 @@ class LogSettings:
     retention_ms: int = _env("RETENTION_MS", 86_400_000, "retention of the events topic")
     placement: str = _env(
         "PLACEMENT", "partitioned", "partitioned (default) or topic-per-stream (benchmarks)")
+    janitor_interval_s: float = _env(
+        "JANITOR_INTERVAL", 0.0, "seconds between workers' sweeps that tombstone index "
+        "records of streams retention deleted (0: a quarter of the retention, <= 1 h)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +76,11 @@ class GatewaySettings:
     ready_wait_s: float = _env(
         "READY_WAIT", 10.0, "how long a request waits for a starting gateway to reach Kafka")
     index_wait_s: float = _env(
-        "INDEX_WAIT", 3.0, "how long a lookup waits for the stream index to catch up")
+        "INDEX_WAIT", 3.0, "how long a lookup waits for this gateway to catch up with the "
+        "log (or, for ids without a location, the stream index)")
+    lookup_cache_streams: int = _env(
+        "LOOKUP_CACHE_STREAMS", 10_000,
+        "streams whose place in the log a gateway remembers (a bounded cache)")
     shutdown_grace_s: float = _env("SHUTDOWN_GRACE", 5.0, "drain deadline on SIGTERM")
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,11 +24,11 @@ from eventlog import index
 from eventlog.errors import SeqConflict, StreamEnded
 from eventlog.index import StreamInfo
 from eventlog.jobs import Job
-from eventlog.placement import partition_for
+from eventlog.placement import partition_for, stream_partition
 from eventlog.reader import LogReader
 from eventlog.settings import LogSettings
 from eventlog.topics import events_topic, jobs_topic, stream_topic_spec, wait_for_topics
-from schemas import events
+from schemas import events, streamid
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,16 @@ def now_ms() -> int:
 
 
 async def send_event(producer: AIOKafkaProducer, topic: str, partition: int,
-                     event: Event) -> asyncio.Future[Any]:
-    """Queue one event on the producer; the returned future resolves to its metadata."""
+                     event: Event, *, generator: str | None = None) -> asyncio.Future[Any]:
+    """Queue one event on the producer; the returned future resolves to its metadata.
+
+    ``generator`` goes into the ``tm-generator`` header (a stream's first event only)."""
+    headers = event.headers()
+    if generator is not None:
+        headers.append((events.HEADER_GENERATOR, generator.encode()))
     fut: asyncio.Future[Any] = await producer.send(
         topic, event.to_json(), key=event.stream.encode(), partition=partition,
-        headers=event.headers())
+        headers=headers)
     return fut
 
 
@@ -78,44 +84,72 @@ async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = 
     return state
 
 
+#: A lower bound of a partition's end offset (the offset the next record will get, or
+#: less): ``await floor(topic, partition)``.
+Floor = Callable[[str, int], Awaitable[int]]
+
+
 class StreamCreator:
-    """Creates streams: the first event, then the index record, then the job."""
+    """Creates streams: the first event, then the index record, then the job.
+
+    Streams get self-describing ids (``schemas.streamid``): the id names the partition
+    and a floor offset at or below the first event, taken before the first event is
+    written, from ``floor`` and from this creator's own last write to the partition
+    (whichever is higher; both only grow). A reader finds the stream from its id alone.
+    An id the caller chooses (``stream_id=``) carries no location; readers resolve it
+    through the stream index.
+    """
 
     def __init__(self, settings: LogSettings, producer: AIOKafkaProducer, *,
-                 admin: AIOKafkaAdminClient | None = None) -> None:
+                 floor: Floor, admin: AIOKafkaAdminClient | None = None) -> None:
         self._settings = settings
         self._producer = producer
         self._admin = admin
+        self._floor = floor
+        self._written: dict[tuple[str, int], int] = {}
         if settings.placement == "topic-per-stream" and admin is None:
             raise ValueError("topic-per-stream placement creates topics: pass an admin client")
 
-    async def create(self, stream_id: str, *, generator: str, query: str | None,
-                     options: dict[str, Any] | None, with_job: bool) -> StreamInfo:
+    async def create(self, stream_id: str | None = None, *, generator: str,
+                     query: str | None, options: dict[str, Any] | None,
+                     with_job: bool) -> StreamInfo:
         ns = self._settings.namespace
+        ts = now_ms()
         if self._settings.placement == "topic-per-stream":
             assert self._admin is not None
+            stream_id = stream_id or streamid.new_stream_id(partition=0, floor=0, created_ms=ts)
             spec = stream_topic_spec(self._settings, stream_id)
             await self._admin.create_topics([spec])
             await wait_for_topics(self._admin._client, [spec.name])
             topic, partition = spec.name, 0
         else:
             topic = events_topic(ns)
-            partition = partition_for(stream_id, self._settings.partitions)
-        ts = now_ms()
+            if stream_id is None:
+                rand = secrets.token_hex(12)
+                partition = partition_for(rand, self._settings.partitions)
+                floor = max(await self._floor(topic, partition),
+                            self._written.get((topic, partition), 0))
+                stream_id = streamid.new_stream_id(partition=partition, floor=floor,
+                                                   created_ms=ts, random_part=rand)
+            else:
+                partition = partition_for(stream_id, self._settings.partitions)
         first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts,
                       data={"state": index.QUEUED})
-        meta = await (await send_event(self._producer, topic, partition, first))
+        meta = await (await send_event(self._producer, topic, partition, first,
+                                       generator=generator))
+        key = (topic, partition)
+        self._written[key] = max(self._written.get(key, 0), meta.offset + 1)
         info = StreamInfo(stream_id=stream_id, namespace=ns, topic=topic, partition=partition,
                           first_offset=meta.offset, generator=generator, status=index.QUEUED,
                           created_at=ts, updated_at=ts, last_seq=0)
-        # The index record makes the stream visible; it is written before the job so
-        # that a worker's "running" snapshot can never be overtaken by "queued".
+        # The index record is written before the job so that a worker's "running"
+        # snapshot can never be overtaken by "queued".
         await index.put(self._producer, info)
         if with_job:
             job = Job(stream=info, query=query or "", options=options or {})
             await (await self._producer.send(
                 jobs_topic(ns), job.to_json(), key=stream_id.encode(),
-                partition=partition_for(stream_id, self._settings.partitions)))
+                partition=stream_partition(stream_id, self._settings.partitions)))
         return info
 
 

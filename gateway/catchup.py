@@ -1,8 +1,9 @@
 """The backlog of a subscriber: everything of its stream from a position up to where
 the hub's live feed takes over.
 
-Recent positions are served from the hub's memory tail; older ones are read from
-Kafka through the pooled reader (bounded concurrency), framed on the way.
+Recent positions are served from the hub's memory tail (its index by stream key, so a
+resume reads only its own stream's frames); older ones are read from Kafka through the
+pooled reader (bounded concurrency), framed on the way.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ from gateway.hub import Frame, Hub, frame_record
 
 
 async def backlog(hub: Hub, reader: LogReader, tp: TopicPartition, key: bytes, start: int,
-                  until: int) -> AsyncGenerator[tuple[Frame, str], None]:
-    """This stream's frames with offsets in [start, until), in order, with their source
-    (``memory`` or ``kafka``)."""
+                  until: int) -> AsyncGenerator[tuple[list[Frame], str], None]:
+    """This stream's frames with offsets in [start, until), in order and in batches, with
+    their source (``memory`` or ``kafka``). Batches are never empty."""
     if start >= until:
         return
     tail = hub.tails[tp]
     if tail.covers(start):
-        for frame in tail.since(start, key):
-            if frame.offset >= until:
-                return
-            yield frame, "memory"
+        frames = [f for f in tail.since(start, key) if f.offset < until]
+        if frames:
+            yield frames, "memory"
         return
     epoch = hub.epochs[tp.topic]
     async with reader.open(tp.topic, tp.partition, start) as cursor:
-        async for rec in cursor.records(until=until, key=key):
-            yield frame_record(epoch, rec), "kafka"
+        async for batch in cursor.batches(until=until, key=key):
+            yield [frame_record(epoch, rec) for rec in batch], "kafka"

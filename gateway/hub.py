@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _ROUTE_SLICE = 256
 
 
+_Row = tuple[int, bytes, int, bool, bytes]
+
+
 class Frame(NamedTuple):
     """One event as the gateway serves it: position, routing fields, SSE bytes."""
 
@@ -49,7 +52,8 @@ def frame_record(epoch: str, rec: LogRecord) -> Frame:
 
 
 class PartitionTail:
-    """Recent frames of one partition, oldest first, at most ``limit`` bytes.
+    """Recent frames of one partition, oldest first, at most ``limit`` bytes, with an
+    index by stream key (a resume or a lookup reads only its own stream's frames).
 
     Frames are kept as plain tuples: a tuple of ints and bytes is untracked by Python's
     garbage collector after its first collection, so a full tail (hundreds of thousands
@@ -57,10 +61,12 @@ class PartitionTail:
     """
 
     def __init__(self, start: int, limit: int) -> None:
-        self._frames: list[tuple[int, bytes, int, bool, bytes]] = []
+        self._frames: list[_Row] = []
         self._head = 0
         self._bytes = 0
         self._limit = limit
+        #: Key -> that stream's frames in the tail, oldest first.
+        self._by_key: dict[bytes, deque[_Row]] = {}
         #: Every offset from here up to ``next_offset`` that holds a visible record is
         #: in the tail.
         self.covered_from = start
@@ -75,13 +81,22 @@ class PartitionTail:
         return len(self._frames) - self._head
 
     def append(self, frame: Frame) -> None:
-        self._frames.append(tuple(frame))  # type: ignore[arg-type]
+        row: _Row = tuple(frame)  # type: ignore[assignment]
+        self._frames.append(row)
+        rows = self._by_key.get(frame.key)
+        if rows is None:
+            rows = self._by_key[frame.key] = deque()
+        rows.append(row)
         self._bytes += len(frame.data)
         while self._bytes > self._limit and self._head < len(self._frames):
-            offset, _, _, _, data = self._frames[self._head]
+            offset, key, _, _, data = self._frames[self._head]
             self._bytes -= len(data)
             self._head += 1
             self.covered_from = offset + 1
+            own = self._by_key[key]
+            own.popleft()
+            if not own:
+                del self._by_key[key]
         if self._head > 1024 and self._head * 2 > len(self._frames):
             del self._frames[: self._head]
             self._head = 0
@@ -91,8 +106,40 @@ class PartitionTail:
 
     def since(self, start: int, key: bytes) -> list[Frame]:
         """This stream's frames from offset ``start`` on (a snapshot)."""
-        i = bisect.bisect_left(self._frames, start, lo=self._head, key=lambda f: f[0])
-        return [Frame._make(f) for f in self._frames[i:] if f[1] == key]
+        rows = self._by_key.get(key)
+        if not rows:
+            return []
+        out: list[Frame] = []
+        for row in reversed(rows):  # resumes are near the end: walk back to ``start``
+            if row[0] < start:
+                break
+            out.append(Frame._make(row))
+        out.reverse()
+        return out
+
+    def first(self, key: bytes, start: int) -> Frame | None:
+        """The stream's first frame at or after ``start`` in the tail, if any."""
+        for row in self._by_key.get(key, ()):
+            if row[0] >= start:
+                return Frame._make(row)
+        return None
+
+    def last(self, key: bytes) -> Frame | None:
+        """The stream's newest frame in the tail, if any."""
+        rows = self._by_key.get(key)
+        return Frame._make(rows[-1]) if rows else None
+
+    def at(self, offset: int) -> Frame | None:
+        """The frame at ``offset``, if the tail holds one there."""
+        i = bisect.bisect_left(self._frames, offset, lo=self._head, key=lambda f: f[0])
+        if i < len(self._frames) and self._frames[i][0] == offset:
+            return Frame._make(self._frames[i])
+        return None
+
+    @property
+    def streams(self) -> int:
+        """How many streams have frames in the tail."""
+        return len(self._by_key)
 
 
 class Subscriber:
@@ -242,6 +289,12 @@ class Hub:
     def position(self, tp: TopicPartition) -> int:
         return self.tails[tp].next_offset
 
+    async def floor(self, topic: str, partition: int) -> int:
+        """An offset at or below the partition's end: how far the hub has read (0 for a
+        partition it does not tail, such as a new per-stream topic)."""
+        tail = self.tails.get(TopicPartition(topic, partition))
+        return 0 if tail is None else tail.next_offset
+
     def subscribe(self, tp: TopicPartition, key: bytes) -> tuple[Subscriber, int]:
         """A new subscriber, and the offset from which it will receive every frame."""
         sub = Subscriber(tp, key, self._client_buffer)
@@ -286,10 +339,17 @@ class Hub:
                     # Let handlers write out between slices, so a burst from one fetch
                     # does not pile up in every subscriber's buffer at once.
                     await asyncio.sleep(0)
-                tail = self.tails.get(tp)
-                if tail is not None and tp in consumer.assignment():
-                    tail.next_offset = max(tail.next_offset, await consumer.position(tp))
-            if batches:
+            # Every partition's position, also of those whose fetch held only commit
+            # markers or aborted records: waiters for "read up to the end" need it.
+            moved = bool(batches)
+            assigned = consumer.assignment()
+            for tp, tail in list(self.tails.items()):
+                if tp in assigned:
+                    position = await consumer.position(tp)
+                    if position > tail.next_offset:
+                        tail.next_offset = position
+                        moved = True
+            if moved:
                 async with self._progress:
                     self._progress.notify_all()
 

@@ -43,8 +43,14 @@ class Metrics:
                                 ["outcome"], registry=r)
         for outcome in TERMINAL_STATUSES:
             self.outcomes.labels(outcome)
-        self.index_streams = Gauge("tidemark_index_streams", "Streams in the local index",
-                                   registry=r)
+        self.index_streams = Gauge(
+            "tidemark_index_streams",
+            "Streams held from the stream index (only ids that carry no location)",
+            registry=r)
+        self.known_streams = Gauge(
+            "tidemark_lookup_cached_streams",
+            "Streams whose place in the log this gateway remembers (a bounded cache)",
+            registry=r)
 
     def count_terminal(self, event_type: str) -> None:
         self.outcomes.labels(terminal_status(event_type)).inc()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any, Final
@@ -16,10 +15,11 @@ from aiokafka.errors import KafkaError
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import cancel_record
-from eventlog.placement import partition_for
+from eventlog.placement import stream_partition
 from eventlog.streams import Draft
 from eventlog.topics import jobs_topic
 from gateway import streaming
+from gateway.lookup import Found
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
 from gateway.services import SERVICES, Services
@@ -85,13 +85,9 @@ def _stream_id(request: web.Request) -> str:
     return stream_id
 
 
-async def _lookup(services: Services, stream_id: str) -> StreamInfo:
-    assert services.index is not None
-    info = await services.index.lookup(stream_id,
-                                       timeout=services.settings.gateway.index_wait_s)
-    if info is None:
-        raise StreamNotFound(f"no stream {stream_id!r}")
-    return info
+async def _find(services: Services, stream_id: str) -> Found:
+    assert services.lookup is not None
+    return await services.lookup.find(stream_id)
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -99,7 +95,7 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
                         content_type="application/json")
 
 
-async def _describe(services: Services, info: StreamInfo) -> dict[str, Any]:
+async def _describe(services: Services, info: StreamInfo, earliest: int) -> dict[str, Any]:
     assert services.hub is not None
     epoch = await services.hub.epoch(info.topic)
     return {
@@ -110,7 +106,7 @@ async def _describe(services: Services, info: StreamInfo) -> dict[str, Any]:
         "created_at": info.created_at,
         "updated_at": info.updated_at,
         "last_seq": info.last_seq,
-        "first_event_id": encode_event_id(epoch, info.partition, info.first_offset),
+        "first_event_id": encode_event_id(epoch, info.partition, earliest),
         "terminal_event_id": (None if info.terminal_offset is None else
                               encode_event_id(epoch, info.partition, info.terminal_offset)),
         "events_url": f"/v1/streams/{info.stream_id}/events",
@@ -125,11 +121,11 @@ async def create_stream(request: web.Request) -> web.Response:
         raise Problem(422, f"unknown generator {create.generator!r}; known: "
                       f"{', '.join(sorted(GENERATORS))}", field="/generator")
     assert services.creator is not None
-    stream_id = uuid.uuid4().hex
     async with _deadline(services):
-        await services.creator.create(
-            stream_id, generator=create.generator, query=create.query,
+        info = await services.creator.create(
+            generator=create.generator, query=create.query,
             options=create.options, with_job=create.generator != EXTERNAL)
+    stream_id = info.stream_id
     services.metrics.created.labels(create.generator).inc()
     url = f"/v1/streams/{stream_id}/events"
     return _json({"stream_id": stream_id, "events_url": url,
@@ -140,12 +136,11 @@ async def create_stream(request: web.Request) -> web.Response:
 async def stream_status(request: web.Request) -> web.Response:
     services = await _ready(request)
     stream_id = _stream_id(request)
-    assert services.index is not None
-    # Read-your-writes: catch up with the index before answering.
-    info = await services.index.refresh(stream_id, timeout=services.settings.gateway.index_wait_s)
-    if info is None:
-        raise StreamNotFound(f"no stream {stream_id!r}")
-    return _json(await _describe(services, info))
+    assert services.lookup is not None
+    found = await services.lookup.find(stream_id)
+    # Read-your-writes: counts everything written to the stream before this request.
+    info = await services.lookup.current(found)
+    return _json(await _describe(services, info, found.earliest))
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
@@ -153,11 +148,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     stream_id = _stream_id(request)
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
     position = parse_event_id(raw.strip()) if raw.strip() else None
-    info = await _lookup(services, stream_id)
     assert services.hub is not None and services.reader is not None
+    assert services.lookup is not None
     gw = services.settings.gateway
     session = streaming.Session(
-        request=request, info=info, hub=services.hub, reader=services.reader,
+        request=request, stream_id=stream_id, lookup=services.lookup, hub=services.hub,
+        reader=services.reader,
         metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
@@ -170,10 +166,13 @@ async def publish(request: web.Request) -> web.Response:
     stream_id = _stream_id(request)
     body = await _json_body(request)
     inputs = request.app[VALIDATORS].publish_request(body)
-    info = await _lookup(services, stream_id)
-    if info.generator != EXTERNAL:
-        raise Problem(409, f"stream {stream_id} is written by the {info.generator!r} "
+    found = await _find(services, stream_id)
+    assert services.lookup is not None
+    generator = await services.lookup.generator(found)
+    if generator != EXTERNAL:
+        raise Problem(409, f"stream {stream_id} is written by the {generator!r} "
                       "generator; only external streams accept published events")
+    info = found.info
     assert services.appender is not None and services.hub is not None
     async with _deadline(services):
         result = await services.appender.append(
@@ -193,7 +192,9 @@ async def publish(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     services = await _ready(request)
     stream_id = _stream_id(request)
-    info = await _lookup(services, stream_id)
+    found = await _find(services, stream_id)
+    assert services.lookup is not None
+    info = await services.lookup.current(found)
     if info.finished:
         return _json({"stream_id": stream_id, "status": info.status}, status=200)
     assert services.producer is not None and services.appender is not None
@@ -205,7 +206,7 @@ async def cancel(request: web.Request) -> web.Response:
             # The cancel goes to the job's partition, so the owning worker sees it.
             await (await services.producer.send(
                 jobs_topic(info.namespace), cancel_record(stream_id), key=stream_id.encode(),
-                partition=partition_for(stream_id, services.settings.log.partitions)))
+                partition=stream_partition(stream_id, services.settings.log.partitions)))
     return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
 
 
@@ -231,8 +232,9 @@ async def metrics(request: web.Request) -> web.Response:
     m = services.metrics
     if services.hub is not None:
         m.subscribers.set(services.hub.subscriber_count)
-    if services.index is not None:
-        m.index_streams.set(len(services.index))
+    if services.lookup is not None:
+        m.index_streams.set(services.lookup.legacy_streams)
+        m.known_streams.set(len(services.lookup))
     return web.Response(body=m.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

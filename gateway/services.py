@@ -1,4 +1,4 @@
-"""The shared objects of one gateway process: Kafka clients, the stream index, the hub."""
+"""The shared objects of one gateway process: Kafka clients, the hub, the stream lookup."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from eventlog.clients import make_admin, make_producer, started, stop_client
-from eventlog.index import StreamIndex
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, StreamCreator
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.breaker import CircuitBreaker
 from gateway.hub import Hub
+from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
 from gateway.streaming import Session
 from schemas.errors import TidemarkError
@@ -38,8 +38,8 @@ class Services:
     admin: AIOKafkaAdminClient | None = None
     producer: AIOKafkaProducer | None = None
     reader: LogReader | None = None
-    index: StreamIndex | None = None
     hub: Hub | None = None
+    lookup: StreamLookup | None = None
     creator: StreamCreator | None = None
     appender: Appender | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,13 +63,15 @@ class Services:
         self.producer = await started(lambda: make_producer(s.kafka, role="gateway"),
                                       s.kafka, "producer start")
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
-        self.index = StreamIndex(s.kafka, namespace=s.log.namespace)
-        await self.index.start()
         self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
                        client_buffer_bytes=s.gateway.client_buffer_bytes,
                        on_terminal=self.metrics.count_terminal)
         await self.hub.start([topic])
-        self.creator = StreamCreator(s.log, self.producer, admin=admin)
+        self.lookup = StreamLookup(kafka=s.kafka, log_settings=s.log, hub=self.hub,
+                                   reader=self.reader, wait_s=s.gateway.index_wait_s,
+                                   max_streams=s.gateway.lookup_cache_streams)
+        # Ids name a floor below their first event: how far this gateway's hub has read.
+        self.creator = StreamCreator(s.log, self.producer, floor=self.hub.floor, admin=admin)
         self.appender = Appender(self.producer, self.reader)
 
     async def run(self) -> None:
@@ -80,11 +82,12 @@ class Services:
         """
         try:
             await self._connect()
-            assert self.index is not None and self.hub is not None
+            assert self.hub is not None
+            # Nothing to load first: streams are found in the log when asked for.
+            self.ready.set()
+            log.info("gateway ready")
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.index.run(), name="index")
                 tg.create_task(self.hub.run(), name="hub")
-                tg.create_task(self._mark_ready(), name="ready")
                 tg.create_task(self.pace(), name="pace")
                 tg.create_task(self.watch_kafka(), name="watch-kafka")
         except asyncio.CancelledError:
@@ -145,15 +148,9 @@ class Services:
                 started = session.write_started
                 if started is not None and now - started > gw.client_write_timeout_s:
                     log.info("dropping a client of stream %s: no write accepted for %.0fs",
-                             session.info.stream_id, now - started)
+                             session.stream_id, now - started)
                     self.metrics.cutoffs.inc()
                     session.drop_stuck(gw.client_write_timeout_s)
-
-    async def _mark_ready(self) -> None:
-        assert self.index is not None
-        await self.index.sync(timeout=None)
-        self.ready.set()
-        log.info("gateway ready: %s streams in the index", len(self.index))
 
     async def close(self) -> None:
         self.closing.set()
@@ -162,7 +159,7 @@ class Services:
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        for closer in (self.hub, self.index):
+        for closer in (self.lookup, self.hub):
             if closer is not None:
                 await closer.stop()
         if self.reader is not None:
@@ -170,7 +167,7 @@ class Services:
         for client in (self.producer, self.admin):
             if client is not None:
                 await stop_client(client)
-        self.hub = self.index = self.reader = self.producer = self.admin = None
+        self.hub = self.lookup = self.reader = self.producer = self.admin = None
 
 
 SERVICES = web.AppKey("services", Services)

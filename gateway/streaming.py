@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -23,9 +24,10 @@ from eventlog.reader import LogReader
 from gateway import resume, sse
 from gateway.catchup import backlog
 from gateway.hub import Frame, Hub, Subscriber
+from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
 from schemas import events
-from schemas.eventid import EventId, encode_event_id
+from schemas.eventid import EventId, InvalidEventId, encode_event_id
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,29 @@ class Cursor:
     written: int = 0
     ended: bool = False
 
+    def take(self, frames: Iterable[Frame]) -> tuple[bytes, int]:
+        """The bytes of the frames not written yet (above this offset and seq; nothing
+        after a terminal event) joined for one write, and how many; advances over them."""
+        out: list[bytes] = []
+        for frame in frames:
+            if self.ended:
+                break
+            if frame.offset <= self.offset or frame.seq <= self.seq:
+                continue
+            out.append(frame.data)
+            self.offset, self.seq = frame.offset, frame.seq
+            self.ended = frame.terminal
+        self.written += len(out)
+        return (out[0] if len(out) == 1 else b"".join(out)), len(out)
+
 
 @dataclass(slots=True)
 class Session:
     """Everything one SSE response needs."""
 
     request: web.Request
-    info: StreamInfo
+    stream_id: str
+    lookup: StreamLookup
     hub: Hub
     reader: LogReader
     metrics: Metrics
@@ -66,6 +84,8 @@ class Session:
     gateway_id: str
     closing: asyncio.Event
     registry: set[Session]
+    #: The stream, once resolved (see :func:`serve`).
+    info: StreamInfo | None = None
     response: web.StreamResponse | None = None
     cursor: Cursor = field(default_factory=lambda: Cursor(-1))
     #: When the write in progress began (loop time), or None: the watchdog cuts off a
@@ -79,10 +99,11 @@ class Session:
 
     @property
     def key(self) -> bytes:
-        return self.info.stream_id.encode()
+        return self.stream_id.encode()
 
     @property
     def tp(self) -> TopicPartition:
+        assert self.info is not None, "serve() resolves the stream first"
         return TopicPartition(self.info.topic, self.info.partition)
 
     async def write(self, data: bytes) -> None:
@@ -120,26 +141,24 @@ class Session:
         transport.close()
         asyncio.get_running_loop().call_later(grace_s, transport.abort)
 
-    async def send(self, frame: Frame) -> None:
-        cur = self.cursor
-        if frame.offset <= cur.offset or frame.seq <= cur.seq or cur.ended:
-            return
-        await self.write(frame.data)
-        cur.offset, cur.seq = frame.offset, frame.seq
-        cur.written += 1
-        cur.ended = frame.terminal
-        self.metrics.delivered.inc()
+    async def send(self, frames: Iterable[Frame]) -> None:
+        """Write the frames not written yet, in one write (one ``send()`` to the socket)."""
+        data, count = self.cursor.take(frames)
+        if count:
+            self.metrics.delivered.inc(count)
+            await self.write(data)
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
-    info, hub, tp = session.info, session.hub, session.tp
-    await hub.attach(info.topic)
+    info = await _resolve(session, position)
+    session.info = info
+    hub, tp = session.hub, session.tp
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
             position.partition == tp.partition and position.offset >= hub.position(tp)):
         # The client read this position through a gateway that is ahead of this one.
         await hub.wait_position(tp, position.offset + 1, timeout=3.0)
-    log_start, log_end = await _bounds(session, position, epoch)
+    log_start, log_end = await _bounds(session, info, position, epoch)
     plan = resume.plan(info, position, epoch=epoch, log_start=log_start, log_end=log_end)
     if plan.status == 204:
         session.metrics.requests.labels("ended").inc()
@@ -151,29 +170,35 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     items = backlog(hub, session.reader, tp, session.key, plan.start, until)
     try:
         first = await anext(items, None)
-        if first is not None and plan.after >= 0 and first[0].offset == plan.after:
-            # The record at the client's position: it sets the seq baseline, and if it
-            # ends the stream the client has everything (the index may lag behind).
-            if first[0].terminal:
-                session.metrics.requests.labels("ended").inc()
-                return web.Response(status=204)
-            session.cursor.seq = first[0].seq
-            first = None
+        if plan.after >= 0 and plan.start == plan.after:
+            # The client's position lies within the stream: the record there must be the
+            # stream's own. It sets the seq baseline, and if it ends the stream the client
+            # has everything.
+            at = first[0][0] if first is not None else None
+            if at is None or at.offset != plan.after:
+                if position is not None and position.offset < until:
+                    raise InvalidEventId("Last-Event-ID is not a position of this stream")
+            else:
+                if at.terminal:
+                    session.metrics.requests.labels("ended").inc()
+                    return web.Response(status=204)
+                session.cursor.seq = at.seq
         session.response = web.StreamResponse(
             status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
         await session.response.prepare(session.request)
         await session.write(sse.frame_retry(session.retry_ms))
         session.metrics.requests.labels("resumed" if position is not None else "new").inc()
         if plan.reset is not None:
-            await send_reset(session, plan.reset, encode_event_id(epoch, tp.partition, plan.start))
+            earliest = first[0][0].offset if first is not None else plan.start
+            await send_reset(session, plan.reset, encode_event_id(epoch, tp.partition, earliest))
         if first is not None:
-            session.metrics.backlog.labels(first[1]).inc()
+            session.metrics.backlog.labels(first[1]).inc(len(first[0]))
             await session.send(first[0])
-        async for frame, source in items:
+        async for frames, source in items:
             if session.cursor.ended:
                 break
-            session.metrics.backlog.labels(source).inc()
-            await session.send(frame)
+            session.metrics.backlog.labels(source).inc(len(frames))
+            await session.send(frames)
         await items.aclose()
         if await _keep_up(session, until):
             await _live(session)
@@ -189,7 +214,27 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.metrics.connections.dec()
 
 
-async def _bounds(session: Session, position: EventId | None, epoch: str) -> tuple[int, int]:
+async def _resolve(session: Session, position: EventId | None) -> StreamInfo:
+    """The stream as far as this request needs it.
+
+    A client that resumes from a position the log still holds needs nothing but the
+    id's partition (the record at the position is checked to be the stream's); other
+    requests find the stream in the log (``gateway.lookup``).
+    """
+    lookup = session.lookup
+    placed = lookup.placed(session.stream_id)
+    if placed is not None and position is not None:
+        await session.hub.attach(placed.topic)
+        epoch = await session.hub.epoch(placed.topic)
+        if position.epoch == epoch and position.partition == placed.partition and (
+                position.offset >= placed.first_offset and position.offset >= await
+                session.reader.log_start(placed.topic, placed.partition)):
+            return placed
+    return (await lookup.find(session.stream_id, allow_pending=True)).info
+
+
+async def _bounds(session: Session, info: StreamInfo, position: EventId | None,
+                  epoch: str) -> tuple[int, int]:
     """The partition's (log start, log end) as far as the resume rules need them.
 
     The log start comes from a per-partition cache (at most a second old); when the
@@ -197,7 +242,7 @@ async def _bounds(session: Session, position: EventId | None, epoch: str) -> tup
     end. So a burst of reconnects costs Kafka one lookup per partition, not two per
     connection.
     """
-    hub, tp, info = session.hub, session.tp, session.info
+    hub, tp = session.hub, session.tp
     start = info.first_offset
     if position is not None and position.epoch == epoch and position.partition == tp.partition:
         start = position.offset
@@ -225,10 +270,10 @@ async def _keep_up(session: Session, start: int) -> bool:
         if session.cursor.ended or (sub is not None and not sub.overflowed):
             return True
         until = session.subscribe()
-        async for frame, source in backlog(session.hub, session.reader, session.tp,
-                                           session.key, start, until):
-            session.metrics.backlog.labels(source).inc()
-            await session.send(frame)
+        async for frames, source in backlog(session.hub, session.reader, session.tp,
+                                            session.key, start, until):
+            session.metrics.backlog.labels(source).inc(len(frames))
+            await session.send(frames)
         start = until
     if session.cursor.ended:
         return True
@@ -264,10 +309,10 @@ async def _live(session: Session) -> None:
         if session.idle_timeout_s and now - last_event >= session.idle_timeout_s:
             await session.write(sse.frame_comment("closing: no event for a while; reconnect"))
             return
-        for frame in sub.drain():
-            await session.send(frame)
-            if session.cursor.ended:
-                return
+        # Everything queued since the last wake-up goes out in one write.
+        await session.send(sub.drain())
+        if session.cursor.ended:
+            return
         if sub.overflowed:
             if not await _keep_up(session, session.cursor.offset + 1):
                 return

@@ -32,6 +32,9 @@ RESERVED_TYPES: Final = frozenset({RESET, "message"})
 HEADER_TYPE: Final = "tm-type"
 HEADER_SEQ: Final = "tm-seq"
 HEADER_TRACEPARENT: Final = "traceparent"
+#: On a stream's first record (seq 0) only: the generator that writes the stream, so a
+#: reader that found the stream in the log knows who writes it without an index.
+HEADER_GENERATOR: Final = "tm-generator"
 
 #: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
 #: and in Python, whose bare ``$`` also matches before a trailing newline.

@@ -103,6 +103,7 @@ async def run_gateway(settings: Settings) -> int:
 
 
 async def run_worker(settings: Settings) -> int:
+    from eventlog.janitor import run_janitor
     from workers.demo import DemoGenerator
     from workers.runner import Worker
 
@@ -110,13 +111,16 @@ async def run_worker(settings: Settings) -> int:
     ws = settings.worker
     metrics, port = await worker.metrics.serve(ws.metrics_host, ws.metrics_port)
     task = asyncio.create_task(worker.run(), name="worker")
+    # Tombstones in the stream index for streams retention has deleted.
+    janitor = asyncio.create_task(run_janitor(settings), name="index-janitor")
     _out(f"Worker started; metrics on http://{ws.metrics_host}:{port}/metrics")
     try:
         await _until_signal(task)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for part in (janitor, task):
+            part.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await part
         await metrics.cleanup()
     return 0
 

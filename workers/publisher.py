@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import uuid
 from types import TracebackType
 from typing import Any, Self
 
@@ -30,7 +29,7 @@ from eventlog.index import StreamIndex, StreamInfo
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, AppendResult, Draft, StreamCreator
-from schemas import events
+from schemas import events, streamid
 from schemas.validation import Validators
 
 log = logging.getLogger(__name__)
@@ -95,6 +94,7 @@ class Publisher:
         self._appender: Appender | None = None
         self._index: StreamIndex | None = None
         self._admin: AIOKafkaAdminClient | None = None
+        self._stream_creator: StreamCreator | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -113,6 +113,8 @@ class Publisher:
                                         kafka, "publisher admin start")
         self._reader = LogReader(kafka, size=2, role="publisher-reader")
         self._appender = Appender(self._producer, self._reader)
+        self._stream_creator = StreamCreator(self._settings.log, self._producer,
+                                             floor=self._reader.floor, admin=self._admin)
 
     async def close(self) -> None:
         if self._index is not None:
@@ -126,11 +128,13 @@ class Publisher:
     async def create_stream(self, stream_id: str | None = None) -> StreamWriter:
         """Create an ``external`` stream (its ``queued`` status is seq 0)."""
         assert self._producer is not None, "start() first"
-        sid = stream_id or uuid.uuid4().hex
-        if not events.is_valid_stream_id(sid):
-            raise ValueError(f"invalid stream id {sid!r}")
-        info = await StreamCreator(self._settings.log, self._producer, admin=self._admin).create(
-            sid, generator="external", query=None, options=None, with_job=False)
+        if stream_id is not None and (not events.is_valid_stream_id(stream_id)
+                                      or streamid.is_reserved(stream_id)):
+            raise ValueError(f"invalid stream id {stream_id!r} (ids of the form s<n>-... "
+                             "are Tidemark's own)")
+        assert self._stream_creator is not None, "start() first"
+        info = await self._stream_creator.create(
+            stream_id, generator="external", query=None, options=None, with_job=False)
         return StreamWriter(self, info, next_seq=1)
 
     async def open_stream(self, stream_id: str) -> StreamWriter:

@@ -108,7 +108,8 @@ async def test_a_port_held_by_another_process_is_refused_clearly(jars_dir: Path)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        broker = LocalBroker(BrokerConfig(jars_dir=jars_dir, port=port, start_timeout=3.0))
+        # Long enough for the storage format on a busy machine; the port wait is what fails.
+        broker = LocalBroker(BrokerConfig(jars_dir=jars_dir, port=port, start_timeout=8.0))
         with pytest.raises(BrokerError, match=f"port {port} is still in use"):
             await broker.start()
     assert broker.pid is None

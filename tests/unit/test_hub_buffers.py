@@ -101,6 +101,39 @@ def test_since_matches_a_model_with_gaps_in_offsets_and_eviction() -> None:
                 assert tail.since(start, key) == model.since(start, key), (i, start, key)
 
 
+def test_first_last_and_at_match_a_model_through_eviction() -> None:
+    tail = PartitionTail(start=0, limit=80)
+    model = TailModel(80)
+    keys = (A, B, b"c", b"d")
+    offset = 0
+    for i in range(400):
+        offset += 1 + i % 3
+        f = frame(offset, keys[(i * 7) % 4], size=6 + i % 5)
+        tail.append(f)
+        model.append(f)
+        held = list(model.frames)
+        for key in (*keys, b"none"):
+            own = [x for x in held if x.key == key]
+            assert tail.last(key) == (own[-1] if own else None), (i, key)
+            for start in (0, offset - 9, offset, offset + 1):
+                after = [x for x in own if x.offset >= start]
+                assert tail.first(key, start) == (after[0] if after else None), (i, key, start)
+        for probe in (offset, offset - 1, offset - 5, held[0].offset, held[0].offset - 1):
+            match = [x for x in held if x.offset == probe]
+            assert tail.at(probe) == (match[0] if match else None), (i, probe)
+        assert tail.streams == len({x.key for x in held})
+
+
+def test_the_key_index_forgets_streams_whose_frames_were_all_evicted() -> None:
+    tail = PartitionTail(start=0, limit=100)
+    for offset in range(1000):
+        tail.append(frame(offset, f"stream-{offset}".encode()))
+    # 10 frames of 10 bytes fit: only the newest ten streams are indexed.
+    assert tail.streams == 10
+    assert tail.first(b"stream-0", 0) is None and tail.last(b"stream-0") is None
+    assert tail.last(b"stream-999") == frame(999, b"stream-999")
+
+
 def test_tail_stays_correct_across_many_evictions() -> None:
     # Thousands of evictions: the tail's storage is compacted along the way.
     tail = PartitionTail(start=0, limit=50)
@@ -202,3 +235,27 @@ async def test_push_wakes_a_waiting_reader(overflow: bool) -> None:
     sub.push(frame(0, size=50 if overflow else 10))
     await asyncio.wait_for(waiter, timeout=1)
     assert sub.overflowed is overflow
+
+
+# --- what one response writes -------------------------------------------------------
+
+
+def test_a_wake_up_writes_every_new_frame_in_one_write_and_stops_at_the_end() -> None:
+    from gateway.streaming import Cursor
+
+    cursor = Cursor(offset=4, seq=2)
+    frames = [Frame(3, A, 1, False, b"old "), Frame(5, A, 2, False, b"dup "),
+              Frame(6, A, 3, False, b"a "), Frame(8, A, 4, False, b"b "),
+              Frame(9, A, 5, True, b"end "), Frame(10, A, 6, False, b"after ")]
+    data, count = cursor.take(frames)
+    assert (data, count) == (b"a b end ", 3)
+    assert (cursor.offset, cursor.seq, cursor.ended, cursor.written) == (9, 5, True, 3)
+    assert cursor.take([Frame(11, A, 7, False, b"x")]) == (b"", 0)
+
+
+def test_nothing_new_is_no_write() -> None:
+    from gateway.streaming import Cursor
+
+    cursor = Cursor(offset=10, seq=4)
+    assert cursor.take([Frame(9, A, 3, False, b"x"), Frame(10, A, 4, False, b"y")]) == (b"", 0)
+    assert cursor.written == 0
