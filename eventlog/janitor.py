@@ -4,11 +4,10 @@ The index (``tidemark.streams``) is compacted: a key's last record wins, and a r
 with no value (a tombstone) makes compaction drop the key altogether. Without
 tombstones the index would keep a record for every stream ever made. A sweep reads the
 namespace's records from the start of the topic to its end and writes a tombstone for
-each stream whose events are all gone from the events log:
-
-- a finished stream whose terminal event is below its partition's log start, or
-- an unfinished one whose first event is below the log start and that nobody has
-  written to for longer than the retention time (abandoned).
+each finished stream whose terminal event is below its partition's log start: every
+event of it is gone. An unfinished stream is never tombstoned (nothing cheap proves
+that all its events are gone: an external stream may be written to long after its
+index record), so a stream that never ends keeps its record; workers always end theirs.
 
 A stream tombstoned later in the same pass (or already) is skipped, so repeated sweeps
 do not pile up tombstones before compaction runs. Sweeps read one record at a time and
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -73,7 +71,6 @@ class IndexJanitor:
             ends = await consumer.end_offsets(tps)
             doomed: dict[bytes, None] = {}
             log_starts: dict[tuple[str, int], int] = {}
-            now_ms = time.time() * 1000
             pending = {tp for tp, end in ends.items() if end > 0}
             while pending:
                 batches = await consumer.getmany(*pending, timeout_ms=500, max_records=2000)
@@ -83,7 +80,7 @@ class IndexJanitor:
                             continue
                         if rec.value is None:
                             doomed.pop(rec.key, None)
-                        elif await self._deleted(rec.value, log_starts, now_ms):
+                        elif await self._deleted(rec.value, log_starts):
                             doomed[rec.key] = None
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
@@ -96,8 +93,7 @@ class IndexJanitor:
         self.tombstones += len(doomed)
         return len(doomed)
 
-    async def _deleted(self, value: bytes, log_starts: dict[tuple[str, int], int],
-                       now_ms: float) -> bool:
+    async def _deleted(self, value: bytes, log_starts: dict[tuple[str, int], int]) -> bool:
         try:
             info = StreamInfo.from_json(value)
         except (orjson.JSONDecodeError, TypeError, KeyError):
@@ -112,10 +108,8 @@ class IndexJanitor:
                 log.warning("janitor: no log start for %s/%s (%s)", *where, exc)
                 log_starts[where] = 0
         log_start = log_starts[where]
-        if info.finished:
-            return info.terminal_offset is not None and info.terminal_offset < log_start
-        return (info.first_offset < log_start
-                and now_ms - info.updated_at > self._log.retention_ms)
+        return (info.finished and info.terminal_offset is not None
+                and info.terminal_offset < log_start)
 
 
 def sweep_interval_s(log_settings: LogSettings) -> float:

@@ -8,7 +8,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from tests import sse_client
@@ -124,3 +124,52 @@ async def test_real_retention_deletes_a_finished_stream_and_resets_an_old_positi
     assert reply.events[0].event == "reset"
     assert reply.events[0].envelope["reason"] == "retention"
     assert reply.stream_events[0].id == reply.events[0].envelope["earliest"]
+
+
+async def tombstoned(bootstrap: str, stream_id: str) -> bool:
+    """Whether the stream index holds a tombstone (a record with no value) for the stream."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition("tidemark.streams", p)
+               for p in consumer.partitions_for_topic("tidemark.streams") or ()]
+        if not tps:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition("tidemark.streams", p)
+                   for p in consumer.partitions_for_topic("tidemark.streams") or ()]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found = False
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                found = found or any(r.key == stream_id.encode() and r.value is None
+                                     for r in records)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_streams_deleted_by_retention_get_tombstones_in_the_index(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster.env["TIDEMARK_PARTITIONS"] = "1"
+    cluster.env["TIDEMARK_RETENTION_MS"] = "4000"
+    base = await cluster.gateway()
+    cluster.worker(TIDEMARK_JANITOR_INTERVAL="1")
+    old = await create(http, base, generator="external")
+    await publish(http, base, old, {"type": "result", "data": {"text": "old"}})
+    live = await create(http, base, generator="external")
+    assert not await tombstoned(cluster.bootstrap, old)
+    for i in range(120):
+        await publish(http, base, live, {"type": "partial_result",
+                                         "data": {"chunk": ".", "chunkIndex": i}})
+        if await tombstoned(cluster.bootstrap, old):
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("no tombstone for a stream retention deleted")
+    # Its answers stay exact: gone, not unknown.
+    reply = await sse_client.read(http, f"{base}/v1/streams/{old}/events")
+    assert reply.status == 410
+    assert not await tombstoned(cluster.bootstrap, live)
