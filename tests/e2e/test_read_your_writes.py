@@ -26,7 +26,10 @@ async def test_streams_created_through_one_gateway_are_followed_at_once_through_
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
     cluster.worker(TIDEMARK_WORKER_MAX_JOBS="256")
     cluster.worker(TIDEMARK_WORKER_MAX_JOBS="256")
-    writer, reader = await cluster.gateway(), await cluster.gateway()
+    # The reading gateway's wait for the log is made tiny: being found must not depend
+    # on a timeout (it is what gave 404s under load when lookups waited for an index).
+    writer = await cluster.gateway()
+    reader = await cluster.gateway(TIDEMARK_INDEX_WAIT="0.05")
     # Load on the reading gateway: idle followers of quiet streams.
     quiet = [await create(http, writer, generator="external") for _ in range(10)]
     idle = [asyncio.create_task(sse_client.read(
@@ -56,6 +59,8 @@ async def test_streams_created_through_one_gateway_are_followed_at_once_through_
             task.cancel()
         await asyncio.gather(*idle, return_exceptions=True)
 
+    # Found in the log: the reading gateway never needed a stream index.
+    assert await metric(http, reader, "tidemark_index_streams") == 0
     statuses = [r.status for r in replies]
     assert statuses == [200] * STREAMS, f"not 200: {[s for s in statuses if s != 200]}"
     for reply in replies:
