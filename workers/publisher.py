@@ -26,9 +26,11 @@ from aiokafka.errors import KafkaError
 from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamIndex, StreamInfo
+from eventlog.locate import CREATE_WINDOW_MS, first_record, found
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, AppendResult, Draft, StreamCreator
+from eventlog.topics import events_topic, stream_topic
 from schemas import events, streamid
 from schemas.validation import Validators
 
@@ -138,7 +140,25 @@ class Publisher:
         return StreamWriter(self, info, next_seq=1)
 
     async def open_stream(self, stream_id: str) -> StreamWriter:
-        """A writer for a stream created elsewhere (looked up in the stream index)."""
+        """A writer for a stream created elsewhere: found in the log from its id, or, for
+        ids that carry no location, looked up in the stream index."""
+        assert self._appender is not None and self._reader is not None, "start() first"
+        ref = streamid.parse_stream_id(stream_id)
+        if ref is not None:
+            log_settings = self._settings.log
+            topic = (stream_topic(log_settings.namespace, stream_id)
+                     if log_settings.placement == "topic-per-stream"
+                     else events_topic(log_settings.namespace))
+            log_start, end = await self._reader.bounds(topic, ref.partition)
+            rec = await first_record(
+                self._reader, topic, ref.partition, stream_id.encode(),
+                start=max(ref.floor, log_start), until=end,
+                not_after_ms=ref.created_ms + CREATE_WINDOW_MS)
+            if rec is None:
+                raise StreamNotFound(f"no stream {stream_id!r}")
+            placed = found(stream_id, log_settings.namespace, topic, ref, rec)
+            return StreamWriter(self, placed,
+                                next_seq=await self._appender.last_seq(placed) + 1)
         if self._index is None:
             self._index = StreamIndex(self._settings.kafka,
                                       namespace=self._settings.log.namespace)

@@ -39,8 +39,11 @@ async def test_sdk_stream_is_served_by_a_gateway_with_the_seq_rules(cluster: Clu
 
         again = await pub.open_stream(stream.stream_id)
         assert again.info.partition == stream.info.partition
+        assert again.info.first_offset == stream.info.first_offset
         with pytest.raises(StreamNotFound):
             await pub.open_stream("no-such-stream")
+        with pytest.raises(StreamNotFound):
+            await pub.open_stream(stream.stream_id[:-24] + "0" * 24)
 
     async with aiohttp.ClientSession() as http:
         reply = await sse_client.read(http, f"{base}/v1/streams/{stream.stream_id}/events")
@@ -52,3 +55,25 @@ async def test_sdk_stream_is_served_by_a_gateway_with_the_seq_rules(cluster: Clu
     assert [e.seq for e in reply.stream_events] == list(range(7))
     assert reply.stream_events[2].envelope["data"]["sources"] == ["a", "b"]
     assert status["status"] == "completed" and status["last_seq"] == 6
+
+
+async def test_a_stream_is_continued_by_another_publisher_from_its_id_alone(
+        cluster: Cluster) -> None:
+    base = await cluster.gateway()
+    settings = load_settings(cluster.env)
+    async with Publisher(settings) as first, Publisher(settings) as second:
+        made = await first.create_stream()
+        await made.partial("one ", 0)
+        other = await second.open_stream(made.stream_id)  # e.g. another process
+        assert other.next_seq == 2
+        await other.partial("two", 1)
+        await other.result({"text": "one two"})
+        custom = await first.create_stream("order-4711")  # an id of the backend's own
+        reopened = await second.open_stream("order-4711")
+        assert reopened.info.first_offset == custom.info.first_offset
+        with pytest.raises(ValueError):
+            await first.create_stream("s2-0-0-0-" + "0" * 24)  # Tidemark's own form
+    async with aiohttp.ClientSession() as http:
+        reply = await sse_client.read(http, f"{base}/v1/streams/{made.stream_id}/events")
+    assert [e.seq for e in reply.stream_events] == [0, 1, 2, 3]
+    assert reply.stream_events[-1].envelope["data"] == {"text": "one two"}
