@@ -11,14 +11,17 @@ index record), so a stream that never ends keeps its record; workers always end 
 
 A stream tombstoned later in the same pass (or already) is skipped, so repeated sweeps
 do not pile up tombstones before compaction runs. Sweeps read one record at a time and
-keep only the keys still to tombstone; they run in every worker (a tombstone written
-twice is harmless).
+keep only the keys still to tombstone. Each worker runs a janitor, but only the one
+that owns jobs partition 0 sweeps (the group hands that partition to exactly one
+worker at a time; during a rebalance two may sweep, and a tombstone written twice is
+harmless).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -38,17 +41,21 @@ class IndexJanitor:
     """Sweeps the index of one namespace every ``interval_s``."""
 
     def __init__(self, kafka: KafkaSettings, log_settings: LogSettings,
-                 producer: AIOKafkaProducer, reader: LogReader, *, interval_s: float) -> None:
+                 producer: AIOKafkaProducer, reader: LogReader, *, interval_s: float,
+                 active: Callable[[], bool] = lambda: True) -> None:
         self._kafka = kafka
         self._log = log_settings
         self._producer = producer
         self._reader = reader
         self.interval_s = interval_s
+        self._active = active
         self.tombstones = 0
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            if not self._active():
+                continue
             try:
                 written = await self.sweep()
             except (KafkaError, TidemarkError, OSError) as exc:
@@ -120,15 +127,15 @@ def sweep_interval_s(log_settings: LogSettings) -> float:
     return segment_ms(log_settings.retention_ms) / 1000
 
 
-async def run_janitor(settings: Settings) -> None:
-    """Sweep the index of ``settings``' namespace until cancelled."""
+async def run_janitor(settings: Settings, *, active: Callable[[], bool]) -> None:
+    """Sweep the index of ``settings``' namespace until cancelled, whenever ``active()``."""
     kafka = settings.kafka
     producer = await started(lambda: make_producer(kafka, role="janitor"), kafka,
                              "janitor producer start")
     reader = LogReader(kafka, size=1, role="janitor-reader")
     try:
         await IndexJanitor(kafka, settings.log, producer, reader,
-                           interval_s=sweep_interval_s(settings.log)).run()
+                           interval_s=sweep_interval_s(settings.log), active=active).run()
     finally:
         await reader.close()
         await stop_client(producer)

@@ -111,8 +111,11 @@ async def run_worker(settings: Settings) -> int:
     ws = settings.worker
     metrics, port = await worker.metrics.serve(ws.metrics_host, ws.metrics_port)
     task = asyncio.create_task(worker.run(), name="worker")
-    # Tombstones in the stream index for streams retention has deleted.
-    janitor = asyncio.create_task(run_janitor(settings), name="index-janitor")
+    # Tombstones in the stream index for streams retention has deleted: swept by the
+    # worker that owns jobs partition 0.
+    janitor = asyncio.create_task(run_janitor(
+        settings, active=lambda: any(tp.partition == 0 for tp in worker.partitions)),
+        name="index-janitor")
     _out(f"Worker started; metrics on http://{ws.metrics_host}:{port}/metrics")
     try:
         await _until_signal(task)
