@@ -201,6 +201,8 @@ class Hub:
         self._assign_lock = asyncio.Lock()
         self._subs: dict[tuple[TopicPartition, bytes], set[Subscriber]] = {}
         self._progress = asyncio.Condition()
+        #: How many callers wait for a position (the loop then tracks every partition's).
+        self._waiters = 0
 
     @property
     def ready(self) -> bool:
@@ -320,17 +322,23 @@ class Hub:
             async with self._progress:
                 await self._progress.wait_for(
                     lambda: tp not in self.tails or self.position(tp) >= offset)
+        if tp in self.tails and self.position(tp) >= offset:
+            return True
+        self._waiters += 1
         try:
             await asyncio.wait_for(reached(), timeout)
         except TimeoutError:
             return False
+        finally:
+            self._waiters -= 1
         return tp in self.tails
 
     async def run(self) -> None:
         consumer = self._consumer
         assert consumer is not None, "start() first"
         while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            # A short timeout: waiters for a position (see wait_position) hear within it.
+            batches = await consumer.getmany(timeout_ms=250, max_records=5000)
             for tp, records in batches.items():
                 for i in range(0, len(records), _ROUTE_SLICE):
                     if tp not in self.tails:
@@ -339,12 +347,13 @@ class Hub:
                     # Let handlers write out between slices, so a burst from one fetch
                     # does not pile up in every subscriber's buffer at once.
                     await asyncio.sleep(0)
-            # Every partition's position, also of those whose fetch held only commit
-            # markers or aborted records: waiters for "read up to the end" need it.
+            # While someone waits for a position, every partition's (also of those whose
+            # fetch held only commit markers or aborted records); else those just read.
             moved = bool(batches)
             assigned = consumer.assignment()
-            for tp, tail in list(self.tails.items()):
-                if tp in assigned:
+            for tp in list(self.tails if self._waiters else batches):
+                tail = self.tails.get(tp)
+                if tail is not None and tp in assigned:
                     position = await consumer.position(tp)
                     if position > tail.next_offset:
                         tail.next_offset = position
