@@ -32,6 +32,7 @@ import signal
 import time
 from typing import Any
 
+from bench import profiling
 from bench.cluster import (
     Bench,
     Gateway,
@@ -53,6 +54,8 @@ CREATE_CONCURRENCY = 20
 #: envelopes weigh (a 32-character stream id, a word, the chunk index).
 REF_PAYLOAD = 150
 WORKERS = 2
+#: py-spy samples of worker0 at the largest step, after its window (streams still run).
+PROFILE_S = 5.0
 
 
 def followers_for(streams: int) -> int:
@@ -63,7 +66,7 @@ def tokens_for(streams: int, rate: float, measure_s: float) -> int:
     """Long enough that creating ``streams`` (estimated generously at 60 a second on
     these 2 shared cores), the warm-up and the window all fit before the first one ends."""
     create_s = 2 + streams / 60
-    return math.ceil(rate * (create_s + WARMUP_S + measure_s + 8))
+    return math.ceil(rate * (create_s + WARMUP_S + measure_s + PROFILE_S + 8))
 
 
 def demo_events(tokens: int) -> int:
@@ -156,8 +159,17 @@ def _delivery(s0: dict[str, Any], s1: dict[str, Any], secs: float, n: int,
             "cutoffs": s1["closing_comments"] - s0["closing_comments"]}
 
 
+def _profile(b: Bench, proc: Proc, tag: str, seconds: float) -> dict[str, Any]:
+    spy = profiling.find_py_spy()
+    if spy is None:
+        return {"error": "py-spy not installed (pip install -e '.[bench]')"}
+    prof = profiling.record(spy, proc.pid, b.workdir / f"{tag}-profile.txt", seconds=seconds)
+    prof["setup"] = {"seconds": seconds, "sampler": "py-spy record --nonblocking, 100 Hz"}
+    return prof
+
+
 def _generated_step(b: Bench, p: Profile, gw: Gateway, workers: list[tuple[Proc, str]],
-                    n: int) -> dict[str, Any]:
+                    n: int, profile_s: float = 0.0) -> dict[str, Any]:
     followers = followers_for(n)
     tokens = tokens_for(n, RATE, p.measure_s)
     per_stream = demo_events(tokens)
@@ -191,6 +203,9 @@ def _generated_step(b: Bench, p: Profile, gw: Gateway, workers: list[tuple[Proc,
         s1 = client.snapshot()
         z = Sample.take(procs)
         m1 = [prometheus(url) for _, url in workers]
+        if profile_s > 0:
+            # After the window, while the streams still generate (the margin of tokens_for).
+            step["worker0_profile"] = _profile(b, workers[0][0], f"worker0-{n}", profile_s)
         final = client.final(timeout=3 * length_s + 60)
     finally:
         b.reg.stop(client.proc)
@@ -317,7 +332,8 @@ def worker_path(b: Bench, p: Profile) -> dict[str, Any]:
         workers[0][0].wait_for("jobs partitions shared by both workers", balanced, 90)
         for n in steps:
             try:
-                step = _generated_step(b, p, gw, workers, n)
+                step = _generated_step(b, p, gw, workers, n, PROFILE_S if (
+                    p.profile_s > 0 and n == max(steps)) else 0.0)
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
                 step = {"path": "worker", "setup": {"streams": n},
                         "error": f"{type(exc).__name__}: {exc}"[-1500:]}
