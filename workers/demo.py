@@ -17,6 +17,7 @@ from typing import Any, Final
 from eventlog.jobs import Job
 from schemas import events
 from workers.generators import Draft
+from workers.pacing import Pacer
 
 DEFAULT_TOKENS: Final = 40
 DEFAULT_RATE: Final = 20.0
@@ -48,6 +49,10 @@ def demo_text(query: str, tokens: int = DEFAULT_TOKENS) -> str:
 
 class DemoGenerator:
     name = "demo"
+
+    def __init__(self) -> None:
+        #: One timer per 5 ms slot for every stream of this generator, not one per token.
+        self._pacer = Pacer()
 
     def plan(self, job: Job) -> Iterator[tuple[str, dict[str, Any], float]]:
         """Every event after seq 0 as (type, data, delay before it), in seq order."""
@@ -87,10 +92,9 @@ class DemoGenerator:
             if seq < start_seq:
                 continue
             if delay:
-                now = loop.time()
-                due = max(due + delay, now - MAX_CATCH_UP_S)
+                due = max(due + delay, loop.time() - MAX_CATCH_UP_S)
                 # Behind schedule: no wait, but the loop still gets a turn.
-                await asyncio.sleep(max(0.0, due - now))
+                await self._pacer.sleep_until(due)
             if fail_at is not None and seq >= fail_at:
                 yield Draft(seq, events.ERROR, {
                     "code": "demo_failure", "retryable": False,
