@@ -166,6 +166,9 @@ def render(res: dict[str, Any]) -> str:
             lines += _table(["target", "connections held", "gateway CPU per event",
                              "broker CPU per event", "p99 latency", "RSS per connection"], rrows)
         lines.append("")
+    w = sc.get("worker_path", {})
+    if w:
+        lines += _worker_path(w)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 
@@ -183,4 +186,53 @@ def _profile(prof: dict[str, Any]) -> list[str]:
             for x in prof.get("self_top", [])[:10]]
     lines += _table(["top self-time functions", "share"], rows)
     lines.append("")
+    return lines
+
+
+def _worker_path(w: dict[str, Any]) -> list[str]:
+    st = w.get("setup", {})
+    rate = _f(st.get("tokens_per_second_per_stream"))
+    lines = [f"### 6. Generated-token path (demo streams x {rate} tokens/s, "
+             f"{st.get('workers')} workers, 1 gateway, latency from the envelope's "
+             f"`ts` to receipt; {st.get('worker_settings')})", ""]
+    lines += _error(w)
+    by_n: dict[Any, list[dict[str, Any]]] = {}
+    for row in [*w.get("steps", []), *w.get("reference", [])]:
+        by_n.setdefault(row.get("setup", {}).get("streams"), []).append(row)
+    rows = []
+    for n in sorted(k for k in by_n if k is not None):
+        for x in by_n[n]:
+            su, win = x.get("setup", {}), x.get("window", {})
+            if x.get("error"):
+                rows.append([_f(n), x.get("path", "?"), "error: " + str(x["error"])[-120:]
+                             .replace("|", "/").replace("\n", " ")] + ["-"] * 14)
+                continue
+            lat, comp = x.get("latency_ms", {}), x.get("completion")
+            workers = x.get("workers", [])
+            per_ev = x.get("cpu_us_per_event_written", {})
+            done = "-" if comp is None else (
+                "yes" if comp["all_delivered"] else
+                f"no ({_f(comp['results_received'])}/{_f(comp['connections'])})")
+            rows.append([
+                _f(n), x.get("path", "?"), _f(su.get("followers_per_stream")),
+                _f(x.get("expected_tokens_per_s"), 0), _f(x.get("delivered_tokens_per_s"), 0),
+                _ms(lat, "p50_ms"), _ms(lat, "p95_ms"), _ms(lat, "p99_ms"), _ms(lat, "max_ms"),
+                done, _f(x.get("transactions_per_s"), 0) if workers else "-",
+                " / ".join(f"{wk['cpu_pct_of_core']:.0f}% ({_f(wk['cpu_us_per_event'])} µs)"
+                           for wk in workers) or "-",
+                f"{_cpu(win, 'gateway')} ({_f(per_ev.get('gateway'))} µs)",
+                f"{_cpu(win, 'kafka')} ({_f(per_ev.get('kafka'))} µs)",
+                f"{_cpu(win, 'clients')} ({_f(per_ev.get('clients'))} µs)",
+                _cpu(win, "publisher") if "publisher" in win.get("processes", {}) else "-",
+                f"{_f(win.get('other_processes_cpu_s'))} s"])
+    lines += _table(["streams", "path", "followers", "expected tokens/s", "delivered tokens/s",
+                     "p50 ms", "p95 ms", "p99 ms", "max ms", "all delivered", "txn/s",
+                     "workers CPU (µs/event)", "gateway CPU (µs/event)",
+                     "broker CPU (µs/event)", "clients CPU (µs/event)", "publisher CPU",
+                     "other procs CPU"], rows)
+    lines += ["", "µs/event: the process's CPU in the window per event written (workers: per "
+              "event each wrote). \"hub only\" rows are the reference (non-transactional "
+              "publisher straight to Kafka): not the user path.",
+              f"Most concurrent generated streams with p99 < 100 ms and all delivered: "
+              f"**{_f(w.get('most_streams_p99_under_100ms_all_delivered'))}**.", ""]
     return lines

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, swarm
+from bench import report, scenarios, scn_worker_path, swarm
 from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
-SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side")
+SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "delivery": lambda: {"delivery": scenarios.delivery(b, profile)},
             "first_resume": lambda: scenarios.first_and_resume(b, profile),
             "side_by_side": lambda: {"side_by_side": scenarios.side_by_side(b, profile)},
+            "worker_path": lambda: {"worker_path": scn_worker_path.worker_path(b, profile)},
         }
         for name in SCENARIOS:
             if name in only:

@@ -86,8 +86,10 @@ class GatewaySettings:
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
-    max_jobs: int = _env("WORKER_MAX_JOBS", 64, "streams one worker generates at once")
-    linger_ms: int = _env("WORKER_LINGER_MS", 10, "how long events wait to share a transaction")
+    max_jobs: int = _env("WORKER_MAX_JOBS", 1000, "streams one worker generates at once")
+    linger_ms: int = _env(
+        "WORKER_LINGER_MS", 10,
+        "longest wait of an event for its transaction to start (more gather meanwhile)")
     batch_events: int = _env("WORKER_BATCH_EVENTS", 500, "most events in one transaction")
     metrics_host: str = _env("WORKER_METRICS_HOST", "127.0.0.1", "worker /metrics address")
     metrics_port: int = _env("WORKER_METRICS_PORT", 0, "worker /metrics port (0: a free one)")

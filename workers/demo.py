@@ -2,7 +2,7 @@
 
 For a given query and options it always yields the same events: ``status`` running,
 ``metadata``, ``progress`` through its steps, one ``partial_result`` per token at
-``tokens_per_second``, a last ``progress`` at 100 %, then ``result`` whose
+``tokens_per_second`` (on an absolute schedule), a last ``progress`` at 100 %, then ``result`` whose
 ``data.text`` is the chunks joined. ``fail_at_seq`` ends it with a terminal ``error``
 at that seq instead.
 """
@@ -17,10 +17,13 @@ from typing import Any, Final
 from eventlog.jobs import Job
 from schemas import events
 from workers.generators import Draft
+from workers.pacing import Pacer
 
 DEFAULT_TOKENS: Final = 40
 DEFAULT_RATE: Final = 20.0
 MODEL: Final = "tidemark-demo-1"
+#: How far behind its schedule the generator may run before it drops the lost time.
+MAX_CATCH_UP_S: Final = 1.0
 
 _WORDS: Final = (
     "the stream of events flows through kafka and every gateway serves it to readers who "
@@ -46,6 +49,10 @@ def demo_text(query: str, tokens: int = DEFAULT_TOKENS) -> str:
 
 class DemoGenerator:
     name = "demo"
+
+    def __init__(self) -> None:
+        #: One timer per 5 ms slot for every stream of this generator, not one per token.
+        self._pacer = Pacer()
 
     def plan(self, job: Job) -> Iterator[tuple[str, dict[str, Any], float]]:
         """Every event after seq 0 as (type, data, delay before it), in seq order."""
@@ -73,12 +80,21 @@ class DemoGenerator:
         yield events.RESULT, {"text": "".join(chunks), "tokens": tokens, "model": MODEL}, 0.0
 
     async def events(self, job: Job, start_seq: int) -> AsyncIterator[Draft]:
+        """The plan from ``start_seq``, paced on an absolute schedule from the first
+        yielded event: the n-th token is due n / ``tokens_per_second`` after it, so the
+        time spent between tokens (writing them) does not slow the rate down. A
+        generator that fell behind (a stalled process) catches up by at most
+        ``MAX_CATCH_UP_S`` of tokens."""
         fail_at = job.options.get("fail_at_seq")
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for seq, (kind, data, delay) in enumerate(self.plan(job), start=1):
             if seq < start_seq:
                 continue
             if delay:
-                await asyncio.sleep(delay)
+                due = max(due + delay, loop.time() - MAX_CATCH_UP_S)
+                # Behind schedule: no wait, but the loop still gets a turn.
+                await self._pacer.sleep_until(due)
             if fail_at is not None and seq >= fail_at:
                 yield Draft(seq, events.ERROR, {
                     "code": "demo_failure", "retryable": False,

@@ -1,19 +1,52 @@
 """The worker: a consumer group over the jobs topic, one transactional writer per
-assigned jobs partition, and one task per stream being generated."""
+assignment (one producer for all the jobs partitions the group gave this process),
+and one task per stream being generated.
+
+Fencing a zombie. aiokafka 0.14 commits offsets in a transaction with TxnOffsetCommit
+v0, which carries no group generation, so the broker cannot tell a stale owner by its
+offset commits. Instead, every writer's ``transactional.id`` is recorded where the
+next owner of a jobs partition finds it, and that owner fences it before it writes:
+
+1. *Claim*: for each jobs partition it is assigned, a worker starts a short-lived
+   producer with the partition's own ``transactional.id`` (``claim_id``). Its
+   ``init_transactions`` fences whoever was claiming that partition before (an open
+   claim is aborted).
+2. It reads the partition's committed offset and its metadata, the ``transactional.id``
+   of the partition's last writer, and fences that writer (``init_transactions`` with
+   its id aborts its open transaction and makes its every later call fail with
+   ``ProducerFenced``).
+3. It commits, in the claim producer's transaction, the same offset with its own
+   writer's id as metadata, and only then consumes and generates the partition's jobs.
+
+A writer's id is new for every assignment (eager rebalancing revokes everything first,
+so a worker never reuses a writer across assignments), and every offset its
+transactions commit carries it too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
+from aiokafka.structs import OffsetAndMetadata
 
 from eventlog import index
-from eventlog.clients import make_admin, make_consumer, make_producer, started, stop_client
+from eventlog.clients import (
+    make_admin,
+    make_consumer,
+    make_producer,
+    retry_until,
+    started,
+    stop_client,
+)
+from eventlog.errors import KafkaUnavailable
 from eventlog.jobs import Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
@@ -32,196 +65,63 @@ def group_id(namespace: str) -> str:
     return f"tidemark.{namespace}.workers"
 
 
-def transactional_id(namespace: str, partition: int) -> str:
-    """One per jobs partition: the next owner of the partition fences the last one."""
+def claim_id(namespace: str, partition: int) -> str:
+    """One per jobs partition: the next claimer of the partition fences the last one."""
     return f"tidemark.{namespace}.worker.{partition}"
+
+
+def writer_prefix(namespace: str) -> str:
+    return f"tidemark.{namespace}.writer."
+
+
+def new_writer_id(namespace: str) -> str:
+    return writer_prefix(namespace) + uuid.uuid4().hex
 
 
 class _Stream:
     """A stream being generated here."""
 
-    def __init__(self, job: Job, offset: int) -> None:
+    def __init__(self, job: Job, offset: int, tp: TopicPartition) -> None:
         self.job = job
         self.offset = offset
-        self.cancel = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-
-class PartitionWorker:
-    """Generates the jobs of one jobs partition through one transactional producer."""
-
-    def __init__(self, worker: Worker, tp: TopicPartition) -> None:
-        self._worker = worker
         self.tp = tp
-        self.tracker = OffsetTracker(0)
-        self._streams: dict[str, _Stream] = {}
-        self._producer: Any = None
-        self._outbox: Outbox | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        #: True only while the task awaits the generator's next draft.
+        self.in_generator = False
+
+    def request_cancel(self) -> None:
+        """Stop the generator at once if it is being awaited, else at its next draft."""
+        if self.cancel_requested:
+            return
+        self.cancel_requested = True
+        if self.in_generator and self.task is not None:
+            self.task.cancel()
+
+
+class _Partition:
+    """The jobs of one assigned jobs partition."""
+
+    def __init__(self, tp: TopicPartition, tracker: OffsetTracker) -> None:
+        self.tp = tp
+        self.tracker = tracker
+        self.streams: dict[str, _Stream] = {}
+
+
+class _Writer:
+    """The transactional producer of one assignment, its outbox and its flusher."""
+
+    def __init__(self, writer_id: str, producer: Any, outbox: Outbox) -> None:
+        self.id = writer_id
+        self.producer = producer
+        self.outbox = outbox
+        self.flusher = asyncio.create_task(outbox.run(), name=f"outbox-{writer_id}")
 
     @property
     def failed(self) -> BaseException | None:
-        if self._flusher is not None and self._flusher.done() and not self._flusher.cancelled():
-            return self._flusher.exception()
+        if self.flusher.done() and not self.flusher.cancelled():
+            return self.flusher.exception()
         return None
-
-    async def start(self, position: Callable[[], Awaitable[int]]) -> int:
-        """Fence the partition's last owner, then start from ``position()``."""
-        settings = self._worker.settings
-        ns = settings.log.namespace
-        # init_transactions() (inside start) fences any earlier owner of this partition
-        # and aborts its open transaction, so its half-written batch is never shown.
-        self._producer = await started(
-            lambda: make_producer(settings.kafka, role="worker",
-                                  transactional_id=transactional_id(ns, self.tp.partition),
-                                  linger_ms=settings.worker.linger_ms),
-            settings.kafka, "transactional producer start")
-        start = await position()
-        self.tracker = OffsetTracker(start)
-        self._outbox = Outbox(self._producer, jobs_tp=self.tp, group_id=group_id(ns),
-                              tracker=self.tracker, linger_ms=settings.worker.linger_ms,
-                              batch_events=settings.worker.batch_events)
-        self._outbox.metrics = self._worker.metrics
-        self._flusher = asyncio.create_task(self._outbox.run(), name=f"outbox-{self.tp}")
-        return start
-
-    async def stop(self) -> None:
-        tasks = [s.task for s in self._streams.values() if s.task is not None]
-        for task in tasks:
-            task.cancel()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            tasks.append(self._flusher)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._streams.clear()
-        if self._producer is not None:
-            await stop_client(self._producer)
-            self._producer = None
-
-    async def dispatch(self, offset: int, value: bytes | None) -> None:
-        parsed = parse_job_record(value) if value is not None else None
-        if isinstance(parsed, Job) and parsed.stream_id not in self._streams:
-            await self._worker.slots.acquire()
-            self.tracker.begin(offset)
-            stream = _Stream(parsed, offset)
-            self._streams[parsed.stream_id] = stream
-            stream.task = asyncio.create_task(self._run(stream), name=f"job-{parsed.stream_id}")
-            return
-        if isinstance(parsed, str) and parsed in self._streams:
-            log.info("cancel requested for stream %s", parsed)
-            self._streams[parsed].cancel.set()
-        elif parsed is None:
-            log.warning("skipping unreadable job record at %s offset %s", self.tp, offset)
-        self.tracker.skip(offset)
-        assert self._outbox is not None
-        self._outbox.commit_offsets_soon()
-
-    async def _run(self, stream: _Stream) -> None:
-        self._worker.metrics.running.inc()
-        try:
-            await self._generate(stream)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The partition is reset: the job runs again from the committed offset.
-            log.exception("stream %s failed in the worker", stream.job.stream_id)
-        finally:
-            self._streams.pop(stream.job.stream_id, None)
-            self._worker.slots.release()
-            self._worker.metrics.running.dec()
-
-    async def _generate(self, stream: _Stream) -> None:
-        job, outbox = stream.job, self._outbox
-        assert outbox is not None
-        state = await scan(self._worker.reader, job.stream)
-        if state.terminal is not None:
-            await (await outbox.put(Entry(done_offset=stream.offset)))
-            return
-        info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
-        seq = state.last_seq + 1
-        if seq > 1:
-            log.info("resuming stream %s at seq %s", job.stream_id, seq)
-            self._worker.metrics.streams.labels("resumed").inc()
-        generator = self._worker.generators.get(job.generator)
-        drafts = (generator.events(job, seq) if generator is not None
-                  else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
-        first = True
-        async for draft in _until_cancelled(drafts, stream.cancel, seq):
-            if draft.seq != seq:
-                draft = Draft(seq, events.ERROR, {
-                    "code": "generator_error", "retryable": False,
-                    "message": f"generator yielded seq {draft.seq}, expected {seq}"})
-            ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
-                       data=draft.data)
-            written = await outbox.put(Entry(
-                event=ev, info=info, snapshot=first,
-                done_offset=stream.offset if ev.terminal else None))
-            first = False
-            seq += 1
-            if ev.terminal:
-                await written
-                self._worker.metrics.streams.labels(terminal_status(ev.type)).inc()
-                log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type, ev.seq)
-                return
-        # The generator stopped without a terminal event: end the stream as failed.
-        ev = Event(stream=job.stream_id, seq=seq, type=events.ERROR, ts=now_ms(), data={
-            "code": "generator_incomplete", "retryable": False,
-            "message": "the generator ended without a result"})
-        await (await outbox.put(Entry(event=ev, info=info, done_offset=stream.offset)))
-        self._worker.metrics.streams.labels("failed").inc()
-
-
-async def _fail(seq: int, code: str, message: str) -> Any:
-    yield Draft(seq, events.ERROR, {"code": code, "message": message, "retryable": False})
-
-
-async def _until_cancelled(drafts: Any, cancel: asyncio.Event, first_seq: int) -> Any:
-    """Drafts from a generator until a cancel arrives; then one ``cancelled`` draft."""
-    iterator = drafts.__aiter__()
-    seq = first_seq
-    cancel_wait = asyncio.create_task(cancel.wait())
-    try:
-        while True:
-            nxt = asyncio.ensure_future(iterator.__anext__())
-            await asyncio.wait({nxt, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if cancel.is_set():
-                nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await nxt
-                yield Draft(seq, events.CANCELLED, {"reason": "cancelled by request"})
-                return
-            try:
-                draft = nxt.result()
-            except StopAsyncIteration:
-                return
-            except Exception as exc:
-                log.exception("generator raised")
-                yield Draft(seq, events.ERROR, {"code": "generator_error", "retryable": True,
-                                                "message": f"{type(exc).__name__}: {exc}"})
-                return
-            seq = draft.seq + 1
-            yield draft
-    finally:
-        cancel_wait.cancel()
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(RuntimeError):
-                await aclose()
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            pw = self._worker.partitions.pop(tp, None)
-            if pw is not None:
-                await pw.stop()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            await self._worker.take(tp)
 
 
 class Worker:
@@ -231,90 +131,321 @@ class Worker:
         self.settings = settings
         self.generators = dict(generators)
         self.slots = asyncio.Semaphore(settings.worker.max_jobs)
-        self.partitions: dict[TopicPartition, PartitionWorker] = {}
+        self.partitions: dict[TopicPartition, _Partition] = {}
+        self.trackers: dict[TopicPartition, OffsetTracker] = {}
         self.reader = LogReader(settings.kafka, size=4, role="worker-reader")
         self.metrics = WorkerMetrics()
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._writer: _Writer | None = None
         self.ready = asyncio.Event()
 
-    async def take(self, tp: TopicPartition) -> None:
-        """Own a jobs partition: its records wait (paused) until its writer is ready."""
+    # Ownership ---------------------------------------------------------------------
+
+    async def take(self, tps: list[TopicPartition]) -> None:
+        """Own these jobs partitions: claim each (fencing its last writer), then start
+        one writer for all of them; their records wait (paused) until then."""
         consumer = self._consumer
         assert consumer is not None
-        consumer.pause(tp)
-
-        async def position() -> int:
-            committed = await consumer.committed(tp)
-            if committed is not None:
-                consumer.seek(tp, committed)
-                return int(committed)
-            return int(await consumer.position(tp))
-
-        pw = PartitionWorker(self, tp)
-        start = await pw.start(position)
-        self.partitions[tp] = pw
-        self.metrics.partitions.set(len(self.partitions))
-        consumer.resume(tp)
-        log.info("took jobs partition %s at offset %s", tp.partition, start)
-
-    async def _reset(self, tp: TopicPartition, pw: PartitionWorker) -> None:
-        """A transaction failed: drop the partition's work and redo it from the commit.
-
-        If another worker fenced this one (it took the partition over while this one
-        was stalled: a zombie), nothing is redone here: the partition stays paused
-        until the group's next assignment says who owns it.
-        """
-        failure = pw.failed
-        await pw.stop()
-        self.partitions.pop(tp, None)
-        self.metrics.partitions.set(len(self.partitions))
-        assert self._consumer is not None
-        if isinstance(failure, ProducerFenced):
-            log.warning("fenced on jobs partition %s: another worker owns it now",
-                        tp.partition)
-            if tp in self._consumer.assignment():
-                self._consumer.pause(tp)
+        if not tps:
             return
-        log.error("jobs partition %s failed (%s); redoing from its committed offset",
-                  tp.partition, failure)
-        committed = await self._consumer.committed(tp)
-        self._consumer.seek(tp, committed if committed is not None else pw.tracker.start)
-        await self.take(tp)
+        consumer.pause(*tps)
+        ns = self.settings.log.namespace
+        writer_id = new_writer_id(ns)
+        fenced: dict[str, asyncio.Future[None]] = {}
+        got = await asyncio.gather(*(self._claim(tp, writer_id, fenced) for tp in tps),
+                                   return_exceptions=True)
+        failures = [x for x in got if isinstance(x, BaseException)]
+        if any(isinstance(x, ProducerFenced) for x in failures):
+            # Another worker claimed one of them meanwhile: this assignment is stale.
+            log.warning("lost a jobs partition while claiming it; waiting for the group")
+            return
+        if failures:
+            raise failures[0]
+        starts = [x for x in got if isinstance(x, int)]
+        settings = self.settings
+        producer = await started(
+            lambda: make_producer(settings.kafka, role="worker", transactional_id=writer_id,
+                                  linger_ms=0),
+            settings.kafka, "transactional producer start")
+        self.trackers.clear()
+        for tp, start in zip(tps, starts, strict=True):
+            tracker = OffsetTracker(start)
+            self.trackers[tp] = tracker
+            self.partitions[tp] = _Partition(tp, tracker)
+            consumer.seek(tp, start)
+        outbox = Outbox(producer, group_id=group_id(ns), writer_id=writer_id,
+                        trackers=self.trackers, linger_ms=settings.worker.linger_ms,
+                        batch_events=settings.worker.batch_events, metrics=self.metrics)
+        self._writer = _Writer(writer_id, producer, outbox)
+        self.metrics.partitions.set(len(self.partitions))
+        consumer.resume(*tps)
+        log.info("took jobs partitions %s at offsets %s (writer %s)",
+                 [tp.partition for tp in tps], starts, writer_id)
+
+    async def _claim(self, tp: TopicPartition, writer_id: str,
+                     fenced: dict[str, asyncio.Future[None]]) -> int:
+        """Claim one jobs partition for ``writer_id``; return the offset to start from."""
+        settings = self.settings
+        ns = settings.log.namespace
+        group = group_id(ns)
+        consumer, admin = self._consumer, self._admin
+        assert consumer is not None and admin is not None
+        claim = await started(
+            lambda: make_producer(settings.kafka, role="worker-claim",
+                                  transactional_id=claim_id(ns, tp.partition), linger_ms=0),
+            settings.kafka, "claim producer start")
+        try:
+            async def committed() -> OffsetAndMetadata | None:
+                got = await admin.list_consumer_group_offsets(group, partitions=[tp])
+                om: OffsetAndMetadata | None = got.get(tp)
+                return om
+
+            prev = await retry_until(settings.kafka.connect_timeout_s, "offset fetch",
+                                     committed)
+            last_writer = prev.metadata if prev is not None else ""
+            if last_writer.startswith(writer_prefix(ns)) and last_writer != writer_id:
+                if last_writer not in fenced:
+                    fenced[last_writer] = asyncio.ensure_future(self._fence(last_writer))
+                await fenced[last_writer]
+            if prev is not None and prev.offset >= 0:
+                start = int(prev.offset)
+            else:
+                start = int(await consumer.position(tp))
+            async with claim.transaction():
+                await claim.send_offsets_to_transaction(
+                    {tp: OffsetAndMetadata(start, writer_id)}, group)
+            return start
+        finally:
+            await stop_client(claim)
+
+    async def _fence(self, writer_id: str) -> None:
+        """Fence a former writer: its open transaction aborts, its later calls fail."""
+        settings = self.settings
+        producer = await started(
+            lambda: make_producer(settings.kafka, role="worker-fence",
+                                  transactional_id=writer_id, linger_ms=0),
+            settings.kafka, "fencing producer start")
+        await stop_client(producer)
+        log.info("fenced the former writer %s", writer_id)
+
+    async def release(self) -> None:
+        """Stop every stream and the writer (unflushed events are dropped: the jobs'
+        offsets are not committed, so their next owner redoes them from the log)."""
+        streams = [s for pj in self.partitions.values() for s in pj.streams.values()]
+        tasks = [s.task for s in streams if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.flusher.cancel()
+            tasks.append(writer.flusher)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.partitions.clear()
+        self.trackers.clear()
+        self.metrics.partitions.set(0)
+        if writer is not None:
+            await stop_client(writer.producer)
+
+    async def _reset(self, failure: BaseException) -> None:
+        """The writer's transaction failed: drop all work and redo it from the commits.
+
+        If another worker fenced this one (it took a partition over while this one was
+        stalled: a zombie), nothing is redone here: the partitions stay paused until
+        the group's next assignment says who owns what.
+        """
+        await self.release()
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        if isinstance(failure, ProducerFenced):
+            log.warning("fenced: another worker owns these jobs partitions now")
+            if assigned:
+                consumer.pause(*assigned)
+            return
+        log.error("a transaction failed (%s); redoing the jobs from their committed offsets",
+                  failure)
+        await self.retake(assigned)
+
+    async def retake(self, tps: list[TopicPartition]) -> None:
+        """:meth:`take`, retried while Kafka does not answer (up to the connect timeout)."""
+
+        async def attempt() -> None:
+            await self.release()
+            await self.take(tps)
+        await retry_until(self.settings.kafka.connect_timeout_s, "taking jobs partitions",
+                          attempt)
+
+    # Jobs ------------------------------------------------------------------------------
+
+    async def dispatch(self, pj: _Partition, offset: int, value: bytes | None) -> None:
+        parsed = parse_job_record(value) if value is not None else None
+        if isinstance(parsed, Job) and parsed.stream_id not in pj.streams:
+            await self.slots.acquire()
+            if self.partitions.get(pj.tp) is not pj:  # revoked while waiting for a slot
+                self.slots.release()
+                return
+            pj.tracker.begin(offset)
+            stream = _Stream(parsed, offset, pj.tp)
+            pj.streams[parsed.stream_id] = stream
+            stream.task = asyncio.create_task(self._run(pj, stream),
+                                              name=f"job-{parsed.stream_id}")
+            return
+        if isinstance(parsed, str) and parsed in pj.streams:
+            log.info("cancel requested for stream %s", parsed)
+            pj.streams[parsed].request_cancel()
+        elif parsed is None:
+            log.warning("skipping unreadable job record at %s offset %s", pj.tp, offset)
+        pj.tracker.skip(offset)
+        if self._writer is not None:
+            self._writer.outbox.commit_offsets_soon()
+
+    async def _run(self, pj: _Partition, stream: _Stream) -> None:
+        self.metrics.running.inc()
+        try:
+            writer = self._writer
+            assert writer is not None
+            await self._generate(stream, writer.outbox)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The writer fails too (or already has): the jobs run again from the commits.
+            log.exception("stream %s failed in the worker", stream.job.stream_id)
+        finally:
+            pj.streams.pop(stream.job.stream_id, None)
+            self.slots.release()
+            self.metrics.running.dec()
+
+    async def _generate(self, stream: _Stream, outbox: Outbox) -> None:
+        job = stream.job
+        state = await scan(self.reader, job.stream)
+        if state.terminal is not None:
+            await outbox.put_and_wait(Entry(jobs_tp=stream.tp, done_offset=stream.offset))
+            return
+        info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
+        seq = state.last_seq + 1
+        if seq > 1:
+            log.info("resuming stream %s at seq %s", job.stream_id, seq)
+            self.metrics.streams.labels("resumed").inc()
+        generator = self.generators.get(job.generator)
+        drafts = (generator.events(job, seq) if generator is not None
+                  else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
+        first = True
+        try:
+            while True:
+                draft = await self._next(stream, drafts, seq)
+                if draft is None:
+                    # The generator stopped without a terminal event: end it as failed.
+                    draft = Draft(seq, events.ERROR, {
+                        "code": "generator_incomplete", "retryable": False,
+                        "message": "the generator ended without a result"})
+                elif draft.seq != seq:
+                    draft = Draft(seq, events.ERROR, {
+                        "code": "generator_error", "retryable": False,
+                        "message": f"generator yielded seq {draft.seq}, expected {seq}"})
+                ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
+                           data=draft.data)
+                if ev.terminal:
+                    await outbox.put_and_wait(Entry(event=ev, info=info, snapshot=first,
+                                                    jobs_tp=stream.tp,
+                                                    done_offset=stream.offset))
+                    self.metrics.streams.labels(terminal_status(ev.type)).inc()
+                    log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
+                             ev.seq)
+                    return
+                await outbox.put(Entry(event=ev, info=info, snapshot=first))
+                first = False
+                seq += 1
+        finally:
+            aclose = getattr(drafts, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(RuntimeError):
+                    await aclose()
+
+    @staticmethod
+    async def _next(stream: _Stream, drafts: Any, seq: int) -> Draft | None:
+        """The generator's next draft; a ``cancelled`` one once a cancel arrived, an
+        ``error`` one if it raised; None when it is exhausted."""
+        if stream.cancel_requested:
+            return Draft(seq, events.CANCELLED, {"reason": "cancelled by request"})
+        stream.in_generator = True
+        try:
+            draft: Draft = await drafts.__anext__()
+            return draft
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # Only the cancel request's own task.cancel() is absorbed; a shutdown's is not.
+            if not stream.cancel_requested or task is None or task.uncancel() > 0:
+                raise
+            return Draft(seq, events.CANCELLED, {"reason": "cancelled by request"})
+        except Exception as exc:
+            log.exception("generator raised")
+            return Draft(seq, events.ERROR, {"code": "generator_error", "retryable": True,
+                                             "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            stream.in_generator = False
+
+    # The consumer loop -----------------------------------------------------------------
 
     async def run(self) -> None:
         settings = self.settings
-        admin = await started(lambda: make_admin(settings.kafka, role="worker-admin"),
-                              settings.kafka, "admin start")
+        self._admin = await started(lambda: make_admin(settings.kafka, role="worker-admin"),
+                                    settings.kafka, "admin start")
         try:
-            await ensure_topics(admin, settings.log)
+            await ensure_topics(self._admin, settings.log)
+            self._consumer = await started(
+                lambda: make_consumer(settings.kafka, role="worker",
+                                      group_id=group_id(settings.log.namespace),
+                                      max_poll_interval_ms=300_000, session_timeout_ms=10_000,
+                                      heartbeat_interval_ms=2_000),
+                settings.kafka, "job consumer start")
+            consumer = self._consumer
+            consumer.subscribe([jobs_topic(settings.log.namespace)], listener=_Rebalance(self))
+            try:
+                await self._consume(consumer)
+            finally:
+                await self.release()
+                await stop_client(consumer)
         finally:
-            await stop_client(admin)
-        self._consumer = await started(
-            lambda: make_consumer(settings.kafka, role="worker",
-                                  group_id=group_id(settings.log.namespace),
-                                  max_poll_interval_ms=300_000, session_timeout_ms=10_000,
-                                  heartbeat_interval_ms=2_000),
-            settings.kafka, "job consumer start")
-        consumer = self._consumer
-        consumer.subscribe([jobs_topic(settings.log.namespace)], listener=_Rebalance(self))
-        try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=200, max_records=100)
-                self.ready.set()
-                for tp, records in batches.items():
-                    pw = self.partitions.get(tp)
-                    if pw is None:
-                        # Not ready (or just revoked): read these again once it is.
-                        consumer.seek(tp, records[0].offset)
-                        continue
-                    for rec in records:
-                        await pw.dispatch(rec.offset, rec.value)
-                for tp, pw in list(self.partitions.items()):
-                    if pw.failed is not None:
-                        await self._reset(tp, pw)
-        finally:
-            for pw in list(self.partitions.values()):
-                await pw.stop()
-            self.partitions.clear()
-            await stop_client(consumer)
+            await stop_client(self._admin)
             await self.reader.close()
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            self.ready.set()
+            for tp, records in batches.items():
+                pj = self.partitions.get(tp)
+                if pj is None:
+                    # Not ready (or just revoked): read these again once it is.
+                    consumer.seek(tp, records[0].offset)
+                    continue
+                for rec in records:
+                    await self.dispatch(pj, rec.offset, rec.value)
+            writer = self._writer
+            if writer is not None and writer.failed is not None:
+                await self._reset(writer.failed)
+
+
+async def _fail(seq: int, code: str, message: str) -> Any:
+    yield Draft(seq, events.ERROR, {"code": code, "message": message, "retryable": False})
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Eager rebalancing: everything is revoked, then the new assignment is taken."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.release()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        try:
+            await self._worker.retake(sorted(assigned, key=lambda tp: tp.partition))
+        except KafkaUnavailable as exc:
+            # Kafka is unreachable: nothing is owned until the next assignment.
+            log.error("could not take jobs partitions %s: %s",
+                      [tp.partition for tp in assigned], exc)

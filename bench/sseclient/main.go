@@ -2,8 +2,9 @@
 // connections from one process (one goroutine and one socket each), parsed by the
 // WHATWG event-stream rules. Per event it records the publish-to-receive latency
 // from the `"bench_ns":` (unix nanoseconds) the bench publisher puts in the event's
-// data; per connection the time to the first event. Memory is bounded: counters and
-// fixed-size histograms only.
+// data, or (-latency-from ts) from the envelope's `"ts":` (unix milliseconds, set by
+// whoever wrote the event: the worker, for generated streams); per connection the
+// time to the first event. Memory is bounded: counters and fixed-size histograms only.
 //
 // Output: JSON lines on stdout. {"kind":"dialed"} once every connection was tried,
 // {"kind":"snapshot"} on SIGUSR1 (the histograms then start again; counters are
@@ -14,6 +15,11 @@
 //
 //	sseclient -urls FILE ...   lines "URL[<TAB>Last-Event-ID[<TAB>expected first seq]]"
 //	sseclient -create URL -n N creates N streams (POST) and times each to its first event
+//	sseclient -create URL -n N -body JSON -followers K
+//	                           creates N streams with that body and follows each with K
+//	                           connections until the server ends them (after the terminal
+//	                           event); {"kind":"dialed"} once every stream was created and
+//	                           every follower connected
 package main
 
 import (
@@ -40,6 +46,9 @@ type Config struct {
 	MaxEvents       int
 	HeaderTimeout   time.Duration
 	DialConcurrency int
+	// LatencyFromTS takes the latency from the envelope's "ts" (ms) instead of
+	// data.bench_ns (ns).
+	LatencyFromTS bool
 }
 
 type Stats struct {
@@ -207,14 +216,18 @@ func readTargets(path string, args []string) ([]Target, error) {
 }
 
 // createOne POSTs a new external stream and follows it to its first event.
-func createOne(ctx context.Context, client *http.Client, createURL string, st *Stats,
-	cfg *Config, dialSem chan struct{}) {
+// With followers > 0 it starts that many follower connections and returns at once
+// (setupDone is called by each once it is connected or has failed); with 0 it follows
+// the stream itself, synchronously, on one connection.
+func createOne(ctx context.Context, client *http.Client, createURL string, body []byte,
+	followers int, st *Stats, cfg *Config, dialSem chan struct{}, wg *sync.WaitGroup,
+	setupDone func()) {
 	t0 := time.Now()
-	body := []byte(`{"query":"bench first event","generator":"external"}`)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, createURL, bytes.NewReader(body))
 	if err != nil {
 		st.postFailed.Add(1)
 		st.fail("post-request")
+		failFollowers(followers, setupDone)
 		return
 	}
 	req.Header.Set("Content-Type", "application/json")
@@ -222,6 +235,7 @@ func createOne(ctx context.Context, client *http.Client, createURL string, st *S
 	if err != nil {
 		st.postFailed.Add(1)
 		st.fail("post-error")
+		failFollowers(followers, setupDone)
 		return
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
@@ -229,6 +243,7 @@ func createOne(ctx context.Context, client *http.Client, createURL string, st *S
 	if resp.StatusCode != http.StatusCreated {
 		st.postFailed.Add(1)
 		st.fail("post-status-" + strconv.Itoa(resp.StatusCode))
+		failFollowers(followers, setupDone)
 		return
 	}
 	st.post.Load().Record(uint64(time.Since(t0).Microseconds()))
@@ -238,6 +253,7 @@ func createOne(ctx context.Context, client *http.Client, createURL string, st *S
 	if err := json.Unmarshal(raw, &created); err != nil || created.EventsURL == "" {
 		st.postFailed.Add(1)
 		st.fail("post-body")
+		failFollowers(followers, setupDone)
 		return
 	}
 	base, _ := url.Parse(createURL)
@@ -245,10 +261,27 @@ func createOne(ctx context.Context, client *http.Client, createURL string, st *S
 	if err != nil {
 		st.postFailed.Add(1)
 		st.fail("post-body")
+		failFollowers(followers, setupDone)
 		return
 	}
-	runConn(ctx, Target{URL: base.ResolveReference(ref).String(), ExpectSeq: 0}, st, cfg,
-		dialSem, t0, func() {})
+	target := Target{URL: base.ResolveReference(ref).String(), ExpectSeq: 0}
+	if followers == 0 {
+		runConn(ctx, target, st, cfg, dialSem, t0, func() {})
+		return
+	}
+	for range followers {
+		wg.Go(func() {
+			var once sync.Once
+			runConn(ctx, target, st, cfg, dialSem, t0, func() { once.Do(setupDone) })
+		})
+	}
+}
+
+// failFollowers reports the followers of a stream that could not be created as set up.
+func failFollowers(followers int, setupDone func()) {
+	for range followers {
+		setupDone()
+	}
 }
 
 func main() {
@@ -261,10 +294,21 @@ func main() {
 	dialConc := flag.Int("dial-concurrency", 200, "connections being set up at once")
 	headerTimeout := flag.Float64("header-timeout", 30, "seconds to wait for response headers")
 	label := flag.String("label", "", "label copied into the output")
+	body := flag.String("body", `{"query":"bench first event","generator":"external"}`,
+		"create mode: the POST body")
+	followers := flag.Int("followers", 0, "create mode: follow each stream with this many "+
+		"connections until the server ends them (0: one, timed to its first event)")
+	latencyFrom := flag.String("latency-from", "bench_ns",
+		"bench_ns (data.bench_ns, ns) or ts (the envelope's ts, ms)")
 	flag.Parse()
+	if *latencyFrom != "bench_ns" && *latencyFrom != "ts" {
+		fmt.Fprintln(os.Stderr, "sseclient: -latency-from is bench_ns or ts")
+		os.Exit(2)
+	}
 
 	cfg := &Config{MaxEvents: *maxEvents, DialConcurrency: *dialConc,
-		HeaderTimeout: time.Duration(*headerTimeout * float64(time.Second))}
+		HeaderTimeout: time.Duration(*headerTimeout * float64(time.Second)),
+		LatencyFromTS: *latencyFrom == "ts"}
 	st := newStats()
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(),
@@ -286,30 +330,39 @@ func main() {
 	dialSem := make(chan struct{}, max(1, cfg.DialConcurrency))
 	var wg sync.WaitGroup
 	if *createURL != "" {
-		if cfg.MaxEvents == 0 {
+		if cfg.MaxEvents == 0 && *followers == 0 {
 			cfg.MaxEvents = 1 // the first event is what create mode times
 		}
 		client := &http.Client{Timeout: cfg.HeaderTimeout, Transport: &http.Transport{
 			MaxIdleConnsPerHost: *concurrency, DisableCompression: true}}
 		jobs := make(chan struct{})
+		var creators, dialWg sync.WaitGroup
+		dialWg.Add(*n * *followers)
 		for range max(1, *concurrency) {
-			wg.Go(func() {
+			creators.Go(func() {
 				for range jobs {
-					createOne(ctx, client, *createURL, st, cfg, dialSem)
+					createOne(ctx, client, *createURL, []byte(*body), *followers, st, cfg,
+						dialSem, &wg, dialWg.Done)
 				}
 			})
 		}
+		fed := 0
 	feed:
 		for range *n {
 			select {
 			case jobs <- struct{}{}:
+				fed++
 			case <-ctx.Done():
 				break feed
 			}
 		}
 		close(jobs)
-		wg.Wait()
+		creators.Wait()
+		// Streams never asked for (the run ended first) have no followers to wait for.
+		dialWg.Add(-(*n - fed) * *followers)
+		dialWg.Wait()
 		emit(st.report("dialed", *label, began, false))
+		wg.Wait()
 	} else {
 		targets, err := readTargets(*urlsFile, flag.Args())
 		if err != nil {

@@ -50,6 +50,7 @@ func splitLines(data []byte, atEOF bool) (int, []byte, error) {
 
 var (
 	benchKey = []byte(`"bench_ns":`)
+	tsKey    = []byte(`"ts":`)
 	seqKey   = []byte(`"seq":`)
 	pingText = []byte("ping")
 )
@@ -262,7 +263,18 @@ func (st *Stats) dispatch(cs *connState, t Target, cfg *Config, evType, data []b
 			st.createFirst.Load().Record(uint64(now.Sub(origin).Microseconds()))
 		}
 	}
-	if ns, ok := intAfter(data, benchKey); ok {
+	// The envelope's "ts" comes before its "data", and stream ids and type names
+	// cannot contain a quote, so the first "ts": is the envelope's.
+	if cfg.LatencyFromTS {
+		if ms, ok := intAfter(data, tsKey); ok {
+			lat := now.UnixNano() - ms*1_000_000
+			if lat < 0 {
+				st.negativeLatency.Add(1)
+				lat = 0
+			}
+			st.latency.Load().Record(uint64(lat / 1000))
+		}
+	} else if ns, ok := intAfter(data, benchKey); ok {
 		lat := now.UnixNano() - ns
 		if lat < 0 {
 			st.negativeLatency.Add(1)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSplitLinesAllLineEnds(t *testing.T) {
@@ -54,5 +56,21 @@ func TestHistogramBucketsAndPercentiles(t *testing.T) {
 		if c.got < c.want*0.98 || c.got > c.want*1.02 {
 			t.Fatalf("percentile %.1f, want about %.1f", c.got, c.want)
 		}
+	}
+}
+
+func TestLatencyFromEnvelopeTs(t *testing.T) {
+	st := newStats()
+	cfg := &Config{LatencyFromTS: true}
+	sent := time.Now().Add(-50 * time.Millisecond).UnixMilli()
+	data := []byte(`{"stream":"s","seq":0,"type":"partial_result","ts":` +
+		strconv.FormatInt(sent, 10) + `,"data":{"chunk":"ts\":1 ","bench_ns":1}}`)
+	cs := connState{lastSeq: -1}
+	st.dispatch(&cs, Target{ExpectSeq: -1}, cfg, []byte("partial_result"), data, time.Now(),
+		time.Time{})
+	s := st.latency.Load().Summary()
+	// ts is whole milliseconds (floored), so the latency reads 50 to 51 ms (plus the run).
+	if s.Count != 1 || s.P50Ms < 49 || s.P50Ms > 60 {
+		t.Fatalf("latency from ts: %+v", s)
 	}
 }
