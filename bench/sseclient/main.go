@@ -13,6 +13,7 @@
 // Modes:
 //
 //	sseclient -urls FILE ...   lines "URL[<TAB>Last-Event-ID[<TAB>expected first seq]]"
+//	                           (-rate, -from-start: reconnect storms, see storm.go)
 //	sseclient -create URL -n N creates N streams (POST) and times each to its first event
 package main
 
@@ -261,6 +262,8 @@ func main() {
 	dialConc := flag.Int("dial-concurrency", 200, "connections being set up at once")
 	headerTimeout := flag.Float64("header-timeout", 30, "seconds to wait for response headers")
 	label := flag.String("label", "", "label copied into the output")
+	rate := flag.Float64("rate", 0, "urls mode: open at most this many connections/s (0: no limit); see storm.go")
+	fromStart := flag.Bool("from-start", false, "urls mode: also time first events from the start; see storm.go")
 	flag.Parse()
 
 	cfg := &Config{MaxEvents: *maxEvents, DialConcurrency: *dialConc,
@@ -317,13 +320,18 @@ func main() {
 			os.Exit(2)
 		}
 		var dialWg sync.WaitGroup
+		pace := newPacer(*rate)
+		origin := stormOrigin(*fromStart, began)
 		for _, t := range targets {
+			if !pace.wait(ctx) {
+				break
+			}
 			wg.Add(1)
 			dialWg.Add(1)
 			go func() {
 				defer wg.Done()
 				var once sync.Once
-				runConn(ctx, t, st, cfg, dialSem, time.Time{}, func() { once.Do(dialWg.Done) })
+				runConn(ctx, t, st, cfg, dialSem, origin, func() { once.Do(dialWg.Done) })
 			}()
 		}
 		go func() {
