@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report_storm
+
 
 def _f(v: Any, digits: int = 1) -> str:
     if v is None:
@@ -166,6 +168,7 @@ def render(res: dict[str, Any]) -> str:
             lines += _table(["target", "connections held", "gateway CPU per event",
                              "broker CPU per event", "p99 latency", "RSS per connection"], rrows)
         lines.append("")
+    lines += report_storm.render(sc)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 
