@@ -63,6 +63,8 @@ class StormProfile:
     rate_clients: int
     rate: int
     header_timeout_s: float = 60.0
+    #: The resume storm also runs against `tidemark gateway --processes storm_processes`.
+    storm_processes: int = 2
     profile_s: float = 20.0
     proc_counts: tuple[int, ...] = (1, 2)
     proc_streams: int = 1000
@@ -75,7 +77,7 @@ class StormProfile:
 SHORT = StormProfile(name="short", clients=5000, rate_clients=5000, rate=1000,
                      proc_rates=(5000, 10_000), proc_hold=4000, profile_s=10.0)
 FULL = StormProfile(name="full", clients=15_000, rate_clients=15_000, rate=2000,
-                    proc_rates=(10_000, 20_000, 30_000), proc_hold=19_000)
+                    proc_rates=(5000, 10_000, 15_000), proc_hold=21_000)
 
 
 # Event ids, read from the gateway's own responses ----------------------------------
@@ -198,6 +200,10 @@ def storm_once(b: Bench, p: StormProfile, name: str, server: Proc, lines: list[s
         "client_max_rss_mb_per_process": m["max_rss_mb_per_process"],
         "window": window(a, z),
     }
+    # The clients are not in the window's processes (they start after its first sample):
+    # take their CPU out of "other processes" (what else ran on the machine meanwhile).
+    out["other_processes_cpu_s"] = round(max(
+        0.0, out["window"]["other_processes_cpu_s"] - client_cpu), 2)
     if spy is not None:
         out["profile"] = spy[1]
     return out
@@ -228,8 +234,13 @@ def storm(b: Bench, p: StormProfile, *, profile: bool = True) -> dict[str, Any]:
         f"short profile: {p.clients} clients, not 15,000 (--full runs 15,000)",
         "listen_backlog": "4096 on both servers (TIDEMARK_LISTEN_BACKLOG default)"}}
     with b.reg.scope():
-        # The gateway first: it tails every event written from here on in memory.
+        # The gateways first: they tail every event written from here on in memory.
         gw = start_gateway(b, "gateway-storm", ns)
+        gw2: Gateway | None = None
+        if p.storm_processes > 1:
+            gw2 = start_gateway(b, "gateway-storm-procs", ns,
+                                args=("--processes", str(p.storm_processes)))
+            gw2.proc.wait_line("Gateway ready", 90)
         path, rows, _ = create_streams(b, ns, p.streams, tag="storm")
         _, quiet_rows, _ = create_streams(b, ns, 1, tag="stormq")
         seed(b, ns, path, b.workdir / "seq-storm", count=p.events, payload=200, tag="storm")
@@ -239,11 +250,13 @@ def storm(b: Bench, p: StormProfile, *, profile: bool = True) -> dict[str, Any]:
         if short:
             raise RuntimeError(f"{len(short)} streams did not show all their events")
         bare, bare_url = _bare(b)
-        tm_lines, bare_lines = [], []
+        tm_lines, tm2_lines, bare_lines = [], [], []
         for _ in range(p.clients):
             sid = rnd.choice(sids)
             seq = rnd.randrange(0, p.events)  # an event with one after it
             tm_lines.append(f"{events_url(gw, sid)}\t{ids[sid][seq]}\t{seq + 1}")
+            if gw2 is not None:
+                tm2_lines.append(f"{events_url(gw2, sid)}\t{ids[sid][seq]}\t{seq + 1}")
             bare_lines.append(f"{bare_url}/v1/streams/{sid}/events\t{ids[sid][seq]}\t0")
         time.sleep(2)
         res["gateway_idle_rss_mb"] = round(gw.proc.rss_kb() / 1024, 1)
@@ -260,6 +273,14 @@ def storm(b: Bench, p: StormProfile, *, profile: bool = True) -> dict[str, Any]:
             - m0.get(f'tidemark_backlog_events_total{{source="{s}"}}', 0)
             for s in ("memory", "kafka")}
         res["resume_storm"]["ratio"] = _ratio(res["resume_storm"])
+        if gw2 is not None:
+            time.sleep(3)
+            # The same storm against `--processes N` on the same streams (another port).
+            res["resume_storm"]["tidemark_processes"] = storm_once(
+                b, p, "storm-tidemark-procs", gw2.proc, tm2_lines)
+            res["resume_storm"]["tidemark_processes"]["processes"] = p.storm_processes
+            res["resume_storm"]["ratio_processes"] = _ratio(res["resume_storm"],
+                                                            "tidemark_processes")
         time.sleep(3)  # the storm's connections are gone
         quiet = quiet_rows[0]["stream_id"]
         tm_q = [f"{events_url(gw, quiet)}\t\t0"] * p.rate_clients
@@ -271,13 +292,13 @@ def storm(b: Bench, p: StormProfile, *, profile: bool = True) -> dict[str, Any]:
     return res
 
 
-def _ratio(pair: dict[str, Any]) -> dict[str, Any]:
-    tm, bare = pair["tidemark"], pair["bare"]
+def _ratio(pair: dict[str, Any], name: str = "tidemark") -> dict[str, Any]:
+    tm, bare = pair[name], pair["bare"]
 
     def r(key: str) -> float | None:
         x, y = tm.get(key), bare.get(key)
         return round(x / y, 3) if x and y else None
-    return {"definition": "tidemark / bare, same client, same run",
+    return {"definition": f"{name} / bare, same client, same run",
             "accept_rate": r("accept_rate_per_s"), "all_first_events_s": r("all_first_events_s"),
             "server_cpu_s": (round(tm["window"]["processes"]["server"]["cpu_s"]
                                    / bare["window"]["processes"]["server"]["cpu_s"], 2)
@@ -287,16 +308,20 @@ def _ratio(pair: dict[str, Any]) -> dict[str, Any]:
 # Where the time before the response headers goes -------------------------------------
 
 HANDLER = "stream_events"
-HEADERS_SENT = ("prepare", "_live", "_keep_up")
+#: Where the handler's stacks go once it decides to answer, in the order it gets there.
+PHASES = (("sending the headers", ("StreamResponse.prepare",)),
+          ("writing retry line and backlog", ("Session.write", "Session.send", "send_reset")),
+          ("live", ("_keep_up", "_live")))
 
 
 def before_headers(raw: str, top: int = 25) -> dict[str, Any]:
-    """From py-spy's collapsed stacks: the share of all samples spent in the SSE handler
-    before it sends the response headers (stacks through ``stream_events`` that are not
-    inside ``prepare`` or the post-header delivery loops), with the functions on those
-    stacks (inclusive), and the share spent outside any handler (accept, HTTP parsing,
-    the event loop, the hub)."""
-    total = setup = after = 0
+    """From py-spy's collapsed stacks (py-spy names functions ``Class.method``): the share
+    of all samples spent in the SSE handler before it sends the response headers (stacks
+    through ``stream_events`` inside none of ``PHASES``), with the functions on those stacks
+    (inclusive); the share of each later phase; and the share outside any handler (accept,
+    HTTP parsing, routing, the event loop, the hub), by innermost non-asyncio frame."""
+    total = setup = 0
+    phases: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     outside: Counter[str] = Counter()
     for line in raw.splitlines():
@@ -312,19 +337,20 @@ def before_headers(raw: str, top: int = 25) -> dict[str, Any]:
                             if "asyncio" not in fp and "uvloop" not in fp), "?")
             outside[leafish] += count
             continue
-        below = frames[names.index(HANDLER):]
-        if any(fn in HEADERS_SENT for fn, _ in below):
-            after += count
+        below = {fn for fn, _ in frames[names.index(HANDLER):]}
+        phase = next((label for label, fns in PHASES if below & set(fns)), None)
+        if phase is not None:
+            phases[phase] += count
             continue
         setup += count
-        for key in {f"{fn} ({profiling._short(fp)})" for fn, fp in below}:
+        for key in {f"{fn} ({profiling._short(fp)})" for fn, fp in frames[names.index(HANDLER):]}:
             incl[key] += count
 
     def pct(c: int) -> float:
         return round(100 * c / total, 1) if total else 0.0
     return {"samples": total, "handler_before_headers_pct": pct(setup),
-            "handler_headers_and_after_pct": pct(after),
-            "outside_handler_pct": pct(total - setup - after),
+            "handler_later_phases_pct": {label: pct(phases[label]) for label, _ in PHASES},
+            "outside_handler_pct": pct(total - setup - sum(phases.values())),
             "before_headers_inclusive": [{"function": k, "pct": pct(v)}
                                          for k, v in incl.most_common(top)],
             "outside_handler_top": [{"function": k, "pct": pct(v)}
@@ -350,10 +376,11 @@ def _per_process(gw: Gateway, n: int) -> list[dict[str, Any]]:
 def processes(b: Bench, p: StormProfile, dp: scenarios.Profile) -> dict[str, Any]:
     res: dict[str, Any] = {"setup": {
         "what": f"tidemark gateway --processes N: {p.proc_streams} streams, one connection "
-                "each, steady total rates (the delivery scenario's measurement), then idle "
-                f"connections to {p.proc_hold_streams} quiet streams up to {p.proc_hold} more",
+                "each, steady total rates (the delivery scenario's measurement); then, on a "
+                f"fresh gateway, {p.proc_hold} idle connections to {p.proc_hold_streams} quiet "
+                "streams",
         "streams": p.proc_streams, "rates": list(p.proc_rates), "payload_bytes": dp.payload,
-        "measure_s": dp.measure_s, "hold_extra": p.proc_hold, "cores": CORES,
+        "measure_s": dp.measure_s, "hold": p.proc_hold, "cores": CORES,
         "client": "bench/sseclient (Go)"}, "runs": []}
     for n in p.proc_counts:
         run: dict[str, Any] = {"processes": n}
@@ -389,28 +416,39 @@ def _processes_one(b: Bench, p: StormProfile, dp: scenarios.Profile, n: int,
             if n > 1:
                 step.pop("gateway_delivered_counter", None)  # /metrics of one child only
             run["steps"].append(step)
+        run["client_totals"] = scenarios._client_totals(sw.finish())
+        b.reg.stop(gw.proc)
+        # Connections held, on a fresh gateway (nothing left over from the deliveries):
+        # idle connections to quiet streams, heartbeats at the default interval.
+        gw = start_gateway(b, f"gateway-proc{n}-hold", ns, args=("--processes", str(n)))
+        gw.proc.wait_line("Gateway ready", 90)
+        time.sleep(1)
+        idle_rss = gw.proc.rss_kb()
         hold_lines = [events_url(gw, quiet[i % len(quiet)]["stream_id"])
                       for i in range(p.proc_hold)]
         procs = max(1, math.ceil(p.proc_hold / p.conns_per_client))
         t0 = time.monotonic()
         hold_sw = Swarm(b.reg, b.client, f"proc{n}-hold", hold_lines, procs=procs,
-                        duration=1800, args=["-dial-concurrency", "500"])
-        hold: dict[str, Any] = {"target": p.proc_hold + len(rows), "client_processes": procs}
+                        duration=1800, args=["-dial-concurrency", "200",
+                                             "-header-timeout", "60"])
+        hold: dict[str, Any] = {"target": p.proc_hold, "client_processes": procs,
+                                "idle_rss_mb": round(idle_rss / 1024, 1)}
         try:
-            hold_sw.wait_dialed(timeout=240)
+            hold_sw.wait_dialed(timeout=300)
         except RuntimeError as exc:
             hold["dial_error"] = str(exc)[-400:]
         hold["setup_s"] = round(time.monotonic() - t0, 1)
         time.sleep(3)
-        snaps = merge(sw.snapshot_raw() + hold_sw.snapshot_raw())
-        hold.update({"held": snaps["connections"]["open"],
-                     "failed": snaps["connections"]["failed"],
+        snaps = merge(hold_sw.snapshot_raw())
+        rss = gw.proc.rss_kb()
+        held = snaps["connections"]["open"]
+        hold.update({"held": held, "failed": snaps["connections"]["failed"],
                      "failures": snaps["connections"]["failures"],
-                     "rss_mb": round(gw.proc.rss_kb() / 1024, 1),
+                     "rss_mb": round(rss / 1024, 1),
+                     "rss_per_connection_kb": round((rss - idle_rss) / held, 1) if held else None,
                      "per_process": _per_process(gw, n)})
         run["hold"] = hold
         hold_sw.finish()
-        run["client_totals"] = scenarios._client_totals(sw.finish())
 
 
 if __name__ == "__main__":
