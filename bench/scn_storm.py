@@ -397,7 +397,6 @@ def _processes_one(b: Bench, p: StormProfile, dp: scenarios.Profile, n: int,
     ns = b.namespace(f"p{n}")
     with b.reg.scope():
         path, rows, _ = create_streams(b, ns, p.proc_streams, tag=f"proc{n}")
-        _, quiet, _ = create_streams(b, ns, p.proc_hold_streams, tag=f"proc{n}q")
         gw = start_gateway(b, f"gateway-proc{n}", ns, args=("--processes", str(n)),
                            TIDEMARK_HEARTBEAT_SECONDS="5")
         gw.proc.wait_line("Gateway ready", 90)
@@ -422,6 +421,9 @@ def _processes_one(b: Bench, p: StormProfile, dp: scenarios.Profile, n: int,
         # idle connections to quiet streams, heartbeats at the default interval.
         gw = start_gateway(b, f"gateway-proc{n}-hold", ns, args=("--processes", str(n)))
         gw.proc.wait_line("Gateway ready", 90)
+        # Created now, so their first event is in this gateway's memory tail (a stream
+        # created before the gateway started is replayed through a Kafka catch-up read).
+        _, quiet, _ = create_streams(b, ns, p.proc_hold_streams, tag=f"proc{n}q")
         time.sleep(1)
         idle_rss = gw.proc.rss_kb()
         hold_lines = [events_url(gw, quiet[i % len(quiet)]["stream_id"])
