@@ -8,6 +8,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,13 @@ class Gateway:
 
 
 def start_gateway(bench: Bench, name: str, namespace: str, *, kind: str = "tidemark",
-                  timeout: float = 90, **settings: str) -> Gateway:
-    """A Tidemark gateway (``tidemark gateway`` through ``bench.serve``) or the baseline."""
+                  timeout: float = 90, args: Sequence[str] = (), **settings: str) -> Gateway:
+    """A Tidemark gateway (``tidemark gateway`` through ``bench.serve``) or the baseline;
+    ``args`` go on the gateway's command line (``--processes 2``, say)."""
     port = free_port()
     module = "bench.serve" if kind == "tidemark" else "bench.baseline_gateway"
     argv = [PYTHON, "-m", module, *(["gateway"] if kind == "tidemark" else []),
-            "--port", str(port)]
+            "--port", str(port), *args]
     if kind == "tidemark":
         settings = {**bench.gateway_settings, **settings}
     proc = bench.reg.start(name, argv, bench.env(namespace, **settings))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report_storm
+
 
 def _f(v: Any, digits: int = 1) -> str:
     if v is None:
@@ -169,6 +171,7 @@ def render(res: dict[str, Any]) -> str:
     w = sc.get("worker_path", {})
     if w:
         lines += _worker_path(w)
+    lines += report_storm.render(sc)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 

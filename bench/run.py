@@ -29,11 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, scn_worker_path, swarm
+from bench import report, scenarios, scn_storm, scn_worker_path, swarm
 from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
-SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path")
+SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
+             "storm", "processes")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = scenarios.FULL if args.full else scenarios.SHORT
     if args.no_profile:
         profile = scenarios.Profile(**{**profile.__dict__, "profile_s": 0.0})
+    storm_profile = scn_storm.FULL if args.full else scn_storm.SHORT
 
     settings = dict(x.split("=", 1) for x in args.set)
     if any(not k.startswith("TIDEMARK_") for k in settings):
@@ -169,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             "first_resume": lambda: scenarios.first_and_resume(b, profile),
             "side_by_side": lambda: {"side_by_side": scenarios.side_by_side(b, profile)},
             "worker_path": lambda: {"worker_path": scn_worker_path.worker_path(b, profile)},
+            "storm": lambda: {"storm": scn_storm.storm(b, storm_profile,
+                                                       profile=profile.profile_s > 0)},
+            "processes": lambda: {"processes": scn_storm.processes(b, storm_profile, profile)},
         }
         for name in SCENARIOS:
             if name in only:

@@ -82,6 +82,25 @@ class GatewaySettings:
         "LOOKUP_CACHE_STREAMS", 10_000,
         "streams whose place in the log a gateway remembers (a bounded cache)")
     shutdown_grace_s: float = _env("SHUTDOWN_GRACE", 5.0, "drain deadline on SIGTERM")
+    listen_backlog: int = _env(
+        "LISTEN_BACKLOG", 4096,
+        "accept queue of the listening socket (the kernel caps it at net.core.somaxconn)")
+    processes: str = _env(
+        "GATEWAY_PROCESSES", "1",
+        "gateway processes sharing the port (SO_REUSEPORT); auto: one per core")
+
+    def __post_init__(self) -> None:
+        if self.listen_backlog < 1:
+            raise ConfigError("TIDEMARK_LISTEN_BACKLOG must be at least 1")
+        if self.processes != "auto" and not (
+                self.processes.isdigit() and 1 <= int(self.processes) <= 256):
+            raise ConfigError("TIDEMARK_GATEWAY_PROCESSES must be auto or 1 to 256")
+
+    def process_count(self, cores: int | None) -> int:
+        """How many gateway processes to run: ``processes``, with auto = ``cores``."""
+        if self.processes == "auto":
+            return max(1, cores or 1)
+        return int(self.processes)
 
 
 @dataclass(frozen=True, kw_only=True)

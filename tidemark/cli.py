@@ -74,22 +74,33 @@ async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None)
     return 0
 
 
-async def run_gateway(settings: Settings) -> int:
+async def run_gateway(settings: Settings, *, supervised: bool = False) -> int:
+    """One gateway process; ``supervised``: a child of :func:`run_gateways`, sharing its
+    port with its siblings (``SO_REUSEPORT``)."""
     from aiohttp import web
 
     from gateway.app import SERVICES_TASK, create_app
+    from gateway.services import SERVICES
+    from tidemark.supervise import LISTENING, READY
 
     app = create_app(settings)
     gw = settings.gateway
     runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, gw.host, gw.port, reuse_address=True)
+    site = web.TCPSite(runner, gw.host, gw.port, reuse_address=True,
+                       reuse_port=supervised or None, backlog=gw.listen_backlog)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else gw.port
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's full passes (shorter pauses on the event loop).
     gc.freeze()
-    _out(f"Gateway listening on http://{gw.host}:{port}/")
+    _out(f"{LISTENING}http://{gw.host}:{port}/")
+
+    async def announce_ready() -> None:
+        await app[SERVICES].ready.wait()
+        _out(f"{READY}: pid {os.getpid()}")
+
+    announce = asyncio.create_task(announce_ready(), name="gateway-ready")
     code = 0
     try:
         services_task: asyncio.Task[None] = app[SERVICES_TASK]
@@ -98,8 +109,24 @@ async def run_gateway(settings: Settings) -> int:
         code = 1
     finally:
         log.info("gateway stopping")
+        announce.cancel()
         await runner.cleanup()
     return code
+
+
+async def run_gateways(settings: Settings, count: int) -> int:
+    """``count`` supervised gateway processes on one port (see ``tidemark.supervise``)."""
+    from tidemark.supervise import Supervisor
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await Supervisor(settings, count, base_env=os.environ).run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def run_worker(settings: Settings) -> int:
@@ -176,6 +203,14 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
     return 0
 
 
+def _gateway_command(settings: Settings, *, supervised: bool,
+                     ) -> Coroutine[Any, Any, int]:
+    count = settings.gateway.process_count(os.cpu_count())
+    if supervised or count == 1:
+        return run_gateway(settings, supervised=supervised)
+    return run_gateways(settings, count)
+
+
 def _parser() -> argparse.ArgumentParser:
     variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(env_names().items()))
     parser = argparse.ArgumentParser(
@@ -190,6 +225,12 @@ def _parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="run an SSE gateway")
     gateway.add_argument("--host", help="listen address (TIDEMARK_HOST)")
     gateway.add_argument("--port", type=int, help="listen port (TIDEMARK_PORT)")
+    gateway.add_argument(
+        "--processes", metavar="N|auto",
+        help="run N gateway processes on one port with SO_REUSEPORT, supervised by this "
+        "one; auto: one per core (TIDEMARK_GATEWAY_PROCESSES, default 1)")
+    # A child of a --processes supervisor (binds with SO_REUSEPORT); not for direct use.
+    gateway.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("worker", help="run a generation worker")
     dev = sub.add_parser("dev", help="broker + gateway + worker on loopback")
     dev.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".cache" / "dev-kafka",
@@ -204,14 +245,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TidemarkError as exc:
         sys.stderr.write(f"tidemark: {exc}\n")
         return 2
-    if args.command == "gateway" and (args.host or args.port is not None):
-        settings = dataclasses.replace(settings, gateway=dataclasses.replace(
-            settings.gateway, host=args.host or settings.gateway.host,
-            port=settings.gateway.port if args.port is None else args.port))
+    if args.command == "gateway" and (args.host or args.port is not None or args.processes):
+        try:
+            settings = dataclasses.replace(settings, gateway=dataclasses.replace(
+                settings.gateway, host=args.host or settings.gateway.host,
+                port=settings.gateway.port if args.port is None else args.port,
+                processes=args.processes or settings.gateway.processes))
+        except TidemarkError as exc:
+            sys.stderr.write(f"tidemark: --processes: {exc}\n")
+            return 2
     setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
     commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "kafka": lambda: run_kafka(settings, args.data_dir, args.port),
-        "gateway": lambda: run_gateway(settings),
+        "gateway": lambda: _gateway_command(settings, supervised=args.command == "gateway"
+                                            and args.supervised),
         "worker": lambda: run_worker(settings),
         "dev": lambda: run_dev(settings, args.data_dir),
     }

@@ -14,6 +14,7 @@
 // Modes:
 //
 //	sseclient -urls FILE ...   lines "URL[<TAB>Last-Event-ID[<TAB>expected first seq]]"
+//	                           (-rate, -from-start: reconnect storms, see storm.go)
 //	sseclient -create URL -n N creates N streams (POST) and times each to its first event
 //	sseclient -create URL -n N -body JSON -followers K
 //	                           creates N streams with that body and follows each with K
@@ -300,6 +301,8 @@ func main() {
 		"connections until the server ends them (0: one, timed to its first event)")
 	latencyFrom := flag.String("latency-from", "bench_ns",
 		"bench_ns (data.bench_ns, ns) or ts (the envelope's ts, ms)")
+	rate := flag.Float64("rate", 0, "urls mode: open at most this many connections/s (0: no limit); see storm.go")
+	fromStart := flag.Bool("from-start", false, "urls mode: also time first events from the start; see storm.go")
 	flag.Parse()
 	if *latencyFrom != "bench_ns" && *latencyFrom != "ts" {
 		fmt.Fprintln(os.Stderr, "sseclient: -latency-from is bench_ns or ts")
@@ -370,13 +373,18 @@ func main() {
 			os.Exit(2)
 		}
 		var dialWg sync.WaitGroup
+		pace := newPacer(*rate)
+		origin := stormOrigin(*fromStart, began)
 		for _, t := range targets {
+			if !pace.wait(ctx) {
+				break
+			}
 			wg.Add(1)
 			dialWg.Add(1)
 			go func() {
 				defer wg.Done()
 				var once sync.Once
-				runConn(ctx, t, st, cfg, dialSem, time.Time{}, func() { once.Do(dialWg.Done) })
+				runConn(ctx, t, st, cfg, dialSem, origin, func() { once.Do(dialWg.Done) })
 			}()
 		}
 		go func() {
