@@ -29,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, swarm
+from bench import report, scenarios, scn_history, swarm
 from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
-SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side")
+SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "history")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at", metavar="REV", help="run the servers from this git revision "
                     "(a `git archive` snapshot, with this checkout's bench/) instead of the "
                     "working tree")
+    ap.add_argument("--history-sizes", default="", metavar="N,N,...",
+                    help="cumulative stream counts of the history scenario's steps "
+                    "(default: 25000,50000,100000; --full: 250000,500000,1000000)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SCENARIOS)
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(x.split("=", 1) for x in args.set)
     if any(not k.startswith("TIDEMARK_") for k in settings):
         ap.error("--set takes TIDEMARK_NAME=VALUE")
+    history_sizes = tuple(int(x) for x in args.history_sizes.split(",") if x.strip())
     fd = raise_fd_limit()
     run_id = secrets.token_hex(3)
     workdir = REPO / ".cache" / "bench" / f"run-{run_id}"
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "delivery": lambda: {"delivery": scenarios.delivery(b, profile)},
             "first_resume": lambda: scenarios.first_and_resume(b, profile),
             "side_by_side": lambda: {"side_by_side": scenarios.side_by_side(b, profile)},
+            "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
         }
         for name in SCENARIOS:
             if name in only:
