@@ -156,6 +156,8 @@ class StreamCheck:
     ended_204: bool = False
     replay_ok: bool = False
     problems: list[str] = field(default_factory=list)
+    #: Milliseconds of each request: status, resume at the terminal id, whole replay.
+    ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -190,8 +192,10 @@ async def check_stream(http: aiohttp.ClientSession, base: str, stream_id: str, *
     seq 0 up to the terminal event, once each, in order, and the response ends."""
     res = StreamCheck(stream_id)
     to = aiohttp.ClientTimeout(total=timeout)
+    t0 = time.perf_counter()
     async with http.get(f"{base}/v1/streams/{stream_id}", timeout=to) as resp:
         body = await resp.text()
+    res.ms["status"] = 1000 * (time.perf_counter() - t0)
     terminal_id = None
     if resp.status != 200:
         res.problems.append(f"status: HTTP {resp.status} {body[:200]}")
@@ -203,13 +207,17 @@ async def check_stream(http: aiohttp.ClientSession, base: str, stream_id: str, *
             res.problems.append(f"status: {st.get('status')!r}, terminal {terminal_id!r}")
     url = f"{base}/v1/streams/{stream_id}/events"
     if terminal_id:
+        t0 = time.perf_counter()
         async with http.get(url, headers={"Last-Event-ID": terminal_id}, timeout=to) as resp:
             body = await resp.text()
+        res.ms["resume_204"] = 1000 * (time.perf_counter() - t0)
         res.ended_204 = resp.status == 204
         if not res.ended_204:
             res.problems.append(f"resume at terminal: HTTP {resp.status} {body[:200]}")
+    t0 = time.perf_counter()
     async with http.get(url, timeout=to) as resp:
         body = await resp.text()  # the response ends after the terminal event
+    res.ms["replay"] = 1000 * (time.perf_counter() - t0)
     if resp.status != 200:
         res.problems.append(f"replay: HTTP {resp.status} {body[:200]}")
         return res
@@ -249,7 +257,10 @@ async def check(args: argparse.Namespace) -> dict[str, Any]:
             "status_completed": sum(r.status_ok for r in results),
             "resume_at_terminal_204": sum(r.ended_204 for r in results),
             "full_replay_exact": sum(r.replay_ok for r in results),
-            "seconds": round(time.monotonic() - t0, 2), "failures": bad[:5]}
+            "seconds": round(time.monotonic() - t0, 2),
+            "request_ms": {k: _quantiles([r.ms[k] for r in results if k in r.ms])
+                           for k in ("status", "resume_204", "replay")},
+            "failures": bad[:5]}
 
 
 # topics -----------------------------------------------------------------------------

@@ -173,6 +173,11 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _req(check: dict[str, Any], kind: str) -> str:
+    q = (check.get("request_ms") or {}).get(kind) or {}
+    return f"{_f(q.get('p50'))} / {_f(q.get('p99'))}" if q.get("p50") is not None else "-"
+
+
 def _history(h: dict[str, Any]) -> list[str]:
     st = h.get("setup", {})
     tg = st.get("targets", {})
@@ -216,11 +221,13 @@ def _history(h: dict[str, Any]) -> list[str]:
                      f"{_f(gb.get('rss_growth_mb_over_ref'))} MB",
                      _f(sum((s.get("topic_records") or {}).values())),
                      f"{_f(ca.get('passed'))} / {_f(ca.get('sample'))}" if ca else "-",
-                     f"{_f(cb.get('passed'))} / {_f(cb.get('sample'))}" if cb else "-"])
+                     f"{_f(cb.get('passed'))} / {_f(cb.get('sample'))}" if cb else "-",
+                     _req(ca, "status"), _req(cb, "status"), _req(cb, "replay")])
     lines += _table(["finished streams", "A RSS growth", "A-notail RSS growth",
                      "A-notail bytes/stream", "B start→ready", "B ready / B at 0",
                      "B CPU s to ready", "B RSS", "B RSS minus B at 0", "records in all topics",
-                     "checks via A", "checks via B"], rows)
+                     "checks via A", "checks via B", "status ms via A p50/p99",
+                     "status ms via B p50/p99", "replay ms via B p50/p99"], rows)
     fit = h.get("fit", {})
     if fit:
         def one(key: str, unit: str) -> str:
