@@ -2,6 +2,7 @@
 
     python -m bench.history_load write --n N --out ids.txt [--path sdk|fast] [--concurrency C]
     python -m bench.history_load check --gateway URL --ids ids.txt --sample 200 [--seed S]
+    python -m bench.history_load open --ids ids.txt
     python -m bench.history_load topics
 
 ``write`` creates ``N`` streams and finishes each one with a ``result`` event, as
@@ -22,7 +23,8 @@ It prints a JSON progress line every ``--progress-s`` and a summary line at the 
 one a line.
 
 ``check`` asks a gateway about a random sample of those streams, as a user would:
-:func:`check_stream`. ``topics`` prints the number of records held in each topic.
+:func:`check_stream`. ``open`` times ``Publisher.open_stream`` of the oldest stream.
+``topics`` prints the number of records held in each topic.
 """
 
 from __future__ import annotations
@@ -263,6 +265,24 @@ async def check(args: argparse.Namespace) -> dict[str, Any]:
             "failures": bad[:5]}
 
 
+# open -------------------------------------------------------------------------------
+
+async def open_first(args: argparse.Namespace) -> dict[str, Any]:
+    """``Publisher.open_stream`` of the oldest stream written (a backend service that
+    picks up a stream created elsewhere): how long it takes, and what it found."""
+    from eventlog.settings import load_settings
+    from workers.publisher import Publisher
+
+    stream_id = next(x for x in args.ids.read_text().split() if x)
+    cpu0 = cpu_seconds()
+    async with Publisher(load_settings(os.environ)) as pub:
+        t0 = time.monotonic()
+        writer = await pub.open_stream(stream_id)
+        took = time.monotonic() - t0
+    return {"kind": "opened", "open_stream_s": round(took, 3), "next_seq": writer.next_seq,
+            "cpu_s": round(cpu_seconds() - cpu0, 3)}
+
+
 # topics -----------------------------------------------------------------------------
 
 async def topics() -> dict[str, Any]:
@@ -310,6 +330,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--sample", type=int, default=200)
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--concurrency", type=int, default=10)
+    o = sub.add_parser("open", help="time Publisher.open_stream of the oldest stream")
+    o.add_argument("--ids", type=Path, required=True)
     sub.add_parser("topics", help="records held per topic")
     return p
 
@@ -319,6 +341,8 @@ async def main_async(args: argparse.Namespace) -> int:
         out(await write(args))
     elif args.command == "check":
         out(await check(args))
+    elif args.command == "open":
+        out(await open_first(args))
     else:
         out(await topics())
     return 0

@@ -222,12 +222,14 @@ def _history(h: dict[str, Any]) -> list[str]:
                      _f(sum((s.get("topic_records") or {}).values())),
                      f"{_f(ca.get('passed'))} / {_f(ca.get('sample'))}" if ca else "-",
                      f"{_f(cb.get('passed'))} / {_f(cb.get('sample'))}" if cb else "-",
-                     _req(ca, "status"), _req(cb, "status"), _req(cb, "replay")])
+                     _req(ca, "status"), _req(cb, "status"), _req(cb, "replay"),
+                     _f((s.get("sdk_open_stream") or {}).get("open_stream_s"), 2)])
     lines += _table(["finished streams", "A RSS growth", "A-notail RSS growth",
                      "A-notail bytes/stream", "B start→ready", "B ready / B at 0",
                      "B CPU s to ready", "B RSS", "B RSS minus B at 0", "records in all topics",
                      "checks via A", "checks via B", "status ms via A p50/p99",
-                     "status ms via B p50/p99", "replay ms via B p50/p99"], rows)
+                     "status ms via B p50/p99", "replay ms via B p50/p99",
+                     "SDK open_stream s"], rows)
     fit = h.get("fit", {})
     if fit:
         def one(key: str, unit: str) -> str:

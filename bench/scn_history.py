@@ -187,6 +187,16 @@ def _check(b: Bench, hp: HistoryProfile, ns: str, gw: Gateway, ids_file: Path, s
         b.reg.stop(proc)
 
 
+def _open(b: Bench, ns: str, ids_file: Path) -> dict[str, Any]:
+    proc = _load(b, "history-open", ns, ["open", "--ids", str(ids_file)])
+    code = proc.wait_exit(600)
+    try:
+        found = [x for x in proc.json_lines() if x.get("kind") == "opened"]
+        return found[-1] if code == 0 and found else {"error": proc.logs(10)[-500:]}
+    finally:
+        b.reg.stop(proc)
+
+
 def _topics(b: Bench, ns: str) -> dict[str, int]:
     proc = _load(b, "history-topics", ns, ["topics"])
     code = proc.wait_exit(120)
@@ -286,6 +296,7 @@ def history(b: Bench, profile_name: str, sizes: tuple[int, ...] = ()) -> dict[st
                 "ready_ratio_to_ref": round(ready_b / ref["ready_s"], 2),
                 "rss_growth_mb_over_ref": round((rss_b - ref["rss_kb"]) / 1024, 1)}
             if all_ids:
+                step["sdk_open_stream"] = _open(b, ns, ids_file)
                 step["checks"] = {
                     "a": _check(b, hp, ns, gw_a, ids_file, seed=k, tag=f"a{k}"),
                     "b": _check(b, hp, ns, gw_b, ids_file, seed=k, tag=f"b{k}")}
