@@ -22,6 +22,7 @@ Only the HTTP API, the publisher SDK and the eventlog write functions named in
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +303,8 @@ def history(b: Bench, profile_name: str, sizes: tuple[int, ...] = ()) -> dict[st
                     "b": _check(b, hp, ns, gw_b, ids_file, seed=k, tag=f"b{k}")}
             b.reg.stop(gw_b.proc)
             res["steps"].append(step)
+            # What is measured so far survives a run cut short.
+            (b.workdir / "history-partial.json").write_text(json.dumps(res, indent=1))
     steps = res["steps"]
     res["fit"] = {
         "how": "least-squares line over the steps (streams -> figure), evaluated at "
