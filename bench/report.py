@@ -172,8 +172,89 @@ def render(res: dict[str, Any]) -> str:
     if w:
         lines += _worker_path(w)
     lines += report_storm.render(sc)
+    h = sc.get("history", {})
+    if h:
+        lines += _history(h)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
+
+
+def _req(check: dict[str, Any], kind: str) -> str:
+    q = (check.get("request_ms") or {}).get(kind) or {}
+    return f"{_f(q.get('p50'))} / {_f(q.get('p99'))}" if q.get("p50") is not None else "-"
+
+
+def _history(h: dict[str, Any]) -> list[str]:
+    st = h.get("setup", {})
+    tg = st.get("targets", {})
+    lines = ["### 6. History (finished streams accumulate in one namespace; gateways A and "
+             "A-notail run throughout, a new gateway B starts after each step)", ""]
+    lines += _error(h)
+    a, n = h.get("gateway_a", {}), h.get("gateway_a_notail", {})
+    if a:
+        lines += [f"Gateway A at start (empty namespace, creates its topics): ready "
+                  f"{_f(a.get('ready_s'), 2)} s after its process started, RSS "
+                  f"{_f(a.get('rss_mb'))} MB; A-notail (`TIDEMARK_TAIL_BYTES=1`): ready "
+                  f"{_f(n.get('ready_s'), 2)} s, RSS {_f(n.get('rss_mb'))} MB.", ""]
+    wrows = []
+    for s in h.get("steps", []):
+        for w in s.get("writes", []):
+            win = w.get("window", {})
+            wrows.append([_f(s.get("streams")), w["path"], _f(w["streams"]),
+                          _f(w.get("writer_processes")), _f(w.get("concurrency_per_process")),
+                          _f(w.get("streams_per_s"), 0),
+                          ", ".join(_f(x, 1) for x in w.get("writer_cpu_s", [])),
+                          _cpu(win, "writers"), _cpu(win, "kafka"), _cpu(win, "gateway_a"),
+                          _cpu(win, "gateway_anotail"),
+                          f"{_f(win.get('other_processes_cpu_s'))} s of "
+                          f"{_f(win.get('seconds'))} s",
+                          _f(((w.get("finish_ms") or [{}])[0] or {}).get("p50"), 1)])
+    if wrows:
+        lines += _table(["after step", "write path", "streams", "writer procs",
+                         "in flight / proc", "streams/s", "writer CPU s", "writers CPU",
+                         "broker CPU", "gateway A CPU", "A-notail CPU", "other procs CPU",
+                         "finish p50 ms"], wrows)
+        lines.append("")
+    rows = []
+    for s in h.get("steps", []):
+        ga, gn, gb = s.get("gateway_a", {}), s.get("gateway_a_notail", {}), s.get("gateway_b", {})
+        ch = s.get("checks", {})
+        ca, cb = ch.get("a", {}), ch.get("b", {})
+        rows.append([_f(s.get("streams")), f"{_f(ga.get('growth_mb'))} MB",
+                     f"{_f(gn.get('growth_mb'))} MB", _f(gn.get("growth_bytes_per_stream"), 0),
+                     f"{_f(gb.get('ready_s'), 2)} s", _f(gb.get("ready_ratio_to_ref"), 2),
+                     _f(gb.get("cpu_s_to_ready"), 2), f"{_f(gb.get('rss_mb_settled'))} MB",
+                     f"{_f(gb.get('rss_growth_mb_over_ref'))} MB",
+                     _f(sum((s.get("topic_records") or {}).values())),
+                     f"{_f(ca.get('passed'))} / {_f(ca.get('sample'))}" if ca else "-",
+                     f"{_f(cb.get('passed'))} / {_f(cb.get('sample'))}" if cb else "-",
+                     _req(ca, "status"), _req(cb, "status"), _req(cb, "replay"),
+                     _f((s.get("sdk_open_stream") or {}).get("open_stream_s"), 2)])
+    lines += _table(["finished streams", "A RSS growth", "A-notail RSS growth",
+                     "A-notail bytes/stream", "B start→ready", "B ready / B at 0",
+                     "B CPU s to ready", "B RSS", "B RSS minus B at 0", "records in all topics",
+                     "checks via A", "checks via B", "status ms via A p50/p99",
+                     "status ms via B p50/p99", "replay ms via B p50/p99",
+                     "SDK open_stream s"], rows)
+    fit = h.get("fit", {})
+    if fit:
+        def one(key: str, unit: str) -> str:
+            f = fit.get(key) or {}
+            return (f"{_f(f.get('at_target'), 2)} {unit} "
+                    f"(+{_f(f.get('per_million'), 2)} {unit} per million)") if f else "-"
+        lines += ["", f"Linear fit over the steps, at {_f(tg.get('streams'))} streams: A's "
+                  f"growth {one('gateway_a_growth_mb', 'MB')}, A-notail's "
+                  f"{one('gateway_a_notail_growth_mb', 'MB')} (goal < "
+                  f"{_f(tg.get('growth_mb'))} MB); B start→ready "
+                  f"{one('gateway_b_ready_s', 's')} (goal < {_f(tg.get('ready_s'))} s); B RSS "
+                  f"{one('gateway_b_rss_mb', 'MB')}. A's growth includes its memory tail, "
+                  "which is bounded (`TIDEMARK_TAIL_BYTES` per partition), so the line "
+                  "overstates it past the point where the tail is full. A check passes when "
+                  "the status is completed with a terminal_event_id, the events with "
+                  "Last-Event-ID = that id answer 204, and a replay without it gives seq 0 to "
+                  "the terminal event once each."]
+    lines.append("")
+    return lines
 
 
 def _profile(prof: dict[str, Any]) -> list[str]:

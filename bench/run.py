@@ -29,12 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, scn_storm, scn_worker_path, swarm
+from bench import report, scenarios, scn_history, scn_storm, scn_worker_path, swarm
 from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes")
+             "storm", "processes", "history")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at", metavar="REV", help="run the servers from this git revision "
                     "(a `git archive` snapshot, with this checkout's bench/) instead of the "
                     "working tree")
+    ap.add_argument("--history-sizes", default="", metavar="N,N,...",
+                    help="cumulative stream counts of the history scenario's steps "
+                    "(default: 25000,50000,100000; --full: 250000,500000,1000000)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SCENARIOS)
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(x.split("=", 1) for x in args.set)
     if any(not k.startswith("TIDEMARK_") for k in settings):
         ap.error("--set takes TIDEMARK_NAME=VALUE")
+    history_sizes = tuple(int(x) for x in args.history_sizes.split(",") if x.strip())
     fd = raise_fd_limit()
     run_id = secrets.token_hex(3)
     workdir = REPO / ".cache" / "bench" / f"run-{run_id}"
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "storm": lambda: {"storm": scn_storm.storm(b, storm_profile,
                                                        profile=profile.profile_s > 0)},
             "processes": lambda: {"processes": scn_storm.processes(b, storm_profile, profile)},
+            "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
         }
         for name in SCENARIOS:
             if name in only:
