@@ -151,6 +151,9 @@ class LogReader:
                              max_age_s: float) -> tuple[int, int]:
         key = (topic, partition)
         loop = asyncio.get_running_loop()
+        cached = self._bounds.get(key)
+        if cached is not None and loop.time() - cached[2] < max_age_s:
+            return cached[0], cached[1]  # the common case: no lock to enter
         lock = self._bounds_locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self._bounds.get(key)

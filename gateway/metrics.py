@@ -28,6 +28,9 @@ class Metrics:
         self.backlog = Counter("tidemark_backlog_events_total",
                                "Events served before live delivery, by source", ["source"],
                                registry=r)
+        # Label children bound once: SSE requests are the hot path of a reconnect storm.
+        self.request_outcome = {k: self.requests.labels(k) for k in ("new", "resumed", "ended")}
+        self.backlog_source = {k: self.backlog.labels(k) for k in ("memory", "kafka")}
         self.cutoffs = Counter("tidemark_slow_client_cutoffs_total",
                                "Responses ended because the client fell behind", registry=r)
         self.created = Counter("tidemark_streams_created_total", "Streams created",

@@ -42,6 +42,15 @@ CUT_OFF_REASON: Final = sse.frame_comment(
 _MAX_CATCHUP_ROUNDS: Final = 8
 
 
+class _EventStreamResponse(web.StreamResponse):
+    """An SSE response whose headers go out with its first write (the retry line and
+    the backlog), one send instead of two per connection. ``_send_headers_immediately``
+    is aiohttp's own switch (``web.Response`` turns it off the same way); were it gone,
+    headers would simply be sent at once again."""
+
+    _send_headers_immediately = False
+
+
 @dataclass(slots=True)
 class Cursor:
     """What this response has written so far."""
@@ -161,7 +170,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     log_start, log_end = await _bounds(session, info, position, epoch)
     plan = resume.plan(info, position, epoch=epoch, log_start=log_start, log_end=log_end)
     if plan.status == 204:
-        session.metrics.requests.labels("ended").inc()
+        session.metrics.request_outcome["ended"].inc()
         return web.Response(status=204)
     session.cursor = Cursor(plan.after)
     until = session.subscribe()
@@ -180,24 +189,28 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
                     raise InvalidEventId("Last-Event-ID is not a position of this stream")
             else:
                 if at.terminal:
-                    session.metrics.requests.labels("ended").inc()
+                    session.metrics.request_outcome["ended"].inc()
                     return web.Response(status=204)
                 session.cursor.seq = at.seq
-        session.response = web.StreamResponse(
+        session.response = _EventStreamResponse(
             status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
         await session.response.prepare(session.request)
-        await session.write(sse.frame_retry(session.retry_ms))
-        session.metrics.requests.labels("resumed" if position is not None else "new").inc()
+        session.metrics.request_outcome["resumed" if position is not None else "new"].inc()
+        # The retry line, a reset notice and the first backlog batch in one write.
+        head = [sse.frame_retry(session.retry_ms)]
         if plan.reset is not None:
             earliest = first[0][0].offset if first is not None else plan.start
-            await send_reset(session, plan.reset, encode_event_id(epoch, tp.partition, earliest))
+            head.append(reset_frame(plan.reset, encode_event_id(epoch, tp.partition, earliest)))
         if first is not None:
-            session.metrics.backlog.labels(first[1]).inc(len(first[0]))
-            await session.send(first[0])
+            session.metrics.backlog_source[first[1]].inc(len(first[0]))
+            data, count = session.cursor.take(first[0])
+            session.metrics.delivered.inc(count)
+            head.append(data)
+        await session.write(b"".join(head))
         async for frames, source in items:
             if session.cursor.ended:
                 break
-            session.metrics.backlog.labels(source).inc(len(frames))
+            session.metrics.backlog_source[source].inc(len(frames))
             await session.send(frames)
         await items.aclose()
         if await _keep_up(session, until):
@@ -253,9 +266,10 @@ async def _bounds(session: Session, info: StreamInfo, position: EventId | None,
     return log_start, max(log_end, tail.next_offset)
 
 
-async def send_reset(session: Session, reason: str, earliest: str) -> None:
-    data = orjson.dumps({"reason": reason, "earliest": earliest})
-    await session.write(sse.frame_event(data, event=events.RESET))
+def reset_frame(reason: str, earliest: str) -> bytes:
+    """The in-band notice that the client's position could not be honoured."""
+    return sse.frame_event(orjson.dumps({"reason": reason, "earliest": earliest}),
+                           event=events.RESET)
 
 
 async def _keep_up(session: Session, start: int) -> bool:
@@ -272,7 +286,7 @@ async def _keep_up(session: Session, start: int) -> bool:
         until = session.subscribe()
         async for frames, source in backlog(session.hub, session.reader, session.tp,
                                             session.key, start, until):
-            session.metrics.backlog.labels(source).inc(len(frames))
+            session.metrics.backlog_source[source].inc(len(frames))
             await session.send(frames)
         start = until
     if session.cursor.ended:
