@@ -415,7 +415,7 @@ def _resume(b: Bench, p: Profile, ns: str, mem: Gateway, kaf: Gateway,
                 "reconnect_to_headers_ms": _lat(rep["headers"]),
                 "backlog_events_served_by_source": served,
                 "gateway_settings": ({"TIDEMARK_TAIL_BYTES": "1"} if source == "kafka"
-                                     else {"TIDEMARK_TAIL_BYTES": "default (8 MiB)"}),
+                                     else {"TIDEMARK_TAIL_BYTES": "default (16 MiB)"}),
                 "window": window(a, z)})
 
 

@@ -58,7 +58,8 @@ class GatewaySettings:
     heartbeat_s: float = _env("HEARTBEAT_SECONDS", 15.0, "interval of `: ping` comments")
     retry_ms: int = _env("SSE_RETRY_MS", 2_000, "the `retry:` reconnect delay sent to clients")
     tail_bytes: int = _env(
-        "TAIL_BYTES", 8 * 1024 * 1024, "bytes of recent events kept in memory per partition")
+        "TAIL_BYTES", 16 * 1024 * 1024,
+        "memory for recent events per partition (their bytes and what holding them costs)")
     client_buffer_bytes: int = _env(
         "CLIENT_BUFFER_BYTES", 1024 * 1024, "pending bytes per client before it is cut off")
     client_write_timeout_s: float = _env(

@@ -51,22 +51,56 @@ def frame_record(epoch: str, rec: LogRecord) -> Frame:
     return Frame(rec.offset, rec.key, rec.seq, rec.type in TERMINAL_TYPES, frame)
 
 
+#: What a frame costs the tail beyond its bytes (its tuple, list and index slots, its
+#: offset and seq), and what a stream costs the index (its key, entry and list), as
+#: measured with tracemalloc on CPython 3.11: counted against the tail's limit, so that
+#: the limit bounds memory, not just the frames' bytes (small frames are mostly overhead).
+FRAME_OVERHEAD = 200
+STREAM_OVERHEAD = 280
+
+
+class _KeyRows:
+    """One stream's frames in a tail, oldest first (``rows[head:]``); ``key`` is the one
+    bytes object every frame of the stream shares."""
+
+    __slots__ = ("head", "key", "rows")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.rows: list[_Row] = []
+        self.head = 0
+
+    def drop_oldest(self) -> bool:
+        """Forget the oldest frame; True when none is left."""
+        self.head += 1
+        if self.head == len(self.rows):
+            return True
+        if self.head > 32 and self.head * 2 > len(self.rows):
+            del self.rows[: self.head]
+            self.head = 0
+        return False
+
+
 class PartitionTail:
-    """Recent frames of one partition, oldest first, at most ``limit`` bytes, with an
-    index by stream key (a resume or a lookup reads only its own stream's frames).
+    """Recent frames of one partition, oldest first, within ``limit`` bytes (their bytes
+    plus ``FRAME_OVERHEAD`` each and ``STREAM_OVERHEAD`` per stream), with an index by
+    stream key (a resume or a lookup reads only its own stream's frames).
 
     Frames are kept as plain tuples: a tuple of ints and bytes is untracked by Python's
     garbage collector after its first collection, so a full tail (hundreds of thousands
     of frames) adds nothing to the pauses of full collections; a NamedTuple would.
     """
 
-    def __init__(self, start: int, limit: int) -> None:
+    def __init__(self, start: int, limit: int, *, frame_overhead: int = FRAME_OVERHEAD,
+                 stream_overhead: int = STREAM_OVERHEAD) -> None:
         self._frames: list[_Row] = []
         self._head = 0
         self._bytes = 0
         self._limit = limit
-        #: Key -> that stream's frames in the tail, oldest first.
-        self._by_key: dict[bytes, deque[_Row]] = {}
+        self._frame_overhead = frame_overhead
+        self._stream_overhead = stream_overhead
+        #: Key -> that stream's frames in the tail.
+        self._by_key: dict[bytes, _KeyRows] = {}
         #: Every offset from here up to ``next_offset`` that holds a visible record is
         #: in the tail.
         self.covered_from = start
@@ -75,28 +109,29 @@ class PartitionTail:
 
     @property
     def nbytes(self) -> int:
+        """What the tail counts against its limit."""
         return self._bytes
 
     def __len__(self) -> int:
         return len(self._frames) - self._head
 
     def append(self, frame: Frame) -> None:
-        row: _Row = tuple(frame)  # type: ignore[assignment]
+        own = self._by_key.get(frame.key)
+        if own is None:
+            own = self._by_key[frame.key] = _KeyRows(frame.key)
+            self._bytes += self._stream_overhead
+        row: _Row = (frame.offset, own.key, frame.seq, frame.terminal, frame.data)
         self._frames.append(row)
-        rows = self._by_key.get(frame.key)
-        if rows is None:
-            rows = self._by_key[frame.key] = deque()
-        rows.append(row)
-        self._bytes += len(frame.data)
+        own.rows.append(row)
+        self._bytes += len(frame.data) + self._frame_overhead
         while self._bytes > self._limit and self._head < len(self._frames):
             offset, key, _, _, data = self._frames[self._head]
-            self._bytes -= len(data)
+            self._bytes -= len(data) + self._frame_overhead
             self._head += 1
             self.covered_from = offset + 1
-            own = self._by_key[key]
-            own.popleft()
-            if not own:
+            if self._by_key[key].drop_oldest():
                 del self._by_key[key]
+                self._bytes -= self._stream_overhead
         if self._head > 1024 and self._head * 2 > len(self._frames):
             del self._frames[: self._head]
             self._head = 0
@@ -106,28 +141,28 @@ class PartitionTail:
 
     def since(self, start: int, key: bytes) -> list[Frame]:
         """This stream's frames from offset ``start`` on (a snapshot)."""
-        rows = self._by_key.get(key)
-        if not rows:
+        own = self._by_key.get(key)
+        if own is None:
             return []
-        out: list[Frame] = []
-        for row in reversed(rows):  # resumes are near the end: walk back to ``start``
-            if row[0] < start:
-                break
-            out.append(Frame._make(row))
-        out.reverse()
-        return out
+        rows, head = own.rows, own.head
+        i = len(rows)
+        while i > head and rows[i - 1][0] >= start:  # resumes are near the end
+            i -= 1
+        return [Frame._make(row) for row in rows[i:]]
 
     def first(self, key: bytes, start: int) -> Frame | None:
         """The stream's first frame at or after ``start`` in the tail, if any."""
-        for row in self._by_key.get(key, ()):
-            if row[0] >= start:
-                return Frame._make(row)
+        own = self._by_key.get(key)
+        if own is not None:
+            for row in own.rows[own.head:]:
+                if row[0] >= start:
+                    return Frame._make(row)
         return None
 
     def last(self, key: bytes) -> Frame | None:
         """The stream's newest frame in the tail, if any."""
-        rows = self._by_key.get(key)
-        return Frame._make(rows[-1]) if rows else None
+        own = self._by_key.get(key)
+        return Frame._make(own.rows[-1]) if own is not None else None
 
     def at(self, offset: int) -> Frame | None:
         """The frame at ``offset``, if the tail holds one there."""

@@ -9,9 +9,11 @@ from collections import deque
 import pytest
 from aiokafka import TopicPartition
 
-from gateway.hub import Frame, PartitionTail, Subscriber
+from gateway.hub import FRAME_OVERHEAD, STREAM_OVERHEAD, Frame, PartitionTail, Subscriber
 
 A, B = b"stream-a", b"stream-b"
+#: Most tests check the eviction logic on the frames' bytes alone.
+BYTES_ONLY = {"frame_overhead": 0, "stream_overhead": 0}
 
 
 def frame(offset: int, key: bytes = A, size: int = 10, *, terminal: bool = False) -> Frame:
@@ -39,7 +41,7 @@ class TailModel:
 
 
 def test_new_tail_is_empty_and_covers_from_its_start() -> None:
-    tail = PartitionTail(start=50, limit=100)
+    tail = PartitionTail(start=50, limit=100, **BYTES_ONLY)
     assert len(tail) == 0 and tail.nbytes == 0
     assert tail.covers(50) and tail.covers(1000)
     assert not tail.covers(49)
@@ -47,7 +49,7 @@ def test_new_tail_is_empty_and_covers_from_its_start() -> None:
 
 
 def test_tail_never_holds_more_than_its_limit() -> None:
-    tail = PartitionTail(start=0, limit=100)
+    tail = PartitionTail(start=0, limit=100, **BYTES_ONLY)
     for offset in range(200):
         tail.append(frame(offset, A if offset % 3 else B, size=7 + offset % 11))
         held = tail.since(0, A) + tail.since(0, B)
@@ -57,7 +59,7 @@ def test_tail_never_holds_more_than_its_limit() -> None:
 
 
 def test_covers_moves_forward_as_old_frames_are_evicted() -> None:
-    tail = PartitionTail(start=0, limit=30)
+    tail = PartitionTail(start=0, limit=30, **BYTES_ONLY)
     for offset in range(3):
         tail.append(frame(offset))
     assert tail.covers(0)
@@ -75,7 +77,7 @@ def test_covers_moves_forward_as_old_frames_are_evicted() -> None:
 
 
 def test_since_returns_only_that_streams_frames_in_order() -> None:
-    tail = PartitionTail(start=0, limit=10_000)
+    tail = PartitionTail(start=0, limit=10_000, **BYTES_ONLY)
     frames = [frame(o, A if o % 2 else B) for o in range(20)]
     for f in frames:
         tail.append(f)
@@ -88,7 +90,7 @@ def test_since_returns_only_that_streams_frames_in_order() -> None:
 
 def test_since_matches_a_model_with_gaps_in_offsets_and_eviction() -> None:
     # Offsets skip numbers, as transaction markers and aborted records do.
-    tail = PartitionTail(start=3, limit=64)
+    tail = PartitionTail(start=3, limit=64, **BYTES_ONLY)
     model = TailModel(64)
     offset = 3
     for i in range(300):
@@ -102,7 +104,7 @@ def test_since_matches_a_model_with_gaps_in_offsets_and_eviction() -> None:
 
 
 def test_first_last_and_at_match_a_model_through_eviction() -> None:
-    tail = PartitionTail(start=0, limit=80)
+    tail = PartitionTail(start=0, limit=80, **BYTES_ONLY)
     model = TailModel(80)
     keys = (A, B, b"c", b"d")
     offset = 0
@@ -125,7 +127,7 @@ def test_first_last_and_at_match_a_model_through_eviction() -> None:
 
 
 def test_the_key_index_forgets_streams_whose_frames_were_all_evicted() -> None:
-    tail = PartitionTail(start=0, limit=100)
+    tail = PartitionTail(start=0, limit=100, **BYTES_ONLY)
     for offset in range(1000):
         tail.append(frame(offset, f"stream-{offset}".encode()))
     # 10 frames of 10 bytes fit: only the newest ten streams are indexed.
@@ -136,7 +138,7 @@ def test_the_key_index_forgets_streams_whose_frames_were_all_evicted() -> None:
 
 def test_tail_stays_correct_across_many_evictions() -> None:
     # Thousands of evictions: the tail's storage is compacted along the way.
-    tail = PartitionTail(start=0, limit=50)
+    tail = PartitionTail(start=0, limit=50, **BYTES_ONLY)
     model = TailModel(50)
     for offset in range(5000):
         f = frame(offset)
@@ -148,7 +150,7 @@ def test_tail_stays_correct_across_many_evictions() -> None:
 
 
 def test_a_frame_larger_than_the_limit_is_not_held() -> None:
-    tail = PartitionTail(start=0, limit=20)
+    tail = PartitionTail(start=0, limit=20, **BYTES_ONLY)
     tail.append(frame(0))
     tail.append(frame(1, size=21))
     assert tail.nbytes == 0 and len(tail) == 0
@@ -159,7 +161,7 @@ def test_a_frame_larger_than_the_limit_is_not_held() -> None:
 
 
 def test_since_is_a_snapshot() -> None:
-    tail = PartitionTail(start=0, limit=1000)
+    tail = PartitionTail(start=0, limit=1000, **BYTES_ONLY)
     tail.append(frame(0))
     snapshot = tail.since(0, A)
     tail.append(frame(1))
@@ -235,6 +237,27 @@ async def test_push_wakes_a_waiting_reader(overflow: bool) -> None:
     sub.push(frame(0, size=50 if overflow else 10))
     await asyncio.wait_for(waiter, timeout=1)
     assert sub.overflowed is overflow
+
+
+def test_by_default_the_limit_counts_what_frames_and_streams_cost_in_memory() -> None:
+    limit = 10 * (50 + FRAME_OVERHEAD) + 2 * STREAM_OVERHEAD
+    tail = PartitionTail(start=0, limit=limit)
+    for offset in range(40):
+        tail.append(frame(offset, A if offset % 2 else B, size=50))
+        held = tail.since(0, A) + tail.since(0, B)
+        keys = len({f.key for f in held})
+        assert tail.nbytes == sum(len(f.data) + FRAME_OVERHEAD for f in held) + (
+            keys * STREAM_OVERHEAD)
+        assert tail.nbytes <= limit
+    assert len(tail) == 10
+
+
+def test_frames_of_a_stream_share_one_key_object() -> None:
+    tail = PartitionTail(start=0, limit=10_000)
+    for offset in range(5):
+        tail.append(frame(offset, bytes(bytearray(b"same-stream"))))
+    keys = {id(f.key) for f in tail.since(0, b"same-stream")}
+    assert len(keys) == 1
 
 
 # --- what one response writes -------------------------------------------------------
