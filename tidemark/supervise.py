@@ -1,7 +1,7 @@
 """``tidemark gateway --processes N``: N gateway processes on one port, supervised.
 
-Each child is a full gateway (``tidemark gateway --supervised``: its own Kafka clients,
-stream index and tail consumer) that binds the same host:port with ``SO_REUSEPORT``, so
+Each child is a full gateway (``tidemark gateway --supervised``: its own Kafka clients
+and tail consumer) that binds the same host:port with ``SO_REUSEPORT``, so
 the kernel spreads new connections over the children. The parent holds no connection
 and no Kafka client; it
 
