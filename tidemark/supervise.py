@@ -14,17 +14,19 @@ and no Kafka client; it
   ``load_settings``);
 - prints ``Gateway listening on http://H:P/`` once every child listens, and
   ``Gateway ready: N processes`` once every child has reached Kafka;
-- restarts a child that exits on its own after a bounded, doubling backoff (the others
-  keep serving meanwhile; the dead child's clients resume on them). A child that dies
-  within ``STABLE_S`` of its start counts as a quick failure; after ``MAX_QUICK_FAILURES``
-  of them in a row (over all children) the parent stops every child and exits 1, and
-  so it does if a child exits before it ever listened (a bad port, say);
+- restarts a child that exits on its own (the others keep serving meanwhile; the dead
+  child's clients resume on them): at once if it had run ``STABLE_S``, else after a
+  backoff doubling from ``BACKOFF_FIRST_S`` to ``BACKOFF_MAX_S``. After
+  ``MAX_QUICK_FAILURES`` quick failures in a row (over all children) the parent stops
+  every child and exits 1, and so it does if a child exits before it ever listened (a
+  bad port, say);
 - on SIGTERM/SIGINT forwards SIGTERM to every child (each drains as a single gateway
   does) and exits once they have exited; a child still running after
   ``TIDEMARK_SHUTDOWN_GRACE`` plus ``KILL_MARGIN_S`` is killed.
 
 Children run in their own process group (a signal to the parent's group reaches them
-once, through the parent) and die with the parent if it is killed (``PR_SET_PDEATHSIG``).
+once, through the parent) and get SIGTERM, so they drain, if the parent is killed
+(``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
