@@ -1,4 +1,4 @@
-"""``python -m bench.serve gateway|kafka ...``: Tidemark's own CLI (``tidemark.cli.main``),
+"""``python -m bench.serve gateway|kafka|worker ...``: Tidemark's own CLI (``tidemark.cli.main``),
 the same code path as ``python -m tidemark ...``.
 
 The benchmark starts its broker and gateways through this module so that their
