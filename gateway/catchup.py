@@ -13,22 +13,24 @@ from collections.abc import AsyncGenerator
 from aiokafka import TopicPartition
 
 from eventlog.reader import LogReader
-from gateway.hub import Frame, Hub, frame_record
+from gateway.hub import Hub, Row, frame_record
 
 
 async def backlog(hub: Hub, reader: LogReader, tp: TopicPartition, key: bytes, start: int,
-                  until: int) -> AsyncGenerator[tuple[list[Frame], str], None]:
+                  until: int) -> AsyncGenerator[tuple[list[Row], str], None]:
     """This stream's frames with offsets in [start, until), in order and in batches, with
     their source (``memory`` or ``kafka``). Batches are never empty."""
     if start >= until:
         return
     tail = hub.tails[tp]
     if tail.covers(start):
-        frames = [f for f in tail.since(start, key) if f.offset < until]
+        frames = tail.since(start, key)
+        if frames and frames[-1][0] >= until:
+            frames = [f for f in frames if f[0] < until]
         if frames:
             yield frames, "memory"
         return
     epoch = hub.epochs[tp.topic]
     async with reader.open(tp.topic, tp.partition, start) as cursor:
         async for batch in cursor.batches(until=until, key=key):
-            yield [frame_record(epoch, rec) for rec in batch], "kafka"
+            yield [frame_record(epoch, rec) for rec in batch], "kafka"  # Frames are Rows

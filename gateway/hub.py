@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 _ROUTE_SLICE = 256
 
 
-_Row = tuple[int, bytes, int, bool, bytes]
+#: A frame as the tail keeps it: ``(offset, key, seq, terminal, data)``, like
+#: :class:`Frame` (which is a tuple of the same layout) but a plain tuple.
+Row = tuple[int, bytes, int, bool, bytes]
 
 
 class Frame(NamedTuple):
@@ -67,7 +69,7 @@ class _KeyRows:
 
     def __init__(self, key: bytes) -> None:
         self.key = key
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         self.head = 0
 
     def drop_oldest(self) -> bool:
@@ -93,7 +95,7 @@ class PartitionTail:
 
     def __init__(self, start: int, limit: int, *, frame_overhead: int = FRAME_OVERHEAD,
                  stream_overhead: int = STREAM_OVERHEAD) -> None:
-        self._frames: list[_Row] = []
+        self._frames: list[Row] = []
         self._head = 0
         self._bytes = 0
         self._limit = limit
@@ -120,7 +122,7 @@ class PartitionTail:
         if own is None:
             own = self._by_key[frame.key] = _KeyRows(frame.key)
             self._bytes += self._stream_overhead
-        row: _Row = (frame.offset, own.key, frame.seq, frame.terminal, frame.data)
+        row: Row = (frame.offset, own.key, frame.seq, frame.terminal, frame.data)
         self._frames.append(row)
         own.rows.append(row)
         self._bytes += len(frame.data) + self._frame_overhead
@@ -139,8 +141,9 @@ class PartitionTail:
     def covers(self, offset: int) -> bool:
         return offset >= self.covered_from
 
-    def since(self, start: int, key: bytes) -> list[Frame]:
-        """This stream's frames from offset ``start`` on (a snapshot)."""
+    def since(self, start: int, key: bytes) -> list[Row]:
+        """This stream's frames from offset ``start`` on (a snapshot), as rows: plain
+        tuples laid out like :class:`Frame` (a resume makes no object per frame)."""
         own = self._by_key.get(key)
         if own is None:
             return []
@@ -148,7 +151,7 @@ class PartitionTail:
         i = len(rows)
         while i > head and rows[i - 1][0] >= start:  # resumes are near the end
             i -= 1
-        return [Frame._make(row) for row in rows[i:]]
+        return rows[i:]
 
     def first(self, key: bytes, start: int) -> Frame | None:
         """The stream's first frame at or after ``start`` in the tail, if any."""

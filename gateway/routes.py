@@ -248,10 +248,12 @@ async def demo_page(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app[VALIDATORS] = Validators()
+    # The SSE route first: the router tries routes in order, and a reconnect storm is
+    # thousands of these at once.
+    app.router.add_get("/v1/streams/{id}/events", stream_events)
     app.router.add_get("/", demo_page)
     app.router.add_post("/v1/streams", create_stream)
     app.router.add_get("/v1/streams/{id}", stream_status)
-    app.router.add_get("/v1/streams/{id}/events", stream_events)
     app.router.add_post("/v1/streams/{id}/events", publish)
     app.router.add_post("/v1/streams/{id}/cancel", cancel)
     app.router.add_get("/healthz", healthz)

@@ -23,7 +23,7 @@ from eventlog.index import StreamInfo
 from eventlog.reader import LogReader
 from gateway import resume, sse
 from gateway.catchup import backlog
-from gateway.hub import Frame, Hub, Subscriber
+from gateway.hub import Frame, Hub, Row, Subscriber
 from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
 from schemas import events
@@ -60,18 +60,18 @@ class Cursor:
     written: int = 0
     ended: bool = False
 
-    def take(self, frames: Iterable[Frame]) -> tuple[bytes, int]:
+    def take(self, frames: Iterable[Row]) -> tuple[bytes, int]:
         """The bytes of the frames not written yet (above this offset and seq; nothing
         after a terminal event) joined for one write, and how many; advances over them."""
         out: list[bytes] = []
-        for frame in frames:
+        for offset, _, seq, terminal, data in frames:
             if self.ended:
                 break
-            if frame.offset <= self.offset or frame.seq <= self.seq:
+            if offset <= self.offset or seq <= self.seq:
                 continue
-            out.append(frame.data)
-            self.offset, self.seq = frame.offset, frame.seq
-            self.ended = frame.terminal
+            out.append(data)
+            self.offset, self.seq = offset, seq
+            self.ended = terminal
         self.written += len(out)
         return (out[0] if len(out) == 1 else b"".join(out)), len(out)
 
@@ -150,7 +150,7 @@ class Session:
         transport.close()
         asyncio.get_running_loop().call_later(grace_s, transport.abort)
 
-    async def send(self, frames: Iterable[Frame]) -> None:
+    async def send(self, frames: Iterable[Row]) -> None:
         """Write the frames not written yet, in one write (one ``send()`` to the socket)."""
         data, count = self.cursor.take(frames)
         if count:
@@ -183,7 +183,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             # The client's position lies within the stream: the record there must be the
             # stream's own. It sets the seq baseline, and if it ends the stream the client
             # has everything.
-            at = first[0][0] if first is not None else None
+            at = Frame._make(first[0][0]) if first is not None else None
             if at is None or at.offset != plan.after:
                 if position is not None and position.offset < until:
                     raise InvalidEventId("Last-Event-ID is not a position of this stream")
@@ -199,7 +199,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         # The retry line, a reset notice and the first backlog batch in one write.
         head = [sse.frame_retry(session.retry_ms)]
         if plan.reset is not None:
-            earliest = first[0][0].offset if first is not None else plan.start
+            earliest = first[0][0][0] if first is not None else plan.start
             head.append(reset_frame(plan.reset, encode_event_id(epoch, tp.partition, earliest)))
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
