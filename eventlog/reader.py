@@ -107,7 +107,13 @@ class LogReader:
 
     def _release(self, consumer: AIOKafkaConsumer) -> None:
         if not self._closed:
-            consumer.unsubscribe()
+            # Paused, not unsubscribed: unsubscribing empties the topics the client
+            # tracks, which makes aiokafka refresh the metadata of every topic of the
+            # cluster, and the next assign refresh it again (with thousands of topics,
+            # milliseconds each, on every read). Reads of the same topic then cost none.
+            assigned = consumer.assignment()
+            if assigned:
+                consumer.pause(*assigned)
             self._idle.append(consumer)
         self._slots.release()
 
