@@ -5,16 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench import report_storm
-
-
-def _f(v: Any, digits: int = 1) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+from bench.markdown import fmt as _f
+from bench.markdown import table as _table
 
 
 def _ms(h: dict[str, Any] | None, key: str) -> str:
@@ -26,12 +18,6 @@ def _ms(h: dict[str, Any] | None, key: str) -> str:
 def _cpu(win: dict[str, Any], name: str) -> str:
     p = win.get("processes", {}).get(name)
     return "-" if p is None else f"{p['cpu_pct_of_core']:.0f}%"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
 
 
 def _error(section: dict[str, Any]) -> list[str]:

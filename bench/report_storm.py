@@ -4,20 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _f(v: Any, digits: int = 1) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return out + ["| " + " | ".join(r) + " |" for r in rows]
+from bench.markdown import fmt as _f
+from bench.markdown import table as _table
 
 
 def _cpu(x: dict[str, Any], name: str) -> str:
