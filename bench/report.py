@@ -52,7 +52,8 @@ def render(res: dict[str, Any]) -> str:
         lines += _table(["connections", "held", "failed", "gateway RSS", "RSS/conn (minus idle)",
                          "pings in hold (min expected)", "connect→1st event p99 ms",
                          "gateway CPU (idle hold)", "clients CPU", "client procs"], rows)
-        lines += ["", f"Idle gateway (index of {_f(idle.get('index_streams'))} streams loaded): "
+        lines += ["", f"Idle gateway ({_f(idle.get('index_streams'))} streams created before it "
+                  "started): "
                   f"{_f(idle.get('rss_mb'))} MB. Highest held: **{_f(c.get('highest_held'))}**.",
                   ""]
 

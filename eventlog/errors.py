@@ -25,7 +25,8 @@ class KafkaUnavailable(TidemarkError):
 
 
 class StreamNotFound(TidemarkError):
-    """No stream with this id is in the stream index."""
+    """No stream with this id: not in the log (or, for ids without a location, not in
+    the stream index)."""
 
 
 class StreamGone(TidemarkError):

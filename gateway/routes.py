@@ -220,7 +220,7 @@ async def readyz(request: web.Request) -> web.Response:
     if services.failure is not None:
         raise Problem(503, f"gateway services failed: {services.failure}")
     if not services.ready.is_set() or hub is None or not hub.ready:
-        raise Problem(503, "waiting for Kafka: stream index or hub not ready")
+        raise Problem(503, "waiting for Kafka: the hub is not assigned yet")
     if not services.kafka_ok:
         raise Problem(503, "Kafka is not answering")
     return _json({"status": "ready", "partitions": len(hub.tails),

@@ -75,7 +75,7 @@ class Services:
         self.appender = Appender(self.producer, self.reader)
 
     async def run(self) -> None:
-        """Connect (retrying with backoff), then keep the index and the hub current.
+        """Connect (retrying with backoff), then keep the hub current.
 
         This is the outermost edge of the services task: anything unexpected is logged
         and recorded (``/readyz`` reports it) before the task ends.
