@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Bench, Gateway, request
-from bench.procs import PYTHON, Proc, Sample, free_port, window
+from bench.cluster import Bench, Gateway, request, start_gateway
+from bench.procs import PYTHON, Proc, Sample, window
 
 #: The goal the scenario measures against.
 TARGET_STREAMS = 1_000_000
@@ -73,18 +73,8 @@ def _load(b: Bench, name: str, ns: str, args: list[str]) -> Proc:
 def _start_timed(b: Bench, name: str, ns: str, timeout: float, **settings: str,
                  ) -> tuple[Gateway, float]:
     """A Tidemark gateway and the seconds from its process start to ``/readyz`` 200."""
-    port = free_port()
-    env = b.env(ns, **{**b.gateway_settings, **settings})
-    proc = b.reg.start(name, [PYTHON, "-m", "bench.serve", "gateway", "--port", str(port)], env)
-    gw = Gateway(proc, f"http://127.0.0.1:{port}", "tidemark", ns)
-
-    def ready() -> bool:
-        try:
-            return bool(gw.ready())
-        except OSError:
-            return False
-    proc.wait_for("readiness (/readyz 200)", ready, timeout)
-    return gw, time.monotonic() - proc.started
+    gw = start_gateway(b, name, ns, timeout=timeout, **settings)
+    return gw, time.monotonic() - gw.proc.started
 
 
 def _settled_rss_kb(proc: Proc, *, settle_s: float = 1.0, timeout: float = 60.0) -> int:

@@ -155,19 +155,21 @@ class StreamLookup:
         ns = self._settings.namespace
         tail = self._hub.tails[tp]
         start = max(ref.floor, log_start)
+        # (offset, seq, generator) of the stream's first record at or after ``start``.
+        first: tuple[int, int, str] | None = None
         if tail.covers(start):
             frame = tail.first(key, start)
-            rec_offset, rec_seq, generator = (
-                (frame.offset, frame.seq, _UNKNOWN) if frame is not None else (None, 0, ""))
+            if frame is not None:
+                first = (frame.offset, frame.seq, _UNKNOWN)
         else:
             rec = await first_record(
                 self._reader, tp.topic, tp.partition, key, start=start,
                 until=self._hub.position(tp),
                 not_after_ms=ref.created_ms + CREATE_WINDOW_MS if start == ref.floor else None)
-            rec_offset, rec_seq, generator = (
-                (rec.offset, rec.seq, rec.generator or _UNKNOWN) if rec is not None
-                else (None, 0, ""))
-        if rec_offset is not None:
+            if rec is not None:
+                first = (rec.offset, rec.seq, rec.generator or _UNKNOWN)
+        if first is not None:
+            rec_offset, rec_seq, generator = first
             complete = start == ref.floor or rec_seq == 0
             info = _info(ns, tp.topic, stream_id, ref,
                          first_offset=rec_offset if complete else min(ref.floor, log_start - 1),

@@ -1,8 +1,9 @@
 """``GET /v1/streams/{id}/events``: one client's SSE response, by the resume rules.
 
-Order of work: resolve the position, subscribe to the hub (from offset H on, every
-frame of the stream reaches the subscriber), serve the backlog [start, H) from the
-memory tail or Kafka, then live frames. A frame is written only if its offset and
+Order of work: resolve the stream (from its id; see ``gateway.lookup``) and the
+position, subscribe to the hub (from offset H on, every frame of the stream reaches the
+subscriber), serve the backlog [start, H) from the memory tail or Kafka, then live
+frames. A frame is written only if its offset and
 seq are above the last written ones, which removes any overlap between backlog and
 live delivery.
 """
@@ -150,11 +151,18 @@ class Session:
         transport.close()
         asyncio.get_running_loop().call_later(grace_s, transport.abort)
 
-    async def send(self, frames: Iterable[Row]) -> None:
-        """Write the frames not written yet, in one write (one ``send()`` to the socket)."""
+    def take(self, frames: Iterable[Row]) -> bytes:
+        """The bytes of the frames not written yet (see :meth:`Cursor.take`), counted as
+        delivered."""
         data, count = self.cursor.take(frames)
         if count:
             self.metrics.delivered.inc(count)
+        return data
+
+    async def send(self, frames: Iterable[Row]) -> None:
+        """Write the frames not written yet, in one write (one ``send()`` to the socket)."""
+        data = self.take(frames)
+        if data:
             await self.write(data)
 
 
@@ -203,9 +211,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             head.append(reset_frame(plan.reset, encode_event_id(epoch, tp.partition, earliest)))
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
-            data, count = session.cursor.take(first[0])
-            session.metrics.delivered.inc(count)
-            head.append(data)
+            head.append(session.take(first[0]))
         await session.write(b"".join(head))
         async for frames, source in items:
             if session.cursor.ended:
