@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
+
+import orjson
 
 from eventlog.errors import ConfigError
 
@@ -89,6 +92,17 @@ class GatewaySettings:
     processes: str = _env(
         "GATEWAY_PROCESSES", "1",
         "gateway processes sharing the port (SO_REUSEPORT); auto: one per core")
+    batch_interval_ms: int = _env(
+        "BATCH_INTERVAL_MS", 250, "how often a subscriber with updateFrequency=batched gets "
+        "its coalesced partial results")
+    max_header_bytes: int = _env(
+        "MAX_HEADER_BYTES", 8190, "longest request header line (and request line) accepted")
+    max_url_bytes: int = _env("MAX_URL_BYTES", 4096, "longest request target accepted")
+    body_timeout_s: float = _env(
+        "BODY_TIMEOUT", 10.0, "a request body must arrive within this long (slow bodies: 408)")
+    cors_origins: str = _env(
+        "CORS_ORIGINS", "", "origins allowed to call the API from a browser, comma-separated "
+        "(unset: none; * : any)")
 
     def __post_init__(self) -> None:
         if self.listen_backlog < 1:
@@ -104,6 +118,101 @@ class GatewaySettings:
         return int(self.processes)
 
 
+AUTH_MODES: Final = ("jwt", "none")
+TENANT_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$(?!\n)"
+_DEFAULT_TIERS: Final = (
+    '{"free": {"maxConcurrentStreams": 10, "requestsPerMinute": 600},'
+    ' "premium": {"maxConcurrentStreams": 100, "requestsPerMinute": 6000, "priority": true}}')
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    mode: str = _env(
+        "AUTH", "jwt", "jwt (default): every request needs a bearer token; none: anyone "
+        "may do anything (set on purpose; logged as a warning)")
+    jwt_secret: str = _env(
+        "JWT_SECRET", "", "HS256 key of bearer tokens, and the key of the read tokens a "
+        "gateway issues")
+    jwt_public_key_file: str = _env(
+        "JWT_PUBLIC_KEY_FILE", "", "RS256/ES256 verification keys: a PEM file or a local "
+        "JWKS file (never fetched from a URL)")
+    jwt_audience: str = _env("JWT_AUDIENCE", "", "required `aud` of bearer tokens (unset: any)")
+    jwt_leeway_s: float = _env("JWT_LEEWAY", 5.0, "clock skew allowed on exp and nbf")
+    read_token_ttl_s: int = _env(
+        "READ_TOKEN_TTL", 3600, "lifetime of the read_token of POST /v1/streams")
+    default_tenant: str = _env(
+        "DEFAULT_TENANT", "default", "the tenant of streams made before tenants existed, "
+        "and of every request under TIDEMARK_AUTH=none")
+    audit_log: str = _env(
+        "AUDIT_LOG", "", "file the audit log's JSON lines go to (unset: the process log)")
+
+    def __post_init__(self) -> None:
+        if self.mode not in AUTH_MODES:
+            raise ConfigError(f"TIDEMARK_AUTH must be one of {', '.join(AUTH_MODES)}")
+        if not re.match(TENANT_PATTERN, self.default_tenant):
+            raise ConfigError(f"TIDEMARK_DEFAULT_TENANT must match {TENANT_PATTERN}")
+        if self.read_token_ttl_s < 1:
+            raise ConfigError("TIDEMARK_READ_TOKEN_TTL must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """Per-user defaults of one tier (a token's ``limits`` claim overrides them)."""
+
+    name: str
+    #: 0: no limit.
+    max_concurrent_streams: int
+    requests_per_minute: int
+    #: Jobs of this tier's users start before those of tiers without it.
+    priority: bool = False
+
+
+def parse_tiers(raw: str) -> Mapping[str, Tier]:
+    """``{"<tier>": {"maxConcurrentStreams": n, "requestsPerMinute": n, "priority": b}}``."""
+    try:
+        obj = orjson.loads(raw)
+        tiers = {
+            str(name): Tier(name=str(name),
+                            max_concurrent_streams=_count(spec.get("maxConcurrentStreams", 0)),
+                            requests_per_minute=_count(spec.get("requestsPerMinute", 0)),
+                            priority=bool(spec.get("priority", False)))
+            for name, spec in obj.items()}
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"TIDEMARK_TIERS is not a valid tier table: {exc}") from exc
+    return MappingProxyType(tiers)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count (an integer >= 0)")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitSettings:
+    redis_url: str = _env(
+        "REDIS_URL", "", "the Redis/Valkey that holds limit counters and session lists, "
+        "shared by every gateway (unset: limits are off, logged as a warning)")
+    tiers_json: str = _env("TIERS", _DEFAULT_TIERS, "tiers and their per-user defaults (JSON)")
+    default_tier: str = _env("DEFAULT_TIER", "free", "the tier of tokens without `tier`")
+    tenant_max_active_streams: int = _env(
+        "TENANT_MAX_ACTIVE_STREAMS", 0, "active streams per tenant (0: no limit)")
+    tenant_publish_bytes_per_s: int = _env(
+        "TENANT_PUBLISH_BYTES_PER_SECOND", 0, "published bytes per second per tenant "
+        "(0: no limit)")
+    global_max_active_streams: int = _env(
+        "GLOBAL_MAX_ACTIVE_STREAMS", 0, "active streams in all (0: no limit)")
+    global_publish_bytes_per_s: int = _env(
+        "GLOBAL_PUBLISH_BYTES_PER_SECOND", 0, "published bytes per second in all (0: no limit)")
+    tiers: Mapping[str, Tier] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tiers", parse_tiers(self.tiers_json))
+        if self.default_tier not in self.tiers:
+            raise ConfigError(f"TIDEMARK_DEFAULT_TIER {self.default_tier!r} is not in "
+                              "TIDEMARK_TIERS")
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
     max_jobs: int = _env("WORKER_MAX_JOBS", 1000, "streams one worker generates at once")
@@ -113,6 +222,9 @@ class WorkerSettings:
     batch_events: int = _env("WORKER_BATCH_EVENTS", 500, "most events in one transaction")
     metrics_host: str = _env("WORKER_METRICS_HOST", "127.0.0.1", "worker /metrics address")
     metrics_port: int = _env("WORKER_METRICS_PORT", 0, "worker /metrics port (0: a free one)")
+    priority_reserve: float = _env(
+        "WORKER_PRIORITY_RESERVE", 0.1, "share of a worker's job slots that only jobs of "
+        "priority tiers may take")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +233,8 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
 
@@ -172,7 +286,8 @@ def _section(cls: type[_S], environ: Mapping[str, str], known: set[str]) -> _S:
 def env_names() -> dict[str, str]:
     """Every variable Tidemark reads, with its help text (for docs and `--help`)."""
     out: dict[str, str] = {}
-    for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, Settings):
+    for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, AuthSettings,
+                LimitSettings, Settings):
         for f in dataclasses.fields(cls):
             if "env" in f.metadata:
                 out[f.metadata["env"]] = f.metadata["help"]
@@ -186,9 +301,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     log_settings = _section(LogSettings, environ, known)
     gateway = _section(GatewaySettings, environ, known)
     worker = _section(WorkerSettings, environ, known)
+    auth = _section(AuthSettings, environ, known)
+    limits = _section(LimitSettings, environ, known)
     top = _section(Settings, environ, known)
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
     for name in unknown:
         log.warning("unknown setting %s is ignored", name)
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
-                               worker=worker)
+                               worker=worker, auth=auth, limits=limits)

@@ -10,8 +10,10 @@ import pytest
 
 from eventlog.errors import ConfigError
 from eventlog.settings import (
+    AuthSettings,
     GatewaySettings,
     KafkaSettings,
+    LimitSettings,
     LogSettings,
     Settings,
     WorkerSettings,
@@ -143,18 +145,18 @@ def test_env_names_include_the_documented_variables() -> None:
 def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
     out: list[tuple[object, dataclasses.Field[object]]] = []
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
-                     Settings()):
+                     AuthSettings(), LimitSettings(), Settings()):
         out.extend((instance, f) for f in dataclasses.fields(instance) if f.metadata)
     return out
 
 
 def test_every_setting_has_a_listed_variable() -> None:
     names = env_names()
-    section_fields = {"kafka", "log", "gateway", "worker"}
+    section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits"}
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
-                     Settings()):
+                     AuthSettings(), LimitSettings(), Settings()):
         for f in dataclasses.fields(instance):
-            if isinstance(instance, Settings) and f.name in section_fields:
+            if (isinstance(instance, Settings) and f.name in section_fields) or not f.init:
                 continue
             assert f.metadata.get("env") in names, f"{type(instance).__name__}.{f.name}"
 
