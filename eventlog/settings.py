@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 import orjson
