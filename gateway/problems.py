@@ -18,6 +18,7 @@ from eventlog.errors import (
     StreamNotFound,
 )
 from gateway.breaker import CircuitOpen
+from gateway.errors import Forbidden, LimitExceeded, Unauthenticated
 from schemas.errors import TidemarkError
 from schemas.eventid import InvalidEventId
 from schemas.validation import InvalidInput
@@ -27,9 +28,10 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE: Final = "application/problem+json"
 
 _TITLES: Final = {
-    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-    410: "Gone", 413: "Content Too Large", 415: "Unsupported Media Type",
-    422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
 }
 
 
@@ -37,17 +39,25 @@ class Problem(web.HTTPException):
     """An HTTP error with a problem+json body."""
 
     def __init__(self, status: int, detail: str, *, retry_after: int = 1,
-                 **extra: Any) -> None:
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         self.status_code = status
         body = {"type": "about:blank", "title": _TITLES.get(status, "Error"),
                 "status": status, "detail": detail, **extra}
-        headers = {}
-        if status == 503:
+        headers = dict(headers or {})
+        if status in (429, 503):
             headers["Retry-After"] = str(retry_after)
         super().__init__(body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers)
 
 
 def problem_for(exc: TidemarkError) -> Problem:
+    if isinstance(exc, Unauthenticated):
+        return Problem(401, str(exc), headers={
+            "WWW-Authenticate": f'Bearer realm="tidemark", error="{exc.error}"'})
+    if isinstance(exc, Forbidden):
+        extra = {} if exc.scope is None else {"scope": exc.scope}
+        return Problem(403, str(exc), **extra)
+    if isinstance(exc, LimitExceeded):
+        return Problem(429, str(exc), retry_after=exc.retry_after, limit=exc.limit)
     if isinstance(exc, InvalidInput):
         return Problem(422, exc.reason, field=exc.pointer)
     if isinstance(exc, InvalidEventId):
