@@ -54,8 +54,9 @@ def problem_for(exc: TidemarkError) -> Problem:
         return Problem(401, str(exc), headers={
             "WWW-Authenticate": f'Bearer realm="tidemark", error="{exc.error}"'})
     if isinstance(exc, Forbidden):
-        extra = {} if exc.scope is None else {"scope": exc.scope}
-        return Problem(403, str(exc), **extra)
+        if exc.scope is None:
+            return Problem(403, str(exc))
+        return Problem(403, str(exc), scope=exc.scope)
     if isinstance(exc, LimitExceeded):
         return Problem(429, str(exc), retry_after=exc.retry_after, limit=exc.limit)
     if isinstance(exc, InvalidInput):
