@@ -105,7 +105,8 @@ async def create_kafka(settings: Settings, n: int, prefix: str, concurrency: int
         infos: list[StreamInfo] = []
         for lo in range(0, n, concurrency):
             batch = [creator.create(generator="external", query="bench", options=None,
-                                    with_job=False)
+                                    with_job=False,
+                                    tenant="default")
                      for _ in range(lo, min(n, lo + concurrency))]
             infos.extend(await asyncio.wait_for(asyncio.gather(*batch), 60))
         return infos

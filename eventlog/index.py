@@ -53,6 +53,10 @@ class StreamInfo:
     updated_at: int
     last_seq: int = 0
     terminal_offset: int | None = None
+    #: Whose stream it is: its tenant ("" in records written before tenants existed: the
+    #: default tenant's) and owner (the creator's ``sub``; "": every user of the tenant).
+    tenant: str = ""
+    owner: str = ""
 
     @property
     def finished(self) -> bool:

@@ -39,13 +39,18 @@ def now_ms() -> int:
 
 
 async def send_event(producer: AIOKafkaProducer, topic: str, partition: int,
-                     event: Event, *, generator: str | None = None) -> asyncio.Future[Any]:
+                     event: Event, *, generator: str | None = None,
+                     tenant: str | None = None, owner: str | None = None,
+                     ) -> asyncio.Future[Any]:
     """Queue one event on the producer; the returned future resolves to its metadata.
 
-    ``generator`` goes into the ``tm-generator`` header (a stream's first event only)."""
+    ``generator``, ``tenant`` and ``owner`` go into the ``tm-generator``, ``tm-tenant``
+    and ``tm-owner`` headers (a stream's first event only)."""
     headers = event.headers()
-    if generator is not None:
-        headers.append((events.HEADER_GENERATOR, generator.encode()))
+    for name, value in ((events.HEADER_GENERATOR, generator),
+                        (events.HEADER_TENANT, tenant), (events.HEADER_OWNER, owner)):
+        if value is not None:
+            headers.append((name, value.encode()))
     fut: asyncio.Future[Any] = await producer.send(
         topic, event.to_json(), key=event.stream.encode(), partition=partition,
         headers=headers)
@@ -112,12 +117,14 @@ class StreamCreator:
 
     async def create(self, stream_id: str | None = None, *, generator: str,
                      query: str | None, options: dict[str, Any] | None,
-                     with_job: bool) -> StreamInfo:
+                     with_job: bool, tenant: str, owner: str = "") -> StreamInfo:
+        """A new stream of ``tenant``, owned by ``owner`` ("" : by the whole tenant)."""
         ns = self._settings.namespace
         ts = now_ms()
         if self._settings.placement == "topic-per-stream":
             assert self._admin is not None
-            stream_id = stream_id or streamid.new_stream_id(partition=0, floor=0, created_ms=ts)
+            stream_id = stream_id or streamid.new_stream_id(
+                partition=0, floor=0, created_ms=ts, tenant=tenant, owner=owner)
             spec = stream_topic_spec(self._settings, stream_id)
             await self._admin.create_topics([spec])
             await wait_for_topics(self._admin._client, [spec.name])
@@ -129,19 +136,21 @@ class StreamCreator:
                 partition = partition_for(rand, self._settings.partitions)
                 floor = max(await self._floor(topic, partition),
                             self._written.get((topic, partition), 0))
-                stream_id = streamid.new_stream_id(partition=partition, floor=floor,
-                                                   created_ms=ts, random_part=rand)
+                stream_id = streamid.new_stream_id(
+                    partition=partition, floor=floor, created_ms=ts, tenant=tenant,
+                    owner=owner, random_part=rand)
             else:
                 partition = partition_for(stream_id, self._settings.partitions)
         first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts,
                       data={"state": index.QUEUED})
         meta = await (await send_event(self._producer, topic, partition, first,
-                                       generator=generator))
+                                       generator=generator, tenant=tenant, owner=owner))
         key = (topic, partition)
         self._written[key] = max(self._written.get(key, 0), meta.offset + 1)
         info = StreamInfo(stream_id=stream_id, namespace=ns, topic=topic, partition=partition,
                           first_offset=meta.offset, generator=generator, status=index.QUEUED,
-                          created_at=ts, updated_at=ts, last_seq=0)
+                          created_at=ts, updated_at=ts, last_seq=0, tenant=tenant,
+                          owner=owner)
         # The index record is written before the job so that a worker's "running"
         # snapshot can never be overtaken by "queued".
         await index.put(self._producer, info)

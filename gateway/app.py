@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from eventlog.settings import Settings
-from gateway import routes
+from gateway import auth, routes
+from gateway.audit import AUDIT, Audit
+from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.problems import problem_middleware
 from gateway.services import SERVICES, Services
+
+log = logging.getLogger(__name__)
 
 #: The task that runs the gateway's Kafka side; the process ends if it fails.
 SERVICES_TASK = web.AppKey("services_task", asyncio.Task[None])
@@ -40,11 +45,39 @@ async def _on_shutdown(app: web.Application) -> None:
         services.hub.wake_all()
 
 
-def create_app(settings: Settings) -> web.Application:
+async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[AUDIT].close()
+
+
+async def dev_token(request: web.Request) -> web.Response:
+    """``tidemark dev`` only: a token for the demo page (this route exists nowhere else)."""
+    settings = request.app[SERVICES].settings
+    token = auth.mint_token(settings.auth.jwt_secret, sub="demo-user",
+                            tenant=settings.auth.default_tenant,
+                            scope=f"{auth.CREATE} {auth.READ} {auth.CANCEL}", ttl_s=3600,
+                            audience=settings.auth.jwt_audience or None)
+    return web.json_response({"token": token, "expires_in": 3600})
+
+
+def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
+    """The gateway; ``dev``: also the demo page's token endpoint (``tidemark dev``)."""
+    authenticator = Authenticator(settings.auth, settings.limits)
+    if not authenticator.enabled:
+        log.warning("TIDEMARK_AUTH=none: anyone who can reach this gateway may read, "
+                    "create, publish to and cancel every stream of tenant %r",
+                    settings.auth.default_tenant)
+    elif not authenticator.can_issue:
+        log.warning("no TIDEMARK_JWT_SECRET: POST /v1/streams answers without a read_token")
     app = web.Application(middlewares=[problem_middleware],
                           client_max_size=settings.gateway.max_body_bytes)
-    app[SERVICES] = Services(settings)
+    services = app[SERVICES] = Services(settings)
+    app[AUTHENTICATOR] = authenticator
+    app[AUDIT] = Audit(settings.auth.audit_log, gateway=services.instance)
     app.cleanup_ctx.append(_services_ctx)
+    app.cleanup_ctx.append(_audit_ctx)
     app.on_shutdown.append(_on_shutdown)
     routes.add_routes(app)
+    if dev and authenticator.can_issue:
+        app.router.add_get("/dev/token", dev_token)
     return app

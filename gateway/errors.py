@@ -5,6 +5,7 @@ Each maps to one problem+json answer in ``gateway.problems``.
 
 from __future__ import annotations
 
+from eventlog.errors import StreamNotFound
 from schemas.errors import TidemarkError
 
 
@@ -34,3 +35,12 @@ class LimitExceeded(TidemarkError):
         super().__init__(reason)
         self.limit = limit
         self.retry_after = max(1, retry_after)
+
+
+class NotYours(StreamNotFound):
+    """Another tenant's or user's stream: answered exactly as a stream that does not
+    exist; only the audit log sees ``why``."""
+
+    def __init__(self, message: str, *, why: str) -> None:
+        super().__init__(message)
+        self.why = why

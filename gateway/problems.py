@@ -17,8 +17,9 @@ from eventlog.errors import (
     StreamGone,
     StreamNotFound,
 )
+from gateway.audit import AUDIT
 from gateway.breaker import CircuitOpen
-from gateway.errors import Forbidden, LimitExceeded, Unauthenticated
+from gateway.errors import Forbidden, LimitExceeded, NotYours, Unauthenticated
 from schemas.errors import TidemarkError
 from schemas.eventid import InvalidEventId
 from schemas.validation import InvalidInput
@@ -88,6 +89,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except Problem:
         raise
+    except (Unauthenticated, Forbidden, LimitExceeded, NotYours) as exc:
+        problem = problem_for(exc)
+        request.app[AUDIT].record(
+            request, "deny", outcome="denied", status=problem.status,
+            reason=exc.why if isinstance(exc, NotYours) else str(exc),
+            stream=request.match_info.get("id"))
+        raise problem from exc
     except TidemarkError as exc:
         raise problem_for(exc) from exc
     except KafkaError as exc:

@@ -18,7 +18,9 @@ from eventlog.jobs import cancel_record
 from eventlog.placement import stream_partition
 from eventlog.streams import Draft
 from eventlog.topics import jobs_topic
-from gateway import streaming
+from gateway import auth, streaming
+from gateway.audit import AUDIT
+from gateway.auth import AUTHENTICATOR, Identity
 from gateway.lookup import Found
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
@@ -85,9 +87,28 @@ def _stream_id(request: web.Request) -> str:
     return stream_id
 
 
-async def _find(services: Services, stream_id: str) -> Found:
+def _caller(request: web.Request, scope: str) -> tuple[Identity, str]:
+    """The caller (holding ``scope``) and the stream id of the path, once the id alone
+    has not shown the stream to be someone else's."""
+    identity = auth.authorize(request, scope)
+    stream_id = _stream_id(request)
+    request["tidemark.id_decides"] = auth.check_stream(
+        identity, stream_id, default_tenant=_default_tenant(request))
+    return identity, stream_id
+
+
+def _default_tenant(request: web.Request) -> str:
+    return request.app[SERVICES].settings.auth.default_tenant
+
+
+async def _find(request: web.Request, services: Services, stream_id: str, identity: Identity,
+                *, allow_pending: bool = False) -> Found:
+    """The stream, if it is the caller's (else 404, exactly as if it did not exist)."""
     assert services.lookup is not None
-    return await services.lookup.find(stream_id)
+    found = await services.lookup.find(stream_id, allow_pending=allow_pending)
+    if not request["tidemark.id_decides"]:
+        auth.check_record(identity, found.info, default_tenant=_default_tenant(request))
+    return found
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -114,6 +135,7 @@ async def _describe(services: Services, info: StreamInfo, earliest: int) -> dict
 
 
 async def create_stream(request: web.Request) -> web.Response:
+    identity = auth.authorize(request, auth.CREATE)
     services = await _ready(request)
     body = await _json_body(request)
     create = request.app[VALIDATORS].create_request(body)
@@ -124,30 +146,42 @@ async def create_stream(request: web.Request) -> web.Response:
     async with _deadline(services):
         info = await services.creator.create(
             generator=create.generator, query=create.query,
-            options=create.options, with_job=create.generator != EXTERNAL)
+            options=create.options, with_job=create.generator != EXTERNAL,
+            tenant=identity.tenant, owner=identity.owner)
     stream_id = info.stream_id
     services.metrics.created.labels(create.generator).inc()
+    request.app[AUDIT].record(request, "create", outcome="ok", stream=stream_id,
+                              generator=create.generator)
     url = f"/v1/streams/{stream_id}/events"
-    return _json({"stream_id": stream_id, "events_url": url,
-                  "status_url": f"/v1/streams/{stream_id}"}, status=201,
-                 headers={"Location": f"/v1/streams/{stream_id}"})
+    answer: dict[str, Any] = {"stream_id": stream_id, "events_url": url,
+                              "status_url": f"/v1/streams/{stream_id}"}
+    authenticator = request.app[AUTHENTICATOR]
+    if authenticator.can_issue:
+        # A browser page follows the answer with this and can do nothing else with it.
+        token, expires = authenticator.issue_read_token(identity, stream_id)
+        answer.update(events_url=f"{url}?{auth.QUERY}={token}", read_token=token,
+                      read_token_expires_at=expires)
+    return _json(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
 
 
 async def stream_status(request: web.Request) -> web.Response:
+    identity, stream_id = _caller(request, auth.READ)
     services = await _ready(request)
-    stream_id = _stream_id(request)
     assert services.lookup is not None
-    found = await services.lookup.find(stream_id)
+    found = await _find(request, services, stream_id, identity)
     # Read-your-writes: counts everything written to the stream before this request.
     info = await services.lookup.current(found)
     return _json(await _describe(services, info, found.earliest))
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
+    identity, stream_id = _caller(request, auth.READ)
     services = await _ready(request)
-    stream_id = _stream_id(request)
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
     position = parse_event_id(raw.strip()) if raw.strip() else None
+    if not request["tidemark.id_decides"]:
+        # An id without tags: the stream index says whose stream it is.
+        await _find(request, services, stream_id, identity, allow_pending=True)
     assert services.hub is not None and services.reader is not None
     assert services.lookup is not None
     gw = services.settings.gateway
@@ -162,11 +196,11 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 
 async def publish(request: web.Request) -> web.Response:
+    identity, stream_id = _caller(request, auth.PUBLISH)
     services = await _ready(request)
-    stream_id = _stream_id(request)
     body = await _json_body(request)
     inputs = request.app[VALIDATORS].publish_request(body)
-    found = await _find(services, stream_id)
+    found = await _find(request, services, stream_id, identity)
     assert services.lookup is not None
     generator = await services.lookup.generator(found)
     if generator != EXTERNAL:
@@ -178,6 +212,8 @@ async def publish(request: web.Request) -> web.Response:
         result = await services.appender.append(
             info, [Draft(i.type, i.data, i.seq) for i in inputs])
     services.metrics.published.inc(len(result.written))
+    request.app[AUDIT].record(request, "publish", outcome="ok", stream=stream_id,
+                              events=len(result.written), duplicates=result.duplicates)
     epoch = await services.hub.epoch(info.topic)
     return _json({
         "accepted": len(inputs),
@@ -190,9 +226,9 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
+    identity, stream_id = _caller(request, auth.CANCEL)
     services = await _ready(request)
-    stream_id = _stream_id(request)
-    found = await _find(services, stream_id)
+    found = await _find(request, services, stream_id, identity)
     assert services.lookup is not None
     info = await services.lookup.current(found)
     if info.finished:
@@ -207,6 +243,7 @@ async def cancel(request: web.Request) -> web.Response:
             await (await services.producer.send(
                 jobs_topic(info.namespace), cancel_record(stream_id), key=stream_id.encode(),
                 partition=stream_partition(stream_id, services.settings.log.partitions)))
+    request.app[AUDIT].record(request, "cancel", outcome="ok", stream=stream_id)
     return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
 
 

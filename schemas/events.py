@@ -35,6 +35,11 @@ HEADER_TRACEPARENT: Final = "traceparent"
 #: On a stream's first record (seq 0) only: the generator that writes the stream, so a
 #: reader that found the stream in the log knows who writes it without an index.
 HEADER_GENERATOR: Final = "tm-generator"
+#: Also on the first record only: the stream's tenant and owner (the creator's ``sub``;
+#: absent or empty: every user of the tenant). Consumers of the topic can tell whose
+#: stream a record belongs to; gateways check version 3 ids by their tags instead.
+HEADER_TENANT: Final = "tm-tenant"
+HEADER_OWNER: Final = "tm-owner"
 
 #: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
 #: and in Python, whose bare ``$`` also matches before a trailing newline.

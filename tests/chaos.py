@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from tests import sse_client
-from tests.procs import Proc, base_env, free_port, start_haproxy, wait_ready
+from tests.procs import Proc, auth_headers, base_env, free_port, start_haproxy, wait_ready
 
 # --- the oracle: the demo generator's specified output ------------------------------
 
@@ -235,7 +235,8 @@ async def follow(lb: str, stream: Followed, deadline: float) -> None:
         stream.attempts += 1
         try:
             async with aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(force_close=True)) as http:
+                    connector=aiohttp.TCPConnector(force_close=True),
+                    headers=auth_headers()) as http:
                 reply = await sse_client.read(http, f"{lb}/v1/streams/{stream.stream_id}/events",
                                               last_event_id=last, sink=stream.events,
                                               idle_timeout=15)
@@ -258,7 +259,7 @@ async def run(seconds: float, streams: int, seed: int, workdir: Path) -> Report:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds + 180
         chaos = asyncio.create_task(r.chaos(seconds))
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=auth_headers()) as http:
             for i in range(streams):
                 stream = await r.create(http, i)
                 followed.append(stream)

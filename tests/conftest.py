@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.procs import Proc, base_env, free_port, wait_ready
+from tests.procs import Proc, auth_headers, base_env, free_port, wait_ready
 
 
 def _docker_kafka() -> Iterator[str]:
@@ -100,5 +100,7 @@ async def cluster(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Cluster
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     # No connection limit: tests hold hundreds of SSE connections at once.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    # Every request carries the test user's token (auth is on, as by default).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     headers=auth_headers()) as session:
         yield session

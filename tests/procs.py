@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -76,8 +77,28 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
+#: The HS256 key of every gateway the tests start (auth is on, as by default).
+TEST_SECRET = "tidemark-test-suite-secret-0123456789abcdef"
+ALL_SCOPES = "streams:create streams:read streams:publish streams:cancel"
+
+
+def token(*, sub: str = "tester", tenant: str = "default", scope: str = ALL_SCOPES,
+          ttl_s: float = 3600, **claims: Any) -> str:
+    """A bearer token for the test gateways (``gateway.auth.mint_token``)."""
+    from gateway.auth import mint_token
+
+    return mint_token(TEST_SECRET, sub=sub, tenant=tenant, scope=scope, ttl_s=ttl_s, **claims)
+
+
+def auth_headers(**claims: Any) -> dict[str, str]:
+    """``Authorization: Bearer`` for a test user (default: ``tester`` of tenant
+    ``default`` with every scope but admin)."""
+    return {"Authorization": f"Bearer {token(**claims)}"}
+
+
 def base_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMARK_")}
+    env["TIDEMARK_JWT_SECRET"] = TEST_SECRET
     env.update(settings)
     return env
 

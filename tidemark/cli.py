@@ -1,4 +1,5 @@
-"""``tidemark kafka|gateway|worker|dev``: start Tidemark's processes."""
+"""``tidemark kafka|gateway|worker|dev``: start Tidemark's processes; ``tidemark token``
+mints a bearer token for testing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import gc
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -74,16 +76,18 @@ async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None)
     return 0
 
 
-async def run_gateway(settings: Settings, *, supervised: bool = False) -> int:
+async def run_gateway(settings: Settings, *, supervised: bool = False,
+                      dev: bool = False) -> int:
     """One gateway process; ``supervised``: a child of :func:`run_gateways`, sharing its
-    port with its siblings (``SO_REUSEPORT``)."""
+    port with its siblings (``SO_REUSEPORT``); ``dev``: with the demo page's token
+    endpoint (``tidemark dev`` only)."""
     from aiohttp import web
 
     from gateway.app import SERVICES_TASK, create_app
     from gateway.services import SERVICES
     from tidemark.supervise import LISTENING, READY
 
-    app = create_app(settings)
+    app = create_app(settings, dev=dev)
     gw = settings.gateway
     runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None)
     await runner.setup()
@@ -163,6 +167,15 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
     """
     broker: LocalBroker | None = None
     env = dict(os.environ)
+    gateway_args: list[str] = []
+    if settings.auth.mode == "jwt" and not (settings.auth.jwt_secret
+                                            or settings.auth.jwt_public_key_file):
+        # A secret for this run: the demo page gets its token from /dev/token, and
+        # `TIDEMARK_JWT_SECRET=... tidemark token ...` mints more.
+        env["TIDEMARK_JWT_SECRET"] = secrets.token_urlsafe(32)
+        _out(f"TIDEMARK_JWT_SECRET={env['TIDEMARK_JWT_SECRET']}")
+    if settings.auth.mode == "jwt":
+        gateway_args.append("--dev-token-endpoint")
     if not settings.kafka.bootstrap:
         broker = LocalBroker(BrokerConfig(jars_dir=_jars_dir(settings), data_dir=data_dir))
         await broker.start()
@@ -176,8 +189,9 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
                 log.warning("%s exited with %s; starting it again", role,
                             children[role].returncode)
                 await asyncio.sleep(1.0)
+            extra = gateway_args if role == "gateway" else []
             children[role] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tidemark", role, env=env)
+                sys.executable, "-m", "tidemark", role, *extra, env=env)
             await children[role].wait()
         log.error("%s keeps exiting; stopping", role)
 
@@ -203,12 +217,31 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
     return 0
 
 
-def _gateway_command(settings: Settings, *, supervised: bool,
+def _gateway_command(settings: Settings, *, supervised: bool, dev: bool = False,
                      ) -> Coroutine[Any, Any, int]:
     count = settings.gateway.process_count(os.cpu_count())
     if supervised or count == 1:
-        return run_gateway(settings, supervised=supervised)
+        return run_gateway(settings, supervised=supervised, dev=dev)
     return run_gateways(settings, count)
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    """``tidemark token``: print a bearer token signed with ``TIDEMARK_JWT_SECRET``."""
+    from gateway.auth import mint_token
+
+    if not settings.auth.jwt_secret:
+        sys.stderr.write("tidemark token: set TIDEMARK_JWT_SECRET (the gateways' HS256 key)\n")
+        return 2
+    limits: dict[str, int] = {}
+    if args.max_concurrent_streams is not None:
+        limits["maxConcurrentStreams"] = args.max_concurrent_streams
+    if args.requests_per_minute is not None:
+        limits["requestsPerMinute"] = args.requests_per_minute
+    _out(mint_token(settings.auth.jwt_secret, sub=args.sub, tenant=args.tenant,
+                    scope=args.scope, ttl_s=args.ttl, tier=args.tier, limits=limits or None,
+                    stream=args.stream,
+                    audience=args.audience or settings.auth.jwt_audience or None))
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -231,6 +264,22 @@ def _parser() -> argparse.ArgumentParser:
         "one; auto: one per core (TIDEMARK_GATEWAY_PROCESSES, default 1)")
     # A child of a --processes supervisor (binds with SO_REUSEPORT); not for direct use.
     gateway.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    # `tidemark dev` only: the demo page's token endpoint.
+    gateway.add_argument("--dev-token-endpoint", action="store_true", help=argparse.SUPPRESS)
+    token = sub.add_parser(
+        "token", help="print a bearer token signed with TIDEMARK_JWT_SECRET (for testing)")
+    token.add_argument("--sub", required=True, help="the user")
+    token.add_argument("--tenant", default="default", help="the tenant (default: default)")
+    token.add_argument("--scope", default="streams:create streams:read streams:publish "
+                       "streams:cancel", help="space-separated scopes (default: all but admin)")
+    token.add_argument("--tier", help="the user's tier (default: TIDEMARK_DEFAULT_TIER)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds (default 3600)")
+    token.add_argument("--max-concurrent-streams", type=int,
+                       help="limits.maxConcurrentStreams (overrides the tier's)")
+    token.add_argument("--requests-per-minute", type=int,
+                       help="limits.requestsPerMinute (overrides the tier's)")
+    token.add_argument("--stream", help="a read token for this one stream")
+    token.add_argument("--audience", help="the aud claim (default: TIDEMARK_JWT_AUDIENCE)")
     sub.add_parser("worker", help="run a generation worker")
     dev = sub.add_parser("dev", help="broker + gateway + worker on loopback")
     dev.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".cache" / "dev-kafka",
@@ -254,11 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TidemarkError as exc:
             sys.stderr.write(f"tidemark: --processes: {exc}\n")
             return 2
+    if args.command == "token":
+        return _token(settings, args)
     setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
     commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "kafka": lambda: run_kafka(settings, args.data_dir, args.port),
         "gateway": lambda: _gateway_command(settings, supervised=args.command == "gateway"
-                                            and args.supervised),
+                                            and args.supervised,
+                                            dev=args.command == "gateway"
+                                            and args.dev_token_endpoint),
         "worker": lambda: run_worker(settings),
         "dev": lambda: run_dev(settings, args.data_dir),
     }

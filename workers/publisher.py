@@ -127,8 +127,11 @@ class Publisher:
             if client is not None:
                 await stop_client(client)
 
-    async def create_stream(self, stream_id: str | None = None) -> StreamWriter:
-        """Create an ``external`` stream (its ``queued`` status is seq 0)."""
+    async def create_stream(self, stream_id: str | None = None, *, tenant: str | None = None,
+                            owner: str = "") -> StreamWriter:
+        """Create an ``external`` stream (its ``queued`` status is seq 0) of ``tenant``
+        (default: ``TIDEMARK_DEFAULT_TENANT``), owned by ``owner`` (the ``sub`` of the user
+        who may read it with their token; "": every user of the tenant)."""
         assert self._producer is not None, "start() first"
         if stream_id is not None and (not events.is_valid_stream_id(stream_id)
                                       or streamid.is_reserved(stream_id)):
@@ -136,7 +139,8 @@ class Publisher:
                              "are Tidemark's own)")
         assert self._stream_creator is not None, "start() first"
         info = await self._stream_creator.create(
-            stream_id, generator="external", query=None, options=None, with_job=False)
+            stream_id, generator="external", query=None, options=None, with_job=False,
+            tenant=tenant or self._settings.auth.default_tenant, owner=owner)
         return StreamWriter(self, info, next_seq=1)
 
     async def open_stream(self, stream_id: str) -> StreamWriter:

@@ -40,7 +40,8 @@ async def finished_streams(cluster: Cluster, n: int) -> list[tuple[str, str]]:
         creator = StreamCreator(settings.log, producer, floor=reader.floor)
         for lo in range(0, n, 250):
             infos = await asyncio.gather(*(
-                creator.create(generator="external", query=None, options=None, with_job=False)
+                creator.create(generator="external", query=None, options=None, with_job=False,
+                               tenant="default")
                 for _ in range(lo, min(n, lo + 250))))
             results = [Event(stream=i.stream_id, seq=1, type="result", ts=now_ms(),
                              data={"text": f"answer {i.stream_id}"}) for i in infos]

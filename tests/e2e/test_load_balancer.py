@@ -12,7 +12,7 @@ import pytest
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
-from tests.procs import start_haproxy
+from tests.procs import auth_headers, start_haproxy
 from tests.sse_client import Event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -26,7 +26,8 @@ async def follow_through(lb: str, sid: str, *, chunk: int,
     served_by: set[str] = set()
     for _ in range(200):
         async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True)) as http:
+                connector=aiohttp.TCPConnector(force_close=True),
+                headers=auth_headers()) as http:
             reply = await sse_client.read(http, f"{lb}/v1/streams/{sid}/events",
                                           last_event_id=events[-1].id if events else None,
                                           max_events=chunk)

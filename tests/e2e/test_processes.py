@@ -21,7 +21,7 @@ from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_load_balancer import follow_through
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
-from tests.procs import Proc
+from tests.procs import Proc, auth_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -71,7 +71,8 @@ async def _open_on_each(url: str, sid: str, attempts: int,
                         sessions: list[aiohttp.ClientSession],
                         ) -> dict[str, aiohttp.ClientResponse]:
     for _ in range(attempts):
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                        headers=auth_headers())
         resp = await session.get(f"{url}/v1/streams/{sid}/events",
                                  headers={"Accept": "text/event-stream"})
         assert resp.status == 200, await resp.text()

@@ -18,6 +18,7 @@ from schemas.events import Event
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous
+from tests.procs import token
 from workers.publisher import Publisher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -79,6 +80,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
     host, port = base.removeprefix("http://").split(":")
     slow.connect((host, int(port)))
     slow.sendall(f"GET /v1/streams/{sid}/events HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: Bearer {token()}\r\n"
                  "Accept: text/event-stream\r\n\r\n".encode())
     # A reader keeps up with the same stream the whole time.
     seen: list[sse_client.Event] = []

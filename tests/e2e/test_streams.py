@@ -22,7 +22,8 @@ async def create(http: aiohttp.ClientSession, base: str, **body: Any) -> str:
     async with http.post(f"{base}/v1/streams", json=body) as resp:
         assert resp.status == 201, await resp.text()
         reply = await resp.json()
-    assert reply["events_url"] == f"/v1/streams/{reply['stream_id']}/events"
+    assert reply["events_url"] == (f"/v1/streams/{reply['stream_id']}/events"
+                                   f"?access_token={reply['read_token']}")
     return str(reply["stream_id"])
 
 

@@ -10,6 +10,7 @@ from eventlog.settings import load_settings
 from schemas.validation import InvalidInput
 from tests import sse_client
 from tests.conftest import Cluster
+from tests.procs import auth_headers
 from workers.publisher import Publisher
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ async def test_sdk_stream_is_served_by_a_gateway_with_the_seq_rules(cluster: Clu
         with pytest.raises(StreamNotFound):
             await pub.open_stream(stream.stream_id[:-24] + "0" * 24)
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth_headers()) as http:
         reply = await sse_client.read(http, f"{base}/v1/streams/{stream.stream_id}/events")
         async with http.get(f"{base}/v1/streams/{stream.stream_id}") as resp:
             status = await resp.json()
@@ -73,7 +74,7 @@ async def test_a_stream_is_continued_by_another_publisher_from_its_id_alone(
         assert reopened.info.first_offset == custom.info.first_offset
         with pytest.raises(ValueError):
             await first.create_stream("s2-0-0-0-" + "0" * 24)  # Tidemark's own form
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth_headers()) as http:
         reply = await sse_client.read(http, f"{base}/v1/streams/{made.stream_id}/events")
     assert [e.seq for e in reply.stream_events] == [0, 1, 2, 3]
     assert reply.stream_events[-1].envelope["data"] == {"text": "one two"}
