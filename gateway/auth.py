@@ -116,6 +116,8 @@ class Authenticator:
         self._default_tier = limits.default_tier
         self.enabled = auth.mode == "jwt"
         self._secret = auth.jwt_secret or None
+        if self._secret is not None and len(self._secret.encode()) < 32:
+            raise ConfigError("TIDEMARK_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
         self._keys: dict[str | None, tuple[str, Any]] = (
             _load_keys(Path(auth.jwt_public_key_file)) if auth.jwt_public_key_file else {})
         if self.enabled and self._secret is None and not self._keys:

@@ -57,11 +57,13 @@ class Reply:
 async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str | None = None,
                max_events: int | None = None, idle_timeout: float = 20.0,
                stop_after_comments: int | None = None,
-               sink: list[Event] | None = None) -> Reply:
+               sink: list[Event] | None = None,
+               headers: dict[str, str] | None = None) -> Reply:
     """Read an SSE response until the server ends it, ``max_events`` stream events
     arrived, or nothing came for ``idle_timeout`` seconds (then the read fails).
-    Events are also appended to ``sink`` as they arrive (it survives a failed read)."""
-    headers = {"Accept": "text/event-stream"}
+    Events are also appended to ``sink`` as they arrive (it survives a failed read).
+    ``headers`` are sent besides ``Accept`` and ``Last-Event-ID``."""
+    headers = {**(headers or {}), "Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with session.get(url, headers=headers) as resp:
