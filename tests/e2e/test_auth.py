@@ -25,7 +25,7 @@ import pytest
 from schemas.streamid import new_stream_id, random_part
 from tests import sse_client
 from tests.conftest import Cluster
-from tests.procs import REPO, TEST_SECRET, Proc, base_env, start_haproxy, token
+from tests.procs import REPO, TEST_SECRET, Proc, base_env, free_port, start_haproxy, token
 from workers.publisher import Publisher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -317,3 +317,52 @@ def test_tidemark_token_mints_a_token_the_gateways_accept() -> None:
                             env={**base_env(), "TIDEMARK_JWT_SECRET": ""}, cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2 and "TIDEMARK_JWT_SECRET" in failed.stderr
+
+
+async def test_auth_none_must_be_chosen_and_is_logged(cluster: Cluster) -> None:
+    base = await cluster.gateway(TIDEMARK_AUTH="none")
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await answer(http, "POST", f"{base}/v1/streams",
+                                       json={"query": "q", "generator": "external"})
+        assert status == 201 and "read_token" not in body
+        status, _, _ = await answer(http, "GET", f"{base}/v1/streams/{body['stream_id']}")
+        assert status == 200
+        assert (await answer(http, "GET", f"{base}/dev/token"))[0] == 404
+    assert "WARNING" in cluster.proc("gateway0").logs(200)
+    assert "TIDEMARK_AUTH=none" in cluster.proc("gateway0").logs(200)
+
+
+async def test_only_tidemark_dev_has_the_demo_token_endpoint(
+        cluster: Cluster, tmp_path: Path) -> None:
+    base = await cluster.gateway()
+    async with aiohttp.ClientSession() as http:
+        assert (await answer(http, "GET", f"{base}/dev/token"))[0] == 404
+    port = free_port()
+    env = {k: v for k, v in cluster.env.items() if k != "TIDEMARK_JWT_SECRET"}
+    dev = Proc("dev", ["dev", "--data-dir", str(tmp_path / "unused")],
+               {**env, "TIDEMARK_PORT": str(port)}, tmp_path)
+    try:
+        secret = dev.wait_line("TIDEMARK_JWT_SECRET=").split("=", 1)[1]
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    status, body, _ = await answer(http, "GET", f"{url}/dev/token")
+                    if status == 200:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, dev.logs()
+                await asyncio.sleep(0.2)
+            assert jwt.decode(body["token"], secret, algorithms=["HS256"])["sub"] == "demo-user"
+            status, made, _ = await answer(
+                http, "POST", f"{url}/v1/streams", {"Authorization": f"Bearer {body['token']}"},
+                json={"query": "demo", "options": {"tokens": 5, "tokens_per_second": 100}})
+            assert status == 201
+            reply = await sse_client.read(http, url + made["events_url"])
+            assert reply.stream_events[-1].event == "result"
+            # Without a token the API is closed, also under tidemark dev.
+            assert (await answer(http, "POST", f"{url}/v1/streams", json={"query": "q"}))[0] == 401
+    finally:
+        dev.stop()
