@@ -229,7 +229,9 @@ def test_compose_tidemark_services_use_real_settings_and_reach_their_peers() -> 
         assert "healthcheck" in services[redis.hostname]
         # The orchestrator's stop timeout outlasts the drain.
         assert seconds(svc["stop_grace_period"]) > settings.gateway.shutdown_grace_s
-        assert {"kafka-1", "kafka-2", "kafka-3", "redis"} <= set(svc["depends_on"])
+        ready = {n for n, c in svc["depends_on"].items() if c["condition"] == "service_healthy"}
+        assert {"kafka-1", "kafka-2", "kafka-3"} <= ready
+    assert "redis" in gateway["depends_on"], "the limits store of the gateways"
     assert not set(SETTINGS) & set(doc.get("x-kafka-env", {}))
     # The JWT secret comes from the env file only.
     assert set(secrets) == {"TIDEMARK_JWT_SECRET"}
@@ -684,3 +686,27 @@ def test_operations_doc_explains_every_alert_and_is_linked_from_the_readme() -> 
         assert rule["alert"] in doc, rule["alert"]
     assert "deploy/prometheus/alerts.yml" in doc
     assert "docs/operations.md" in (REPO / "README.md").read_text()
+
+
+def test_scrape_config_names_the_jobs_the_alerts_use_on_the_right_ports() -> None:
+    config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    assert config["rule_files"] == [ALERTS.name]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    used = {m.value for rule in alert_rules() for s in selectors(rule["expr"])
+            for m in s.matchers.matchers if m.name == "job"}
+    assert used == set(jobs)
+    services = compose()["services"]
+    gateway = load_settings(service_env(services["gateway"]))
+    worker = load_settings(service_env(services["worker"]))
+    routes = gateway_get_routes()
+    for name, service, port in (("tidemark-gateway", "gateway", gateway.gateway.port),
+                                ("tidemark-worker", "worker", worker.worker.metrics_port)):
+        (sd,) = jobs[name]["dns_sd_configs"]
+        assert (sd["names"], sd["port"]) == ([service], port)
+        assert jobs[name]["metrics_path"] == "/metrics"
+    assert "/metrics" in routes
+    probe = jobs["tidemark-gateway-readyz"]
+    (sd,) = probe["dns_sd_configs"]
+    assert (sd["names"], sd["port"]) == (["gateway"], gateway.gateway.port)
+    target = probe["relabel_configs"][0]["replacement"]
+    assert urlsplit(target).path in routes and urlsplit(target).path == "/readyz"
