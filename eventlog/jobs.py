@@ -1,4 +1,4 @@
-"""Records of the jobs topic: generation requests and control records (cancel)."""
+"""Records of the jobs topics: generation requests and control records (cancel)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from eventlog.index import StreamInfo
+from eventlog.placement import stream_partition
+from eventlog.topics import jobs_topics
 
 GENERATE: Final = "generate"
 CANCEL: Final = "cancel"
@@ -15,11 +18,15 @@ CANCEL: Final = "cancel"
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Job:
-    """A request to generate one stream's events, with the stream's index record."""
+    """A request to generate one stream's events, with the stream's index record.
+
+    ``priority``: it is on the priority jobs topic (its user's tier has ``priority``).
+    """
 
     stream: StreamInfo
     query: str
     options: dict[str, Any] = field(default_factory=dict)
+    priority: bool = False
 
     @property
     def stream_id(self) -> str:
@@ -31,11 +38,28 @@ class Job:
 
     def to_json(self) -> bytes:
         return orjson.dumps({"type": GENERATE, "stream": self.stream.to_json().decode(),
-                             "query": self.query, "options": self.options})
+                             "query": self.query, "options": self.options,
+                             "priority": self.priority})
 
 
 def cancel_record(stream_id: str) -> bytes:
     return orjson.dumps({"type": CANCEL, "stream_id": stream_id})
+
+
+async def send_cancel(producer: AIOKafkaProducer, namespace: str, stream_id: str, *,
+                      partitions: int) -> None:
+    """Ask the worker that owns the stream's job to stop it.
+
+    The cancel goes to the stream's partition of both jobs topics (the sender need not
+    know which one its job went to): the copy on the job's own topic comes after the
+    job, so it finds the job even if it had not started yet; the worker ignores a
+    cancel of a stream it is not generating.
+    """
+    partition = stream_partition(stream_id, partitions)
+    futures = [await producer.send(topic, cancel_record(stream_id), key=stream_id.encode(),
+                                   partition=partition) for topic in jobs_topics(namespace)]
+    for fut in futures:
+        await fut
 
 
 def parse_job_record(raw: bytes) -> Job | str | None:
@@ -44,7 +68,8 @@ def parse_job_record(raw: bytes) -> Job | str | None:
         obj = orjson.loads(raw)
         if obj.get("type") == GENERATE:
             return Job(stream=StreamInfo.from_json(obj["stream"].encode()),
-                       query=str(obj["query"]), options=dict(obj.get("options") or {}))
+                       query=str(obj["query"]), options=dict(obj.get("options") or {}),
+                       priority=bool(obj.get("priority", False)))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):

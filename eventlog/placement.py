@@ -5,7 +5,7 @@ The default placement is one partitioned topic per namespace with key = stream i
 id names its partition (chosen by hashing its random part when it is made); any other
 id is placed by the murmur2 hash Kafka's Java clients use for keys. Both are computed
 here, so every writer and reader agrees. A stream's job and cancel records go to the
-same-numbered partition of the jobs topic.
+same-numbered partition of the jobs topics.
 """
 
 from __future__ import annotations

@@ -226,6 +226,10 @@ class WorkerSettings:
         "WORKER_PRIORITY_RESERVE", 0.1, "share of a worker's job slots that only jobs of "
         "priority tiers may take")
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.priority_reserve <= 1:
+            raise ConfigError("TIDEMARK_WORKER_PRIORITY_RESERVE must be a share from 0 to 1")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:

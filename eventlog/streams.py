@@ -117,8 +117,12 @@ class StreamCreator:
 
     async def create(self, stream_id: str | None = None, *, generator: str,
                      query: str | None, options: dict[str, Any] | None,
-                     with_job: bool, tenant: str, owner: str = "") -> StreamInfo:
-        """A new stream of ``tenant``, owned by ``owner`` ("" : by the whole tenant)."""
+                     with_job: bool, tenant: str, owner: str = "",
+                     priority: bool = False) -> StreamInfo:
+        """A new stream of ``tenant``, owned by ``owner`` ("" : by the whole tenant).
+
+        ``priority``: the job goes to the priority jobs topic (the caller's tier has
+        ``priority``), whose jobs workers start before the others."""
         ns = self._settings.namespace
         ts = now_ms()
         if self._settings.placement == "topic-per-stream":
@@ -155,9 +159,10 @@ class StreamCreator:
         # snapshot can never be overtaken by "queued".
         await index.put(self._producer, info)
         if with_job:
-            job = Job(stream=info, query=query or "", options=options or {})
+            job = Job(stream=info, query=query or "", options=options or {},
+                      priority=priority)
             await (await self._producer.send(
-                jobs_topic(ns), job.to_json(), key=stream_id.encode(),
+                jobs_topic(ns, priority=priority), job.to_json(), key=stream_id.encode(),
                 partition=stream_partition(stream_id, self._settings.partitions)))
         return info
 

@@ -25,9 +25,19 @@ def events_topic(namespace: str) -> str:
     return f"tidemark.{namespace}.events"
 
 
-def jobs_topic(namespace: str) -> str:
-    """Generation requests and control records (cancel) of a namespace; key = stream id."""
-    return f"tidemark.{namespace}.jobs"
+def jobs_topic(namespace: str, *, priority: bool = False) -> str:
+    """Generation requests and control records (cancel) of a namespace; key = stream id.
+
+    ``priority``: the jobs of users whose tier has ``priority`` (``tidemark.<ns>.jobs.priority``).
+    It has the jobs topic's partition count and keys, so partition p of both topics holds
+    the jobs of the same streams, and the worker that owns one owns the other.
+    """
+    return f"tidemark.{namespace}.jobs.priority" if priority else f"tidemark.{namespace}.jobs"
+
+
+def jobs_topics(namespace: str) -> tuple[str, str]:
+    """Both jobs topics of a namespace: the priority one first."""
+    return jobs_topic(namespace, priority=True), jobs_topic(namespace)
 
 
 def stream_topic(namespace: str, stream_id: str) -> str:
@@ -56,10 +66,10 @@ def namespace_topics(settings: LogSettings) -> list[NewTopic]:
             # Retention deletes whole segments: roll them well within the retention time.
             "segment.ms": str(segment_ms(settings.retention_ms)),
         }),
-        NewTopic(jobs_topic(settings.namespace), partitions, rf, topic_configs={
+        *(NewTopic(topic, partitions, rf, topic_configs={
             "cleanup.policy": "delete",
             "retention.ms": str(max(settings.retention_ms, 7 * 86_400_000)),
-        }),
+        }) for topic in jobs_topics(settings.namespace)),
         NewTopic(STREAMS_TOPIC, partitions, rf, topic_configs={
             "cleanup.policy": "compact",
             "min.compaction.lag.ms": "60000",

@@ -14,10 +14,8 @@ from aiokafka.errors import KafkaError
 
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
-from eventlog.jobs import cancel_record
-from eventlog.placement import stream_partition
+from eventlog.jobs import send_cancel
 from eventlog.streams import Draft
-from eventlog.topics import jobs_topic
 from gateway import auth, streaming
 from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
@@ -147,7 +145,8 @@ async def create_stream(request: web.Request) -> web.Response:
         info = await services.creator.create(
             generator=create.generator, query=create.query,
             options=create.options, with_job=create.generator != EXTERNAL,
-            tenant=identity.tenant, owner=identity.owner)
+            tenant=identity.tenant, owner=identity.owner,
+            priority=services.settings.limits.tiers[identity.tier].priority)
     stream_id = info.stream_id
     services.metrics.created.labels(create.generator).inc()
     request.app[AUDIT].record(request, "create", outcome="ok", stream=stream_id,
@@ -240,9 +239,8 @@ async def cancel(request: web.Request) -> web.Response:
                 info, [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
         else:
             # The cancel goes to the job's partition, so the owning worker sees it.
-            await (await services.producer.send(
-                jobs_topic(info.namespace), cancel_record(stream_id), key=stream_id.encode(),
-                partition=stream_partition(stream_id, services.settings.log.partitions)))
+            await send_cancel(services.producer, info.namespace, stream_id,
+                              partitions=services.settings.log.partitions)
     request.app[AUDIT].record(request, "cancel", outcome="ok", stream=stream_id)
     return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
 

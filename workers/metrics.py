@@ -26,10 +26,19 @@ class WorkerMetrics:
                                     "Kafka transactions committed", registry=r)
         self.running = Gauge("tidemark_worker_streams_running", "Streams being generated",
                              registry=r)
-        self.partitions = Gauge("tidemark_worker_partitions", "Jobs partitions owned",
-                                registry=r)
+        self.partitions = Gauge("tidemark_worker_partitions", "Jobs partitions owned "
+                                "(a partition number of both jobs topics)", registry=r)
+        self.started = Counter("tidemark_worker_jobs_started_total",
+                               "Jobs started, by class: priority (the priority jobs topic) "
+                               "or other", ["class"], registry=r)
+        self.waiting = Gauge("tidemark_worker_jobs_waiting",
+                             "Jobs-topic records read and waiting for a free slot, by class",
+                             ["class"], registry=r)
         for outcome in (*TERMINAL_STATUSES, "resumed"):
             self.streams.labels(outcome)
+        for kind in ("priority", "other"):
+            self.started.labels(kind)
+            self.waiting.labels(kind)
 
     async def serve(self, host: str, port: int) -> tuple[web.AppRunner, int]:
         """Serve ``GET /metrics``; return the runner and the bound port."""

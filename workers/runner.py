@@ -1,21 +1,32 @@
-"""The worker: a consumer group over the jobs topic, one transactional writer per
+"""The worker: a consumer group over the two jobs topics, one transactional writer per
 assignment (one producer for all the jobs partitions the group gave this process),
 and one task per stream being generated.
+
+Priority. Jobs of users whose tier has ``priority`` are on ``tidemark.<ns>.jobs.priority``,
+the others on ``tidemark.<ns>.jobs``. Both topics have the same partition count and keys,
+and the group uses the range assignor, which gives partition p of both topics to the same
+worker: a *jobs partition* below is the pair, claimed and fenced as one. Records are read
+into a backlog per topic-partition; whenever a slot is free, the worker starts jobs from
+the priority backlogs first, then from the others (one record per partition in turn). A
+partition with a backlog is paused, so a backlog holds at most one fetch. Jobs of other
+tiers never take the last ``TIDEMARK_WORKER_PRIORITY_RESERVE`` share of the
+``TIDEMARK_WORKER_MAX_JOBS`` slots, so a worker full of them still starts a priority job
+at once. A cancel goes to both topics; the worker obeys it whichever topic brought it.
 
 Fencing a zombie. aiokafka 0.14 commits offsets in a transaction with TxnOffsetCommit
 v0, which carries no group generation, so the broker cannot tell a stale owner by its
 offset commits. Instead, every writer's ``transactional.id`` is recorded where the
 next owner of a jobs partition finds it, and that owner fences it before it writes:
 
-1. *Claim*: for each jobs partition it is assigned, a worker starts a short-lived
-   producer with the partition's own ``transactional.id`` (``claim_id``). Its
+1. *Claim*: for each jobs partition (number) it is assigned, a worker starts a
+   short-lived producer with the partition's own ``transactional.id`` (``claim_id``). Its
    ``init_transactions`` fences whoever was claiming that partition before (an open
    claim is aborted).
-2. It reads the partition's committed offset and its metadata, the ``transactional.id``
-   of the partition's last writer, and fences that writer (``init_transactions`` with
-   its id aborts its open transaction and makes its every later call fail with
-   ``ProducerFenced``).
-3. It commits, in the claim producer's transaction, the same offset with its own
+2. It reads the committed offsets of the partition of both jobs topics and their
+   metadata, the ``transactional.id`` of their last writer, and fences that writer
+   (``init_transactions`` with its id aborts its open transaction and makes its every
+   later call fail with ``ProducerFenced``).
+3. It commits, in the claim producer's transaction, the same offsets with its own
    writer's id as metadata, and only then consumes and generates the partition's jobs.
 
 A writer's id is new for every assignment (eager rebalancing revokes everything first,
@@ -28,12 +39,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
@@ -51,7 +65,7 @@ from eventlog.jobs import Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import now_ms, scan, terminal_status
-from eventlog.topics import ensure_topics, jobs_topic
+from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
 from schemas.events import Event
 from workers.generators import Draft, Generator
@@ -78,6 +92,23 @@ def new_writer_id(namespace: str) -> str:
     return writer_prefix(namespace) + uuid.uuid4().hex
 
 
+#: The group's assignor. Range assigns each topic's partitions alone, in the same ranges
+#: of the same sorted members, so co-numbered partitions of the two jobs topics (same
+#: partition count) go to the same worker. Round robin (aiokafka's default) does not.
+ASSIGNORS: tuple[type[RangePartitionAssignor]] = (RangePartitionAssignor,)
+
+#: Most records one fetch hands over (and so most records a partition's backlog holds).
+FETCH_RECORDS = 500
+
+
+def reserved_slots(max_jobs: int, share: float) -> int:
+    """How many of ``max_jobs`` slots only priority jobs may take: ``share`` of them,
+    rounded up, but never all (other jobs keep at least one slot)."""
+    if share <= 0 or max_jobs <= 1:
+        return 0
+    return min(max_jobs - 1, math.ceil(share * max_jobs - 1e-9))
+
+
 class _Stream:
     """A stream being generated here."""
 
@@ -100,12 +131,17 @@ class _Stream:
 
 
 class _Partition:
-    """The jobs of one assigned jobs partition."""
+    """The jobs of one assigned partition of a jobs topic."""
 
-    def __init__(self, tp: TopicPartition, tracker: OffsetTracker) -> None:
+    def __init__(self, tp: TopicPartition, tracker: OffsetTracker, *, priority: bool) -> None:
         self.tp = tp
         self.tracker = tracker
+        self.priority = priority
         self.streams: dict[str, _Stream] = {}
+        #: Records read and not handled yet, in order: the first is a job waiting for a
+        #: slot. The partition is paused while there are any.
+        self.backlog: deque[tuple[int, Job | str | None]] = deque()
+        self.paused = False
 
 
 class _Writer:
@@ -130,7 +166,10 @@ class Worker:
     def __init__(self, settings: Settings, generators: Mapping[str, Generator]) -> None:
         self.settings = settings
         self.generators = dict(generators)
-        self.slots = asyncio.Semaphore(settings.worker.max_jobs)
+        self.max_jobs = settings.worker.max_jobs
+        #: Slots that only priority jobs may take.
+        self.reserved = reserved_slots(self.max_jobs, settings.worker.priority_reserve)
+        self.running = 0
         self.partitions: dict[TopicPartition, _Partition] = {}
         self.trackers: dict[TopicPartition, OffsetTracker] = {}
         self.reader = LogReader(settings.kafka, size=4, role="worker-reader")
@@ -143,8 +182,9 @@ class Worker:
     # Ownership ---------------------------------------------------------------------
 
     async def take(self, tps: list[TopicPartition]) -> None:
-        """Own these jobs partitions: claim each (fencing its last writer), then start
-        one writer for all of them; their records wait (paused) until then."""
+        """Own these partitions of the jobs topics: claim each jobs partition (both
+        topics' partition of one number, fencing its last writer), then start one
+        writer for all of them; their records wait (paused) until then."""
         consumer = self._consumer
         assert consumer is not None
         if not tps:
@@ -153,8 +193,17 @@ class Worker:
         ns = self.settings.log.namespace
         writer_id = new_writer_id(ns)
         fenced: dict[str, asyncio.Future[None]] = {}
-        got = await asyncio.gather(*(self._claim(tp, writer_id, fenced) for tp in tps),
-                                   return_exceptions=True)
+        numbered: dict[int, list[TopicPartition]] = {}
+        for tp in tps:
+            numbered.setdefault(tp.partition, []).append(tp)
+        if any(len(pair) != len(jobs_topics(ns)) for pair in numbered.values()):
+            # Two workers would claim one partition number and fence each other's claims.
+            log.error("the group's assignment splits co-numbered jobs partitions (%s); "
+                      "do both jobs topics have the same partition count?",
+                      sorted(f"{tp.topic}:{tp.partition}" for tp in tps))
+        got = await asyncio.gather(
+            *(self._claim(number, pair, writer_id, fenced)
+              for number, pair in sorted(numbered.items())), return_exceptions=True)
         failures = [x for x in got if isinstance(x, BaseException)]
         if any(isinstance(x, ProducerFenced) for x in failures):
             # Another worker claimed one of them meanwhile: this assignment is stale.
@@ -162,30 +211,36 @@ class Worker:
             return
         if failures:
             raise failures[0]
-        starts = [x for x in got if isinstance(x, int)]
+        starts: dict[TopicPartition, int] = {}
+        for x in got:
+            if isinstance(x, dict):
+                starts.update(x)
         settings = self.settings
         producer = await started(
             lambda: make_producer(settings.kafka, role="worker", transactional_id=writer_id,
                                   linger_ms=0),
             settings.kafka, "transactional producer start")
         self.trackers.clear()
-        for tp, start in zip(tps, starts, strict=True):
-            tracker = OffsetTracker(start)
+        priority_topic = jobs_topic(ns, priority=True)
+        for tp in tps:
+            tracker = OffsetTracker(starts[tp])
             self.trackers[tp] = tracker
-            self.partitions[tp] = _Partition(tp, tracker)
-            consumer.seek(tp, start)
+            self.partitions[tp] = _Partition(tp, tracker, priority=tp.topic == priority_topic)
+            consumer.seek(tp, starts[tp])
         outbox = Outbox(producer, group_id=group_id(ns), writer_id=writer_id,
                         trackers=self.trackers, linger_ms=settings.worker.linger_ms,
                         batch_events=settings.worker.batch_events, metrics=self.metrics)
         self._writer = _Writer(writer_id, producer, outbox)
-        self.metrics.partitions.set(len(self.partitions))
+        self.metrics.partitions.set(len(numbered))
         consumer.resume(*tps)
-        log.info("took jobs partitions %s at offsets %s (writer %s)",
-                 [tp.partition for tp in tps], starts, writer_id)
+        log.info("took jobs partitions %s at offsets %s (writer %s)", sorted(numbered),
+                 {f"{tp.topic}:{tp.partition}": start for tp, start in starts.items()},
+                 writer_id)
 
-    async def _claim(self, tp: TopicPartition, writer_id: str,
-                     fenced: dict[str, asyncio.Future[None]]) -> int:
-        """Claim one jobs partition for ``writer_id``; return the offset to start from."""
+    async def _claim(self, number: int, tps: list[TopicPartition], writer_id: str,
+                     fenced: dict[str, asyncio.Future[None]]) -> dict[TopicPartition, int]:
+        """Claim jobs partition ``number`` (its partition of each jobs topic, ``tps``) for
+        ``writer_id``; return the offset to start from of each."""
         settings = self.settings
         ns = settings.log.namespace
         group = group_id(ns)
@@ -193,29 +248,33 @@ class Worker:
         assert consumer is not None and admin is not None
         claim = await started(
             lambda: make_producer(settings.kafka, role="worker-claim",
-                                  transactional_id=claim_id(ns, tp.partition), linger_ms=0),
+                                  transactional_id=claim_id(ns, number), linger_ms=0),
             settings.kafka, "claim producer start")
         try:
-            async def committed() -> OffsetAndMetadata | None:
-                got = await admin.list_consumer_group_offsets(group, partitions=[tp])
-                om: OffsetAndMetadata | None = got.get(tp)
-                return om
+            async def committed() -> dict[TopicPartition, OffsetAndMetadata]:
+                got: dict[TopicPartition, OffsetAndMetadata] = (
+                    await admin.list_consumer_group_offsets(group, partitions=tps))
+                return got
 
             prev = await retry_until(settings.kafka.connect_timeout_s, "offset fetch",
                                      committed)
-            last_writer = prev.metadata if prev is not None else ""
-            if last_writer.startswith(writer_prefix(ns)) and last_writer != writer_id:
-                if last_writer not in fenced:
-                    fenced[last_writer] = asyncio.ensure_future(self._fence(last_writer))
-                await fenced[last_writer]
-            if prev is not None and prev.offset >= 0:
-                start = int(prev.offset)
-            else:
-                start = int(await consumer.position(tp))
+            starts: dict[TopicPartition, int] = {}
+            for tp in tps:
+                om = prev.get(tp)
+                last_writer = om.metadata if om is not None else ""
+                if last_writer.startswith(writer_prefix(ns)) and last_writer != writer_id:
+                    if last_writer not in fenced:
+                        fenced[last_writer] = asyncio.ensure_future(self._fence(last_writer))
+                    await fenced[last_writer]
+                if om is not None and om.offset >= 0:
+                    starts[tp] = int(om.offset)
+                else:
+                    starts[tp] = int(await consumer.position(tp))
             async with claim.transaction():
                 await claim.send_offsets_to_transaction(
-                    {tp: OffsetAndMetadata(start, writer_id)}, group)
-            return start
+                    {tp: OffsetAndMetadata(start, writer_id) for tp, start in starts.items()},
+                    group)
+            return starts
         finally:
             await stop_client(claim)
 
@@ -234,6 +293,9 @@ class Worker:
         offsets are not committed, so their next owner redoes them from the log)."""
         streams = [s for pj in self.partitions.values() for s in pj.streams.values()]
         tasks = [s.task for s in streams if s.task is not None]
+        # Gone before the streams end, so that their freed slots start nothing more.
+        self.partitions.clear()
+        self._count_waiting()
         for task in tasks:
             task.cancel()
         writer, self._writer = self._writer, None
@@ -241,7 +303,6 @@ class Worker:
             writer.flusher.cancel()
             tasks.append(writer.flusher)
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.partitions.clear()
         self.trackers.clear()
         self.metrics.partitions.set(0)
         if writer is not None:
@@ -278,27 +339,71 @@ class Worker:
 
     # Jobs ------------------------------------------------------------------------------
 
-    async def dispatch(self, pj: _Partition, offset: int, value: bytes | None) -> None:
-        parsed = parse_job_record(value) if value is not None else None
+    def _free_slot(self, priority: bool) -> bool:
+        if self.running >= self.max_jobs:
+            return False
+        return priority or self.running < self.max_jobs - self.reserved
+
+    def pump(self) -> None:
+        """Handle every backlog record that can be handled now: priority partitions
+        first, then the others, one record per partition in turn (no partition starves
+        the rest). Pause the partitions left with a backlog, resume the others."""
+        pjs = list(self.partitions.values())
+        for group in ([pj for pj in pjs if pj.priority], [pj for pj in pjs if not pj.priority]):
+            progress = True
+            while progress:
+                progress = False
+                for pj in group:
+                    if pj.backlog and self._step(pj):
+                        progress = True
+        consumer = self._consumer
+        if consumer is not None:
+            for pj in pjs:
+                if bool(pj.backlog) != pj.paused:
+                    pj.paused = bool(pj.backlog)
+                    (consumer.pause if pj.paused else consumer.resume)(pj.tp)
+        self._count_waiting()
+
+    def _step(self, pj: _Partition) -> bool:
+        """Handle the first record of ``pj``'s backlog, unless it is a job that has no
+        free slot; say whether it was handled."""
+        offset, parsed = pj.backlog[0]
         if isinstance(parsed, Job) and parsed.stream_id not in pj.streams:
-            await self.slots.acquire()
-            if self.partitions.get(pj.tp) is not pj:  # revoked while waiting for a slot
-                self.slots.release()
-                return
+            if not self._free_slot(pj.priority):
+                return False
+            pj.backlog.popleft()
             pj.tracker.begin(offset)
             stream = _Stream(parsed, offset, pj.tp)
             pj.streams[parsed.stream_id] = stream
+            self.running += 1
+            self.metrics.started.labels(_kind(pj.priority)).inc()
             stream.task = asyncio.create_task(self._run(pj, stream),
                                               name=f"job-{parsed.stream_id}")
-            return
-        if isinstance(parsed, str) and parsed in pj.streams:
-            log.info("cancel requested for stream %s", parsed)
-            pj.streams[parsed].request_cancel()
+            return True
+        pj.backlog.popleft()
+        if isinstance(parsed, str):
+            running = self._generating(pj.tp.partition, parsed)
+            if running is not None:
+                log.info("cancel requested for stream %s", parsed)
+                running.request_cancel()
         elif parsed is None:
             log.warning("skipping unreadable job record at %s offset %s", pj.tp, offset)
         pj.tracker.skip(offset)
         if self._writer is not None:
             self._writer.outbox.commit_offsets_soon()
+        return True
+
+    def _generating(self, number: int, stream_id: str) -> _Stream | None:
+        """The stream being generated here from jobs partition ``number`` (either topic)."""
+        for pj in self.partitions.values():
+            if pj.tp.partition == number and stream_id in pj.streams:
+                return pj.streams[stream_id]
+        return None
+
+    def _count_waiting(self) -> None:
+        for priority in (True, False):
+            self.metrics.waiting.labels(_kind(priority)).set(sum(
+                len(pj.backlog) for pj in self.partitions.values() if pj.priority is priority))
 
     async def _run(self, pj: _Partition, stream: _Stream) -> None:
         self.metrics.running.inc()
@@ -313,8 +418,9 @@ class Worker:
             log.exception("stream %s failed in the worker", stream.job.stream_id)
         finally:
             pj.streams.pop(stream.job.stream_id, None)
-            self.slots.release()
+            self.running -= 1
             self.metrics.running.dec()
+            self.pump()  # a slot is free
 
     async def _generate(self, stream: _Stream, outbox: Outbox) -> None:
         job = stream.job
@@ -399,10 +505,12 @@ class Worker:
                 lambda: make_consumer(settings.kafka, role="worker",
                                       group_id=group_id(settings.log.namespace),
                                       max_poll_interval_ms=300_000, session_timeout_ms=10_000,
-                                      heartbeat_interval_ms=2_000),
+                                      heartbeat_interval_ms=2_000,
+                                      partition_assignment_strategy=ASSIGNORS),
                 settings.kafka, "job consumer start")
             consumer = self._consumer
-            consumer.subscribe([jobs_topic(settings.log.namespace)], listener=_Rebalance(self))
+            consumer.subscribe(list(jobs_topics(settings.log.namespace)),
+                               listener=_Rebalance(self))
             try:
                 await self._consume(consumer)
             finally:
@@ -414,7 +522,7 @@ class Worker:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            batches = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
             self.ready.set()
             for tp, records in batches.items():
                 pj = self.partitions.get(tp)
@@ -422,11 +530,17 @@ class Worker:
                     # Not ready (or just revoked): read these again once it is.
                     consumer.seek(tp, records[0].offset)
                     continue
-                for rec in records:
-                    await self.dispatch(pj, rec.offset, rec.value)
+                pj.backlog.extend(
+                    (rec.offset, parse_job_record(rec.value) if rec.value is not None else None)
+                    for rec in records)
+            self.pump()
             writer = self._writer
             if writer is not None and writer.failed is not None:
                 await self._reset(writer.failed)
+
+
+def _kind(priority: bool) -> str:
+    return "priority" if priority else "other"
 
 
 async def _fail(seq: int, code: str, message: str) -> Any:
