@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report_storm
+from bench import report_storm, scn_priority
 from bench.markdown import fmt as _f
 from bench.markdown import table as _table
 
@@ -162,6 +162,8 @@ def render(res: dict[str, Any]) -> str:
     h = sc.get("history", {})
     if h:
         lines += _history(h)
+    if sc.get("priority"):
+        lines += scn_priority.render(sc["priority"])
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 
