@@ -1,12 +1,11 @@
 """Scenario ``priority``: premium users' first events while free users saturate the workers.
 
 Real processes: the broker, two workers (``tidemark worker``, ``MAX_JOBS`` slots each, the
-default priority reserve of 10 %), and gateways (``TIDEMARK_AUTH=none``). Until requests
-carry an identity a caller's tier is its gateway's default tier: free users call a gateway
-with the default ``free`` tier, premium users one with ``TIDEMARK_DEFAULT_TIER=premium``
-(the default tier table gives ``premium`` ``priority: true``). The reference run, on fresh
-processes in a new namespace, is the same with priority off: the second gateway's default
-tier is ``free`` too (every user is free).
+default priority reserve of 10 %), and one gateway with ``TIDEMARK_AUTH=jwt`` (a secret made
+for the run; no Redis, so no per-user limits). Free users' tokens carry no ``tier`` (the
+default tier, ``free``); premium users' say ``tier: premium`` (``priority: true`` in the
+default tier table). The reference run, on fresh processes in a new namespace, is the same
+with priority off: the premium users' tokens carry no tier either (every user is free).
 
 The client (this module run as ``python -m bench.scn_priority``: asyncio + aiohttp, one
 process) first fills every worker slot that free jobs may take and queues a backlog of
@@ -25,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import os
+import secrets
 import signal
 import sys
 import time
@@ -116,19 +118,21 @@ async def _timed(http: Any, base: str, options: dict[str, Any], tag: str,
     out["enqueue_to_worker_ms"].append(float(ts1 - ts0))
 
 
-async def client(free: str, premium: str, *, saturate: int, window_s: float,
+async def client(base: str, tokens: dict[str, str], *, saturate: int, window_s: float,
                  free_rate: float, premium_rate: float, drain_s: float) -> dict[str, Any]:
     import aiohttp
 
     tiers: dict[str, dict[str, list[float]]] = {
         t: {"first_event_ms": [], "enqueue_to_worker_ms": []} for t in ("free", "premium")}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=None)) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {tier: await stack.enter_async_context(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None),
+            headers={"Authorization": f"Bearer {tokens[tier]}"})) for tier in tokens}
         sem = asyncio.Semaphore(10)
 
         async def fill(i: int) -> None:
             async with sem:
-                await _create(http, free, FREE_OPTIONS, f"fill {i}")
+                await _create(sessions["free"], base, FREE_OPTIONS, f"fill {i}")
         # The go (SIGUSR1) comes once the bench has seen that the workers are full.
         go = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
@@ -144,10 +148,9 @@ async def client(free: str, premium: str, *, saturate: int, window_s: float,
                          for i in range(int(window_s * premium_rate))])
         for i, (at, tier) in enumerate(plan):
             await asyncio.sleep(max(0.0, start + at - loop.time()))
-            base, options = (premium, PREMIUM_OPTIONS) if tier == "premium" else (
-                free, FREE_OPTIONS)
-            tasks.append(asyncio.create_task(_timed(http, base, options, f"{tier} {i}",
-                                                    tiers[tier])))
+            options = PREMIUM_OPTIONS if tier == "premium" else FREE_OPTIONS
+            tasks.append(asyncio.create_task(_timed(sessions[tier], base, options,
+                                                    f"{tier} {i}", tiers[tier])))
         print(json.dumps({"kind": "window_ended", "created": len(plan)}), flush=True)
         _, pending = await asyncio.wait(tasks, timeout=drain_s)
         for task in pending:
@@ -172,6 +175,13 @@ def _worker(b: Bench, name: str, ns: str) -> tuple[Proc, str]:
     return proc, line.rsplit(" ", 1)[1].removesuffix("/metrics")
 
 
+def _token(secret: str, sub: str, tier: str | None) -> str:
+    from gateway.auth import mint_token
+
+    return mint_token(secret, sub=sub, tenant="bench", scope="streams:create streams:read",
+                      ttl_s=3600, tier=tier)
+
+
 def _metric(url: str, name: str) -> float:
     return prometheus(url).get(name, 0.0)
 
@@ -181,22 +191,21 @@ def _run(b: Bench, tag: str, *, priority: bool) -> dict[str, Any]:
     free_slots = _free_slots(MAX_JOBS, 0.1)
     saturate = WORKERS * free_slots + BACKLOG
     res: dict[str, Any] = {"priority": priority}
+    secret = secrets.token_hex(32)
+    tokens = {"BENCH_FREE_TOKEN": _token(secret, "free-user", None),
+              "BENCH_PREMIUM_TOKEN": _token(secret, "premium-user",
+                                            "premium" if priority else None)}
     with b.reg.scope():
-        free_gw = start_gateway(b, f"gateway-free-{tag}", ns, TIDEMARK_AUTH="none",
-                                TIDEMARK_HEARTBEAT_SECONDS="5")
-        premium_gw = start_gateway(
-            b, f"gateway-premium-{tag}", ns, TIDEMARK_AUTH="none",
-            TIDEMARK_HEARTBEAT_SECONDS="5",
-            TIDEMARK_DEFAULT_TIER="premium" if priority else "free")
+        gw = start_gateway(b, f"gateway-{tag}", ns, TIDEMARK_AUTH="jwt",
+                           TIDEMARK_JWT_SECRET=secret, TIDEMARK_HEARTBEAT_SECONDS="5")
         workers = [_worker(b, f"worker{i}-{tag}", ns) for i in range(WORKERS)]
         workers[0][0].wait_for("jobs partitions shared by both workers", lambda: all(
             _metric(url, "tidemark_worker_partitions") for _, url in workers), 90)
         cl = b.reg.start(f"priority-client-{tag}", [
-            PYTHON, "-m", "bench.scn_priority", "--free", free_gw.url,
-            "--premium", premium_gw.url, "--saturate", str(saturate),
-            "--window", str(WINDOW_S), "--free-rate", str(FREE_RATE),
-            "--premium-rate", str(PREMIUM_RATE), "--drain", str(DRAIN_S)],
-            base_env())
+            PYTHON, "-m", "bench.scn_priority", "--gateway", gw.url,
+            "--saturate", str(saturate), "--window", str(WINDOW_S),
+            "--free-rate", str(FREE_RATE), "--premium-rate", str(PREMIUM_RATE),
+            "--drain", str(DRAIN_S)], base_env(**tokens))
         cl.wait_for("the saturating free streams created",
                     lambda: any(x.get("kind") == "saturated" for x in cl.json_lines()), 120)
 
@@ -208,7 +217,7 @@ def _run(b: Bench, tag: str, *, priority: bool) -> dict[str, Any]:
                             for x in m) > 0)
         cl.wait_for("every free slot busy and free jobs waiting", full, 60)
         procs: dict[str, Proc | list[Proc]] = {
-            "gateway-free": free_gw.proc, "gateway-premium": premium_gw.proc,
+            "gateway": gw.proc,
             "kafka": b.broker, "client": cl,
             **{f"worker{i}": w for i, (w, _) in enumerate(workers)}}
         m0 = [prometheus(url) for _, url in workers]
@@ -253,12 +262,13 @@ def priority(b: Bench) -> dict[str, Any]:
         "free_stream": FREE_OPTIONS, "premium_stream": PREMIUM_OPTIONS,
         "free_rate_per_s": FREE_RATE, "premium_rate_per_s": PREMIUM_RATE,
         "window_s": WINDOW_S, "drain_s": DRAIN_S,
-        "gateways": "2 (TIDEMARK_AUTH=none; the tier is each gateway's default tier: "
-                    "free users on one, premium users on the other)",
+        "gateways": "1 (TIDEMARK_AUTH=jwt; free users' tokens carry no tier, premium "
+                    "users' tier premium; no Redis: no per-user limits)",
         "client": "python -m bench.scn_priority (asyncio + aiohttp, 1 process; follows each "
                   "stream to its first generated event only)",
-        "reference": "the same on fresh processes with priority off (both gateways' default "
-                     "tier is free)", "cores": 2, "target_premium_p99_ms": TARGET_P99_MS}}
+        "reference": "the same on fresh processes with priority off (the premium users' "
+                     "tokens carry no tier: every user is free)", "cores": 2,
+        "target_premium_p99_ms": TARGET_P99_MS}}
     for key, tag, on in (("reference", "pr0", False), ("priority", "pr1", True)):
         try:
             res[key] = _run(b, tag, priority=on)
@@ -319,15 +329,17 @@ def render(res: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.scn_priority",
                                  description="the priority scenario's client")
-    ap.add_argument("--free", required=True)
-    ap.add_argument("--premium", required=True)
+    ap.add_argument("--gateway", required=True)
     ap.add_argument("--saturate", type=int, required=True)
     ap.add_argument("--window", type=float, default=WINDOW_S)
     ap.add_argument("--free-rate", type=float, default=FREE_RATE)
     ap.add_argument("--premium-rate", type=float, default=PREMIUM_RATE)
     ap.add_argument("--drain", type=float, default=DRAIN_S)
     args = ap.parse_args(argv)
-    tiers = asyncio.run(client(args.free, args.premium, saturate=args.saturate,
+    # The tokens come in the environment (not on the command line, which ps shows).
+    tokens = {"free": os.environ["BENCH_FREE_TOKEN"],
+              "premium": os.environ["BENCH_PREMIUM_TOKEN"]}
+    tiers = asyncio.run(client(args.gateway, tokens, saturate=args.saturate,
                                window_s=args.window, free_rate=args.free_rate,
                                premium_rate=args.premium_rate, drain_s=args.drain))
     print(json.dumps({"kind": "final", "tiers": tiers}), flush=True)

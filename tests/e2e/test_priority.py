@@ -1,15 +1,16 @@
 """Priority: on workers saturated by free users, a premium user's job starts at once,
 ahead of the free jobs still queued; it survives a worker's death like any other.
 
-Until requests carry an identity every caller has the gateway's default tier, so free
-users call a gateway with the default tier table's default (``free``) and premium users
-one started with ``TIDEMARK_DEFAULT_TIER=premium`` (a tier with ``priority: true``).
+The free user is the suite's test user (a token without ``tier``: the default tier,
+``free``); the premium user's token says ``tier: premium`` (``priority: true`` in the
+default tier table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,15 +20,22 @@ from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
 from tests.e2e.test_takeover import scrape
+from tests.procs import auth_headers
 from tests.sse_client import Event
 from workers.demo import demo_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-NO_AUTH = {"TIDEMARK_AUTH": "none"}
-PREMIUM = {**NO_AUTH, "TIDEMARK_DEFAULT_TIER": "premium"}
 #: Free streams that hold their slots for the whole test.
 LONG = {"tokens": 400, "tokens_per_second": 5}
+
+
+@pytest.fixture
+async def premium() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client of a premium user."""
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            headers=auth_headers(sub="premium-user", tier="premium")) as session:
+        yield session
 
 
 async def generated(http: aiohttp.ClientSession, base: str, sid: str) -> int:
@@ -70,83 +78,84 @@ async def wait_generating(http: aiohttp.ClientSession, base: str, sids: list[str
 
 
 async def test_a_premium_job_starts_at_once_on_a_worker_full_of_free_jobs(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, http: aiohttp.ClientSession,
+        premium: aiohttp.ClientSession) -> None:
     # 4 slots; the default reserve (10 %, rounded up: 1 slot) is only for priority jobs.
     cluster.worker(TIDEMARK_WORKER_MAX_JOBS="4")
-    free = await cluster.gateway(**NO_AUTH)
-    premium = await cluster.gateway(**PREMIUM)
-    running = [await create(http, free, options=LONG) for _ in range(3)]
-    await wait_generating(http, free, running)
-    queued = [await create(http, free, options=LONG) for _ in range(3)]
+    base = await cluster.gateway()
+    running = [await create(http, base, options=LONG) for _ in range(3)]
+    await wait_generating(http, base, running)
+    queued = [await create(http, base, options=LONG) for _ in range(3)]
     await asyncio.sleep(1.5)
-    assert [await generated(http, free, s) for s in queued] == [0, 0, 0], \
+    assert [await generated(http, base, s) for s in queued] == [0, 0, 0], \
         "a free job took a slot of the priority reserve"
 
     query = "premium first"
-    sid = await create(http, premium, query=query,
+    started = time.monotonic()
+    sid = await create(premium, base, query=query,
                        options={"tokens": 10, "tokens_per_second": 50})
-    created = time.monotonic()
-    arrived, first = await first_generated(http, premium, sid, timeout=10)
+    arrived, first = await first_generated(premium, base, sid, timeout=10)
     assert first.envelope["data"]["state"] == "running"
-    assert arrived - created < 3.0, f"the premium job waited {arrived - created:.1f}s"
-    reply = await sse_client.read(http, f"{premium}/v1/streams/{sid}/events")
+    assert arrived - started < 3.0, f"the premium job waited {arrived - started:.1f}s"
+    reply = await sse_client.read(premium, f"{base}/v1/streams/{sid}/events")
     assert_contiguous(reply.stream_events)
     assert reply.stream_events[-1].event == "result"
     assert joined_chunks(reply.stream_events) == demo_text(query, 10)
 
     # The free jobs created before it are still queued; a later free one too.
-    later = await create(http, free, options=LONG)
+    later = await create(http, base, options=LONG)
     await asyncio.sleep(1.0)
-    assert [await generated(http, free, s) for s in [*queued, later]] == [0, 0, 0, 0]
-    assert all([await generated(http, free, s) > 0 for s in running])
+    assert [await generated(http, base, s) for s in [*queued, later]] == [0, 0, 0, 0]
+    assert all([await generated(http, base, s) > 0 for s in running])
 
 
 async def test_a_freed_slot_goes_to_the_queued_premium_job_before_older_free_ones(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, http: aiohttp.ClientSession,
+        premium: aiohttp.ClientSession) -> None:
     # No reserve: the premium job waits too, but it is the next to start.
     cluster.worker(TIDEMARK_WORKER_MAX_JOBS="2", TIDEMARK_WORKER_PRIORITY_RESERVE="0")
-    free = await cluster.gateway(**NO_AUTH)
-    premium = await cluster.gateway(**PREMIUM)
-    short = await create(http, free, options={"tokens": 10, "tokens_per_second": 5})
-    longer = await create(http, free, options={"tokens": 60, "tokens_per_second": 5})
-    await wait_generating(http, free, [short, longer])
-    older = [await create(http, free, options=LONG) for _ in range(2)]
+    base = await cluster.gateway()
+    short = await create(http, base, options={"tokens": 10, "tokens_per_second": 5})
+    longer = await create(http, base, options={"tokens": 60, "tokens_per_second": 5})
+    await wait_generating(http, base, [short, longer])
+    older = [await create(http, base, options=LONG) for _ in range(2)]
     await asyncio.sleep(0.5)
-    sid = await create(http, premium, options={"tokens": 200, "tokens_per_second": 5})
-    assert await generated(http, premium, sid) == 0, "it started without a free slot"
+    sid = await create(premium, base, options={"tokens": 200, "tokens_per_second": 5})
+    assert await generated(premium, base, sid) == 0, "it started without a free slot"
 
     # The short stream ends (after about 2 s): its slot goes to the premium job, not to
     # the free jobs queued before it.
-    await first_generated(http, premium, sid, timeout=20)
-    assert [await generated(http, free, s) for s in older] == [0, 0], \
+    await first_generated(premium, base, sid, timeout=20)
+    assert [await generated(http, base, s) for s in older] == [0, 0], \
         "an older free job started before the premium one"
-    assert await generated(http, free, longer) > 0
+    assert await generated(http, base, longer) > 0
 
 
 async def test_a_premium_stream_is_cancelled_like_any_other(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, premium: aiohttp.ClientSession) -> None:
     cluster.worker()
-    premium = await cluster.gateway(**PREMIUM)
-    sid = await create(http, premium, options={"tokens": 400, "tokens_per_second": 10})
-    await first_generated(http, premium, sid, timeout=15)
-    async with http.post(f"{premium}/v1/streams/{sid}/cancel") as resp:
+    base = await cluster.gateway()
+    sid = await create(premium, base, options={"tokens": 400, "tokens_per_second": 10})
+    await first_generated(premium, base, sid, timeout=15)
+    async with premium.post(f"{base}/v1/streams/{sid}/cancel") as resp:
         assert resp.status == 202, await resp.text()
     reply = await asyncio.wait_for(
-        sse_client.read(http, f"{premium}/v1/streams/{sid}/events"), 15)
+        sse_client.read(premium, f"{base}/v1/streams/{sid}/events"), 15)
     assert reply.stream_events[-1].event == "cancelled"
     assert_contiguous(reply.stream_events)
 
 
 async def test_a_worker_killed_mid_premium_stream_another_finishes_it_exactly_once(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, http: aiohttp.ClientSession,
+        premium: aiohttp.ClientSession) -> None:
     first = cluster.worker()
-    base = await cluster.gateway(**PREMIUM)
+    base = await cluster.gateway()
     query = "who takes the premium job over?"
-    sid = await create(http, base, query=query,
+    sid = await create(premium, base, query=query,
                        options={"tokens": 80, "tokens_per_second": 20})
     url = f"{base}/v1/streams/{sid}/events"
     seen: list[Event] = []
-    reader = asyncio.create_task(sse_client.read(http, url, sink=seen, idle_timeout=60))
+    reader = asyncio.create_task(sse_client.read(premium, url, sink=seen, idle_timeout=60))
     await sse_client.wait_for(seen, 15, reader)
     first.kill()
     killed_at = len(seen)
@@ -157,7 +166,7 @@ async def test_a_worker_killed_mid_premium_stream_another_finishes_it_exactly_on
     assert_contiguous(seen)
     assert seen[-1].event == "result"
     assert seen[-1].envelope["data"]["text"] == joined_chunks(seen) == demo_text(query, 80)
-    again = (await sse_client.read(http, url)).stream_events
+    again = (await sse_client.read(premium, url)).stream_events
     assert [e.id for e in again] == [e.id for e in seen]
     worker_metrics = await scrape(http, second.metrics_url)
     assert worker_metrics['tidemark_worker_jobs_started_total{class="priority"}'] == 1
