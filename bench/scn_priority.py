@@ -48,7 +48,7 @@ PREMIUM_OPTIONS = {"tokens": 10, "tokens_per_second": 20}
 BACKLOG = 60
 FREE_RATE = 6.0
 PREMIUM_RATE = 2.0
-WINDOW_S = 30.0
+WINDOW_S = 60.0
 DRAIN_S = 90.0
 TARGET_P99_MS = 200.0
 
@@ -290,7 +290,9 @@ def render(res: dict[str, Any]) -> list[str]:
     lines = [f"### Priority: premium first events on workers saturated by free users "
              f"({setup.get('workers')} workers x {setup.get('max_jobs_per_worker')} slots, "
              f"reserve {setup.get('priority_reserve')}; free {setup.get('free_rate_per_s')}/s, "
-             f"premium {setup.get('premium_rate_per_s')}/s for {setup.get('window_s')} s)", ""]
+             f"premium {setup.get('premium_rate_per_s')}/s for {setup.get('window_s')} s)", "",
+             f"Client: {setup.get('client')}. Gateways: {setup.get('gateways')}. "
+             "CPU over the window.", ""]
     if res.get("error"):
         lines += [f"**error:** `{res['error'][-300:]}`", ""]
     rows = []
