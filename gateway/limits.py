@@ -58,6 +58,12 @@ CALL_TIMEOUT_S: Final = 0.25
 #: one at most CALL_TIMEOUT_S).
 POOL_SIZE: Final = 64
 WINDOW_MS: Final = 60_000
+#: After a failed call, how long checks skip the store (fail at once, or pass when
+#: failing open) instead of each waiting for it again.
+DOWN_S: Final = 1.0
+#: Requests of these scopes go on, uncounted, while the store is unreachable: reads of
+#: existing streams (a resume must never break because the limiter is down) and cancels.
+FAIL_OPEN_SCOPES: Final = frozenset({"streams:read", "streams:cancel"})
 #: Stream ids whose end waits to be removed from the active sets (oldest dropped first
 #: when full: their safety expiry removes them).
 ENDED_QUEUE: Final = 10_000
@@ -251,6 +257,7 @@ class Limits:
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._ended: collections.deque[str] = collections.deque(maxlen=ENDED_QUEUE)
         self._ended_ready = asyncio.Event()
+        self._down_until = 0.0
 
     # -- keys ------------------------------------------------------------------------
 
@@ -284,10 +291,15 @@ class Limits:
     # -- checks -------------------------------------------------------------------
 
     async def _call(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until:
+            raise LimitsUnavailable(f"limits store unavailable ({what}: it failed "
+                                    f"less than {DOWN_S:g}s ago)")
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S * 2):
                 return await call()
         except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = loop.time() + DOWN_S
             raise LimitsUnavailable(
                 f"limits store unavailable ({what}: {exc or type(exc).__name__})") from exc
 
@@ -435,6 +447,17 @@ class Limits:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def active_stream(limits: Limits | None, identity: UserIdentity,
+                        ) -> AsyncIterator[_Slot]:
+    """:meth:`Limits.active_stream`, or a slot that counts nothing when limits are off."""
+    if limits is None:
+        yield _Slot()
+        return
+    async with limits.active_stream(identity) as slot:
+        yield slot
 
 
 def _seconds(ms: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Final, TypeVar, cast
@@ -23,6 +24,8 @@ from redis.exceptions import RedisError
 
 from gateway.errors import LimitsUnavailable
 from gateway.limits import CALL_TIMEOUT_S, UserIdentity, key_part
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -90,6 +93,16 @@ class Sessions:
                 pipe.pexpire(key, self._retention_ms)
                 await pipe.execute()
         await self._call(write())
+
+    async def remember(self, identity: UserIdentity, session_id: str, stream_id: str,
+                       created_ms: int) -> None:
+        """:meth:`add` for a stream that exists already: a store that fails only logs
+        (the stream is made; it is missing from the list)."""
+        try:
+            await self.add(identity, session_id, stream_id, created_ms)
+        except LimitsUnavailable as exc:
+            log.warning("stream %s is not in the list of session %s: %s", stream_id,
+                        session_id, exc)
 
     async def page(self, identity: UserIdentity, session_id: str, *, limit: int,
                    cursor: tuple[int, int] | None = None) -> Page:
