@@ -21,7 +21,7 @@ A stream stops being active when its terminal event is in the log: every gateway
 sees it and hands the id to :meth:`Limits.stream_ended`; the removal is idempotent. A
 stream whose end was never seen stops counting after ``TIDEMARK_ACTIVE_STREAM_TTL``.
 
-When Redis does not answer within ``CALL_TIMEOUT_S`` a check raises
+When Redis does not answer (see ``gateway.store``) a check raises
 :class:`~gateway.errors.LimitsUnavailable` (503 with ``Retry-After``), unless the caller
 asked to fail open (reads and cancels: a resume must not break because the limiter's
 store is down).
@@ -37,30 +37,18 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 from urllib.parse import quote
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from eventlog.settings import LimitSettings
 from gateway.errors import LimitExceeded, LimitsUnavailable
+from gateway.store import CALL_TIMEOUT_S, Store
 
 log = logging.getLogger(__name__)
 
-#: Longest wait for one Redis call (connect, or command and answer).
-CALL_TIMEOUT_S: Final = 0.25
-#: Connections to Redis per gateway process (a bounded pool; a call waits for a free
-#: one at most CALL_TIMEOUT_S).
-POOL_SIZE: Final = 64
 WINDOW_MS: Final = 60_000
-#: After a failed call, how long checks skip the store (fail at once, or pass when
-#: failing open) instead of each waiting for it again.
-DOWN_S: Final = 1.0
 #: Requests of these scopes go on, uncounted, while the store is unreachable: reads of
 #: existing streams (a resume must never break because the limiter is down) and cancels.
 FAIL_OPEN_SCOPES: Final = frozenset({"streams:read", "streams:cancel"})
@@ -68,8 +56,6 @@ FAIL_OPEN_SCOPES: Final = frozenset({"streams:read", "streams:cancel"})
 #: when full: their safety expiry removes them).
 ENDED_QUEUE: Final = 10_000
 _ENDED_BATCH: Final = 200
-
-_T = TypeVar("_T")
 
 
 class UserIdentity(Protocol):
@@ -202,15 +188,6 @@ _SCOPES: Final = {1: "maxConcurrentStreams", 2: "tenantActiveStreams",
 _BUCKETS: Final = {1: "tenantPublishBytesPerSecond", 2: "globalPublishBytesPerSecond"}
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A client with a bounded pool whose every call gives up after CALL_TIMEOUT_S."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=CALL_TIMEOUT_S,
-        socket_timeout=CALL_TIMEOUT_S, socket_connect_timeout=CALL_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0))
-    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
-
-
 def key_part(value: str) -> str:
     """A key component that cannot contain the ``:`` separator (percent-encoded)."""
     return quote(value, safe="")
@@ -235,12 +212,14 @@ class _Slot:
 
 
 class Limits:
-    """The limits of one gateway process, on a Redis client it owns."""
+    """The limits of one gateway process, on the store it shares with session lists."""
 
     def __init__(self, settings: LimitSettings, *, namespace: str,
-                 client: aioredis.Redis, reservation_ttl_s: float,
+                 store: Store, reservation_ttl_s: float,
                  window_ms: int = WINDOW_MS) -> None:
         self._settings = settings
+        self.store = store
+        client = store.client
         self._redis = client
         #: The requests-per-minute window (shorter only in tests).
         self._window_ms = window_ms
@@ -257,7 +236,6 @@ class Limits:
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._ended: collections.deque[str] = collections.deque(maxlen=ENDED_QUEUE)
         self._ended_ready = asyncio.Event()
-        self._down_until = 0.0
 
     # -- keys ------------------------------------------------------------------------
 
@@ -290,19 +268,6 @@ class Limits:
 
     # -- checks -------------------------------------------------------------------
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._down_until:
-            raise LimitsUnavailable(f"limits store unavailable ({what}: it failed "
-                                    f"less than {DOWN_S:g}s ago)")
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
-                return await call()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._down_until = loop.time() + DOWN_S
-            raise LimitsUnavailable(
-                f"limits store unavailable ({what}: {exc or type(exc).__name__})") from exc
-
     async def request(self, identity: UserIdentity, *, fail_open: bool = False) -> None:
         """Count one API request of the user; past the per-minute limit raise
         LimitExceeded. With ``fail_open`` an unreachable store lets the request pass."""
@@ -310,7 +275,7 @@ class Limits:
         if limit <= 0:
             return
         try:
-            admitted, wait_ms = await self._call("requestsPerMinute", lambda: self._request(
+            admitted, wait_ms = await self.store.call("requestsPerMinute", lambda: self._request(
                 keys=[self._user(identity, "rpm")], args=[limit, self._window_ms, self._member()]))
         except LimitsUnavailable:
             if fail_open:
@@ -332,7 +297,7 @@ class Limits:
         member = "r:" + self._member()
         s = self._settings
         limits = (user_limit, s.tenant_max_active_streams, s.global_max_active_streams)
-        full = await self._call("activeStreams", lambda: self._reserve(
+        full = await self.store.call("activeStreams", lambda: self._reserve(
             keys=list(keys), args=[member, self._reservation_ttl_ms, *limits]))
         if int(full):
             name = _SCOPES[int(full)]
@@ -345,7 +310,7 @@ class Limits:
     async def commit(self, reservation: Reservation, stream_id: str) -> None:
         """Turn a reservation into the stream's place in the active sets."""
         reverse, ended = self._stream_keys(stream_id)
-        await self._call("activeStreams", lambda: self._commit(
+        await self.store.call("activeStreams", lambda: self._commit(
             keys=[*reservation.keys, reverse, ended],
             args=[reservation.member, stream_id, self._stream_ttl_ms]))
 
@@ -356,7 +321,7 @@ class Limits:
                 for key in reservation.keys:
                     pipe.zrem(key, reservation.member)
                 await pipe.execute()
-        await self._call("activeStreams", zrem)
+        await self.store.call("activeStreams", zrem)
 
     @contextlib.asynccontextmanager
     async def active_stream(self, identity: UserIdentity) -> AsyncIterator[_Slot]:
@@ -384,7 +349,7 @@ class Limits:
     async def end_stream(self, stream_id: str) -> None:
         """The stream ended: remove it from the active sets (idempotent)."""
         reverse, ended = self._stream_keys(stream_id)
-        await self._call("activeStreams", lambda: self._end(
+        await self.store.call("activeStreams", lambda: self._end(
             keys=[reverse, ended], args=[stream_id, self._reservation_ttl_ms]))
 
     async def publish(self, identity: UserIdentity, nbytes: int) -> None:
@@ -396,7 +361,7 @@ class Limits:
             return
         keys = [f"{self._prefix}:bytes:t:{key_part(identity.tenant)}",
                 f"{self._prefix}:bytes:g"]
-        ok, wait_ms, short = await self._call("publishBytes", lambda: self._publish(
+        ok, wait_ms, short = await self.store.call("publishBytes", lambda: self._publish(
             keys=keys, args=[nbytes, *rates]))
         if not int(ok):
             retry = _seconds(int(wait_ms))
@@ -443,10 +408,8 @@ class Limits:
                                     args=[stream_id, self._reservation_ttl_ms],
                                     client=pipe)
                 return await pipe.execute()
-        await self._call("activeStreams", run)
+        await self.store.call("activeStreams", run)
 
-    async def close(self) -> None:
-        await self._redis.aclose()
 
 
 @contextlib.asynccontextmanager

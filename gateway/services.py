@@ -21,10 +21,11 @@ from eventlog.streams import Appender, StreamCreator
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.breaker import CircuitBreaker
 from gateway.hub import Hub
-from gateway.limits import Limits, connect_redis
+from gateway.limits import Limits
 from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
 from gateway.sessions import Sessions
+from gateway.store import Store
 from gateway.streaming import Session
 from schemas.errors import TidemarkError
 
@@ -57,6 +58,7 @@ class Services:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     #: Limits shared by every gateway, and the users' session lists (both in Redis);
     #: None without TIDEMARK_REDIS_URL (limits off).
+    store: Store | None = None
     limits: Limits | None = None
     user_sessions: Sessions | None = None
 
@@ -81,10 +83,10 @@ class Services:
         self.creator = StreamCreator(s.log, self.producer, floor=self.hub.floor, admin=admin)
         self.appender = Appender(self.producer, self.reader)
         if s.limits.redis_url:
-            client = connect_redis(s.limits.redis_url)
-            self.limits = Limits(s.limits, namespace=s.log.namespace, client=client,
+            self.store = store = Store(s.limits.redis_url)
+            self.limits = Limits(s.limits, namespace=s.log.namespace, store=store,
                                  reservation_ttl_s=s.gateway.request_timeout_s + 5)
-            self.user_sessions = Sessions(client, namespace=s.log.namespace,
+            self.user_sessions = Sessions(store, namespace=s.log.namespace,
                                           retention_ms=s.log.retention_ms)
 
     def _on_terminal(self, stream_id: str, event_type: str) -> None:
@@ -190,10 +192,10 @@ class Services:
         for client in (self.producer, self.admin):
             if client is not None:
                 await stop_client(client)
-        if self.limits is not None:
-            await self.limits.close()
+        if self.store is not None:
+            await self.store.close()
         self.hub = self.lookup = self.reader = self.producer = self.admin = None
-        self.limits = self.user_sessions = None
+        self.store = self.limits = self.user_sessions = None
 
 
 SERVICES = web.AppKey("services", Services)

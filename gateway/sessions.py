@@ -10,24 +10,19 @@ of that score were already given, so equal creation times never repeat or skip).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Final, TypeVar, cast
+from typing import Final, cast
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.errors import LimitsUnavailable
-from gateway.limits import CALL_TIMEOUT_S, UserIdentity, key_part
+from gateway.limits import UserIdentity, key_part
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 MAX_PER_SESSION: Final = 10_000
 DEFAULT_PAGE: Final = 50
@@ -71,8 +66,9 @@ def decode_cursor(raw: str) -> tuple[int, int]:
 class Sessions:
     """Adds streams to session lists and reads them back a page at a time."""
 
-    def __init__(self, client: aioredis.Redis, *, namespace: str, retention_ms: int) -> None:
-        self._redis = client
+    def __init__(self, store: Store, *, namespace: str, retention_ms: int) -> None:
+        self._store = store
+        self._redis = store.client
         self._prefix = f"tm:{{{key_part(namespace)}}}:session"
         self._retention_ms = retention_ms
 
@@ -92,7 +88,7 @@ class Sessions:
                 pipe.zremrangebyrank(key, 0, -MAX_PER_SESSION - 1)
                 pipe.pexpire(key, self._retention_ms)
                 await pipe.execute()
-        await self._call(write())
+        await self._store.call("sessions", write)
 
     async def remember(self, identity: UserIdentity, session_id: str, stream_id: str,
                        created_ms: int) -> None:
@@ -113,9 +109,9 @@ class Sessions:
         skip = 0
         if cursor is not None:
             top, skip = cursor
-        rows = cast("list[tuple[bytes, float]]", await self._call(
-            self._redis.zrevrangebyscore(key, top, "-inf", start=skip, num=limit + 1,
-                                         withscores=True)))
+        rows = cast("list[tuple[bytes, float]]", await self._store.call(
+            "sessions", lambda: self._redis.zrevrangebyscore(
+                key, top, "-inf", start=skip, num=limit + 1, withscores=True)))
         entries = [Entry(stream_id=m.decode(), created_at=int(s)) for m, s in rows[:limit]]
         next_cursor = None
         if len(rows) > limit and entries:
@@ -125,12 +121,3 @@ class Sessions:
             carried = skip if cursor is not None and last == cursor[0] else 0
             next_cursor = _encode_cursor(last, carried + same)
         return Page(entries=entries, next_cursor=next_cursor)
-
-    @staticmethod
-    async def _call(call: Awaitable[_T]) -> _T:
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
-                return await call
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise LimitsUnavailable(
-                f"session store unavailable ({exc or type(exc).__name__})") from exc

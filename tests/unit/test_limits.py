@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from eventlog.settings import LimitSettings
 from gateway.errors import LimitExceeded, LimitsUnavailable
-from gateway.limits import Limits, connect_redis
+from gateway.limits import Limits
 from gateway.sessions import BadCursor, Sessions, decode_cursor
-from tests.procs import free_port
+from gateway.store import DOWN_S, Store
+from tests.procs import free_port, start_redis
 
 TIERS = ('{"free": {"maxConcurrentStreams": 2, "requestsPerMinute": 5},'
          ' "premium": {"maxConcurrentStreams": 4, "requestsPerMinute": 0}}')
@@ -41,15 +44,14 @@ def namespace() -> str:
 async def make(redis_url: str, namespace: str, **kw: object) -> Limits:
     window_ms = int(kw.pop("window_ms", 60_000))  # type: ignore[call-overload]
     return Limits(settings(redis_url=redis_url, **kw), namespace=namespace,
-                  client=connect_redis(redis_url), reservation_ttl_s=5.0,
-                  window_ms=window_ms)
+                  store=Store(redis_url), reservation_ttl_s=5.0, window_ms=window_ms)
 
 
 @pytest.fixture
 async def limits(redis_url: str, namespace: str) -> AsyncIterator[Limits]:
     lim = await make(redis_url, namespace)
     yield lim
-    await lim.close()
+    await lim.store.close()
 
 
 async def passes(limits: Limits, user: User, n: int) -> int:
@@ -82,7 +84,7 @@ async def test_requests_are_counted_per_tenant_user_and_namespace(
     try:
         assert await passes(elsewhere, User("alice"), 6) == 5
     finally:
-        await elsewhere.close()
+        await elsewhere.store.close()
 
 
 async def test_the_tokens_limits_override_the_tier(limits: Limits) -> None:
@@ -105,7 +107,7 @@ async def test_the_window_slides_without_a_double_burst(redis_url: str, namespac
         await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - start)))
         assert await passes(limits, alice, 6) == 5
     finally:
-        await limits.close()
+        await limits.store.close()
 
 
 async def start(limits: Limits, user: User) -> str:
@@ -162,7 +164,7 @@ async def test_tenant_and_global_active_streams_all_or_nothing(
         await limits.end_stream(ids[1])
         await start(limits, User("y", tenant="third"))
     finally:
-        await limits.close()
+        await limits.store.close()
 
 
 async def test_a_failed_create_gives_its_slot_back(limits: Limits) -> None:
@@ -213,7 +215,7 @@ async def test_a_stream_whose_end_is_lost_expires(redis_url: str, namespace: str
         await asyncio.sleep(0.4)
         await start(limits, alice)
     finally:
-        await limits.close()
+        await limits.store.close()
 
 
 async def test_published_bytes_token_bucket(redis_url: str, namespace: str) -> None:
@@ -242,7 +244,7 @@ async def test_published_bytes_token_bucket(redis_url: str, namespace: str) -> N
                 await asyncio.sleep(0.01)
         assert 1000 <= taken <= 1.05 * (1000 * 1.5 + 1000)
     finally:
-        await limits.close()
+        await limits.store.close()
 
 
 async def test_a_body_bigger_than_the_burst_passes_from_a_full_bucket(
@@ -254,7 +256,7 @@ async def test_a_body_bigger_than_the_burst_passes_from_a_full_bucket(
             await limits.publish(User("a"), 1)  # owes 2000 bytes: ~2 s
         assert cut.value.retry_after >= 2
     finally:
-        await limits.close()
+        await limits.store.close()
 
 
 async def test_an_unreachable_store_fails_safe(namespace: str) -> None:
@@ -270,13 +272,13 @@ async def test_an_unreachable_store_fails_safe(namespace: str) -> None:
         await limits.request(User("a"), fail_open=True)
         assert time.monotonic() - began < 2
     finally:
-        await limits.close()
+        await limits.store.close()
 
 
 async def test_session_lists_newest_first_paginated_and_private(
         redis_url: str, namespace: str) -> None:
-    client = connect_redis(redis_url)
-    sessions = Sessions(client, namespace=namespace, retention_ms=86_400_000)
+    store = Store(redis_url)
+    sessions = Sessions(store, namespace=namespace, retention_ms=86_400_000)
     try:
         alice = User("alice")
         now = int(time.time() * 1000)
@@ -302,10 +304,34 @@ async def test_session_lists_newest_first_paginated_and_private(
         assert [created[s] for s in seen] == sorted(created.values(), reverse=True)
         for stranger in (User("bob"), User("alice", tenant="other")):
             assert (await sessions.page(stranger, "chat-1", limit=50)).entries == []
-        elsewhere = Sessions(client, namespace="x" + namespace, retention_ms=86_400_000)
+        elsewhere = Sessions(store, namespace="x" + namespace, retention_ms=86_400_000)
         assert (await elsewhere.page(alice, "chat-1", limit=50)).entries == []
         for bad in ("", "nope", "WzEsMl0x", "eyJhIjoxfQ"):
             with pytest.raises(BadCursor):
                 decode_cursor(bad)
     finally:
-        await client.aclose()
+        await store.close()
+
+
+async def test_the_store_fails_fast_while_down_and_recovers(
+        tmp_path: Path, namespace: str) -> None:
+    redis, url = start_redis(tmp_path)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    limits = await make(url, namespace)
+    try:
+        await limits.request(User("a"))
+        redis.stop(signal.SIGKILL)
+        with pytest.raises(LimitsUnavailable):
+            await limits.request(User("a"))
+        began = time.monotonic()
+        with pytest.raises(LimitsUnavailable, match="failed less than"):
+            await limits.request(User("a"))
+        assert time.monotonic() - began < 0.05  # did not wait for Redis again
+        redis, _ = start_redis(tmp_path, port)
+        await asyncio.sleep(DOWN_S)
+        await limits.request(User("a"))  # the scripts load again on a fresh server
+        async with limits.active_stream(User("a")) as slot:
+            slot.bind("s" + uuid.uuid4().hex)
+    finally:
+        await limits.store.close()
+        redis.stop()
