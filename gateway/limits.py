@@ -216,13 +216,16 @@ class Limits:
 
     def __init__(self, settings: LimitSettings, *, namespace: str,
                  store: Store, reservation_ttl_s: float,
-                 window_ms: int = WINDOW_MS) -> None:
+                 window_ms: int = WINDOW_MS, per_user: bool = True) -> None:
         self._settings = settings
         self.store = store
         client = store.client
         self._redis = client
         #: The requests-per-minute window (shorter only in tests).
         self._window_ms = window_ms
+        #: False under TIDEMARK_AUTH=none: every request is the same anonymous user, so
+        #: per-user limits would be one counter for everybody; tenant and global apply.
+        self._per_user = per_user
         self._prefix = f"tm:{{{key_part(namespace)}}}"
         self._stream_ttl_ms = max(1, round(settings.active_stream_ttl_s * 1000))
         #: A reservation outlives the create request that holds it (then it expires).
@@ -258,7 +261,10 @@ class Limits:
     # -- the user's limits --------------------------------------------------------
 
     def user_limits(self, identity: UserIdentity) -> tuple[int, int]:
-        """(max concurrent streams, requests per minute): the token's, else its tier's."""
+        """(max concurrent streams, requests per minute): the token's, else its tier's
+        (0, 0 without per-user limits)."""
+        if not self._per_user:
+            return 0, 0
         tiers = self._settings.tiers
         tier = tiers.get(identity.tier) or tiers[self._settings.default_tier]
         streams = identity.max_concurrent_streams

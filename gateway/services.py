@@ -85,7 +85,8 @@ class Services:
         if s.limits.redis_url:
             self.store = store = Store(s.limits.redis_url)
             self.limits = Limits(s.limits, namespace=s.log.namespace, store=store,
-                                 reservation_ttl_s=s.gateway.request_timeout_s + 5)
+                                 reservation_ttl_s=s.gateway.request_timeout_s + 5,
+                                 per_user=s.auth.mode != "none")
             self.user_sessions = Sessions(store, namespace=s.log.namespace,
                                           retention_ms=s.log.retention_ms)
 

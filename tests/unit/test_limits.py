@@ -335,3 +335,16 @@ async def test_the_store_fails_fast_while_down_and_recovers(
     finally:
         await limits.store.close()
         redis.stop()
+
+
+async def test_without_users_only_tenant_and_global_limits_apply(
+        redis_url: str, namespace: str) -> None:
+    limits = Limits(settings(redis_url=redis_url, tenant_max_active_streams=3),
+                    namespace=namespace, store=Store(redis_url), reservation_ttl_s=5.0,
+                    per_user=False)
+    try:
+        anonymous = User("anonymous")
+        assert await passes(limits, anonymous, 20) == 20
+        assert len(await start_all(limits, anonymous, 5)) == 3
+    finally:
+        await limits.store.close()
