@@ -82,13 +82,21 @@ class Services:
         # Ids name a floor below their first event: how far this gateway's hub has read.
         self.creator = StreamCreator(s.log, self.producer, floor=self.hub.floor, admin=admin)
         self.appender = Appender(self.producer, self.reader)
-        if s.limits.redis_url:
-            self.store = store = Store(s.limits.redis_url)
-            self.limits = Limits(s.limits, namespace=s.log.namespace, store=store,
-                                 reservation_ttl_s=s.gateway.request_timeout_s + 5,
-                                 per_user=s.auth.mode != "none")
-            self.user_sessions = Sessions(store, namespace=s.log.namespace,
-                                          retention_ms=s.log.retention_ms)
+
+    def _open_limits(self) -> None:
+        """Limits and session lists need no Kafka: they are there from the start (the
+        Redis client connects on its first call)."""
+        s = self.settings
+        if not s.limits.redis_url:
+            log.warning("TIDEMARK_REDIS_URL is unset: limits are off and session lists "
+                        "answer 503")
+            return
+        self.store = store = Store(s.limits.redis_url)
+        self.limits = Limits(s.limits, namespace=s.log.namespace, store=store,
+                             reservation_ttl_s=s.gateway.request_timeout_s + 5,
+                             per_user=s.auth.mode != "none")
+        self.user_sessions = Sessions(store, namespace=s.log.namespace,
+                                      retention_ms=s.log.retention_ms)
 
     def _on_terminal(self, stream_id: str, event_type: str) -> None:
         self.metrics.count_terminal(event_type)
@@ -101,9 +109,7 @@ class Services:
         This is the outermost edge of the services task: anything unexpected is logged
         and recorded (``/readyz`` reports it) before the task ends.
         """
-        if not self.settings.limits.redis_url:
-            log.warning("TIDEMARK_REDIS_URL is unset: limits are off and session lists "
-                        "answer 503")
+        self._open_limits()
         try:
             await self._connect()
             assert self.hub is not None
@@ -183,6 +189,9 @@ class Services:
         if self.hub is not None:
             self.hub.wake_all()
         await self._close_clients()
+        if self.store is not None:
+            await self.store.close()
+        self.store = self.limits = self.user_sessions = None
 
     async def _close_clients(self) -> None:
         for closer in (self.lookup, self.hub):
@@ -193,10 +202,7 @@ class Services:
         for client in (self.producer, self.admin):
             if client is not None:
                 await stop_client(client)
-        if self.store is not None:
-            await self.store.close()
         self.hub = self.lookup = self.reader = self.producer = self.admin = None
-        self.store = self.limits = self.user_sessions = None
 
 
 SERVICES = web.AppKey("services", Services)
