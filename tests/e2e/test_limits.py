@@ -5,7 +5,9 @@ requests over both gateways must not get around any limit (at most 5 % over)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +21,7 @@ import pytest
 
 from tests import sse_client
 from tests.conftest import Cluster
-from tests.procs import Proc, auth_headers, start_haproxy, start_redis
+from tests.procs import Proc, auth_headers, free_port, start_haproxy, start_redis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -328,3 +330,33 @@ async def test_session_lists_newest_first_paginated_and_private(
         assert (await page(alice, bad))[0] == 400, bad
     async with fresh.get(f"{setup.lb}/v1/streams", headers=alice) as resp:
         assert resp.status == 400
+
+
+async def test_tidemark_dev_runs_its_own_redis(cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in cluster.env.items() if k != "TIDEMARK_JWT_SECRET"}
+    dev = Proc("dev", ["dev", "--data-dir", str(tmp_path / "unused")],
+               {**env, "TIDEMARK_PORT": str(port)}, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{url}/dev/token") as resp:
+                        if resp.status == 200:
+                            token = (await resp.json())["token"]
+                            break
+                assert time.monotonic() < deadline, dev.logs()
+                await asyncio.sleep(0.2)
+            # Session lists answer (they would be 503 without Redis).
+            async with http.get(f"{url}/v1/streams?session=s",
+                                headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200, await resp.text()
+        line = next(line for line in dev.logs(400).splitlines()
+                    if "local redis-server at" in line)
+        redis_port = int(line.split("redis://127.0.0.1:", 1)[1].split("/", 1)[0])
+    finally:
+        dev.stop()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", redis_port)) != 0  # stopped with dev
