@@ -11,6 +11,7 @@ gateway is busy, Redis is not).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
@@ -20,6 +21,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import LimitsUnavailable
+
+log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S: Final = 0.25
 DOWN_S: Final = 1.0
@@ -40,6 +43,7 @@ class Store:
         self.client = aioredis.Redis.from_pool(pool)  # it owns the pool and closes it
         self._turns = asyncio.Semaphore(POOL_SIZE)
         self._down_until = 0.0
+        self._failing = False
 
     async def call(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """``await call()`` under the rules above; ``what`` names it in errors."""
@@ -56,13 +60,21 @@ class Store:
             ) from None
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S * 2):
-                return await call()
+                result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
             self._down_until = loop.time() + DOWN_S
-            raise LimitsUnavailable(
-                f"limits store unavailable ({what}: {exc or type(exc).__name__})") from exc
+            reason = f"{what}: {exc or type(exc).__name__}"
+            if not self._failing:
+                log.warning("the limits store (Redis) does not answer (%s): creates and "
+                            "publishes answer 503, reads and cancels go on", reason)
+            self._failing = True
+            raise LimitsUnavailable(f"limits store unavailable ({reason})") from exc
         finally:
             self._turns.release()
+        if self._failing:
+            log.info("the limits store (Redis) answers again")
+            self._failing = False
+        return result
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 import uuid
@@ -314,7 +315,8 @@ async def test_session_lists_newest_first_paginated_and_private(
 
 
 async def test_the_store_fails_fast_while_down_and_recovers(
-        tmp_path: Path, namespace: str) -> None:
+        tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.store")
     redis, url = start_redis(tmp_path)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     limits = await make(url, namespace)
@@ -335,6 +337,10 @@ async def test_the_store_fails_fast_while_down_and_recovers(
     finally:
         await limits.store.close()
         redis.stop()
+    # Operators see the outage once, and its end.
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.store"]
+    assert len(said) == 2, said
+    assert "does not answer" in said[0] and "answers again" in said[1]
 
 
 async def test_without_users_only_tenant_and_global_limits_apply(
