@@ -326,6 +326,10 @@ async def test_session_lists_newest_first_paginated_and_private(
     assert [s["stream_id"] for s in (await page(twin, ""))[1]["streams"]] == [twins]
     status, reply = await page(setup.auth("mallory"), "")
     assert status == 200 and reply == {"streams": [], "next_cursor": None}
+    # A create's read token reads its one stream; it lists nothing.
+    _, made, _ = await create(fresh, setup.lb, alice, context={"sessionId": session})
+    status, reply = await page({"Authorization": f"Bearer {made['read_token']}"}, "")
+    assert status == 403, reply
     for bad in ("&limit=0", "&limit=201", "&limit=x", "&cursor=garbage"):
         assert (await page(alice, bad))[0] == 400, bad
     async with fresh.get(f"{setup.lb}/v1/streams", headers=alice) as resp:
