@@ -7,15 +7,21 @@ INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint kafka clean haproxy chaos
+.PHONY: setup run test lint kafka clean haproxy redis chaos
 
-setup: $(INSTALLED) $(FETCHED) haproxy
+setup: $(INSTALLED) $(FETCHED) haproxy redis
 
 # The load balancer of the multi-gateway tests (Debian's haproxy).
 haproxy:
 	@command -v haproxy >/dev/null || { \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy >/dev/null; }
+
+# The limits' shared store (Debian's redis-server); `tidemark dev` and the tests start it.
+redis:
+	@command -v redis-server >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

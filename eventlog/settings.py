@@ -204,10 +204,15 @@ class LimitSettings:
         "GLOBAL_MAX_ACTIVE_STREAMS", 0, "active streams in all (0: no limit)")
     global_publish_bytes_per_s: int = _env(
         "GLOBAL_PUBLISH_BYTES_PER_SECOND", 0, "published bytes per second in all (0: no limit)")
+    active_stream_ttl_s: float = _env(
+        "ACTIVE_STREAM_TTL", 3600.0, "a stream stops counting against the active-stream "
+        "limits after this long even if its end was never seen")
     tiers: Mapping[str, Tier] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiers", parse_tiers(self.tiers_json))
+        if self.active_stream_ttl_s <= 0:
+            raise ConfigError("TIDEMARK_ACTIVE_STREAM_TTL must be positive")
         if self.default_tier not in self.tiers:
             raise ConfigError(f"TIDEMARK_DEFAULT_TIER {self.default_tier!r} is not in "
                               "TIDEMARK_TIERS")

@@ -44,3 +44,10 @@ class NotYours(StreamNotFound):
     def __init__(self, message: str, *, why: str) -> None:
         super().__init__(message)
         self.why = why
+
+
+class LimitsUnavailable(TidemarkError):
+    """The store of the shared limit counters (Redis) did not answer in time (503 with
+    ``Retry-After``): requests that would create streams or publish are refused."""
+
+    retriable = True

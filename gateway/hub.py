@@ -224,7 +224,7 @@ class Hub:
 
     def __init__(self, kafka: KafkaSettings, *, tail_bytes: int,
                  client_buffer_bytes: int, idle_detach_s: float = 30.0,
-                 on_terminal: Callable[[str], None] | None = None) -> None:
+                 on_terminal: Callable[[str, str], None] | None = None) -> None:
         self._kafka = kafka
         self._on_terminal = on_terminal
         self._tail_bytes = tail_bytes
@@ -413,6 +413,6 @@ class Hub:
             frame = frame_record(epoch, rec)
             tail.append(frame)
             if frame.terminal and self._on_terminal is not None:
-                self._on_terminal(rec.type)
+                self._on_terminal(rec.key.decode(errors="replace"), rec.type)
             for sub in subs.get((tp, rec.key), ()):
                 sub.push(frame)

@@ -19,10 +19,13 @@ from eventlog.streams import Draft
 from gateway import auth, streaming
 from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
+from gateway.errors import Forbidden
+from gateway.limits import FAIL_OPEN_SCOPES, active_stream
 from gateway.lookup import Found
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
 from gateway.services import SERVICES, Services
+from gateway.sessions import DEFAULT_PAGE, MAX_PAGE, BadCursor, decode_cursor
 from schemas import events
 from schemas.eventid import encode_event_id, parse_event_id
 from schemas.validation import Validators
@@ -85,10 +88,20 @@ def _stream_id(request: web.Request) -> str:
     return stream_id
 
 
-def _caller(request: web.Request, scope: str) -> tuple[Identity, str]:
+async def _authorize(request: web.Request, scope: str) -> Identity:
+    """:func:`auth.authorize`, then the request counted against the caller's requests
+    per minute (reads and cancels pass uncounted while the limits store is down)."""
+    identity = auth.authorize(request, scope)
+    limits = request.app[SERVICES].limits
+    if limits is not None:
+        await limits.request(identity, fail_open=scope in FAIL_OPEN_SCOPES)
+    return identity
+
+
+async def _caller(request: web.Request, scope: str) -> tuple[Identity, str]:
     """The caller (holding ``scope``) and the stream id of the path, once the id alone
     has not shown the stream to be someone else's."""
-    identity = auth.authorize(request, scope)
+    identity = await _authorize(request, scope)
     stream_id = _stream_id(request)
     request["tidemark.id_decides"] = auth.check_stream(
         identity, stream_id, default_tenant=_default_tenant(request))
@@ -133,7 +146,7 @@ async def _describe(services: Services, info: StreamInfo, earliest: int) -> dict
 
 
 async def create_stream(request: web.Request) -> web.Response:
-    identity = auth.authorize(request, auth.CREATE)
+    identity = await _authorize(request, auth.CREATE)
     services = await _ready(request)
     body = await _json_body(request)
     create = request.app[VALIDATORS].create_request(body)
@@ -141,13 +154,19 @@ async def create_stream(request: web.Request) -> web.Response:
         raise Problem(422, f"unknown generator {create.generator!r}; known: "
                       f"{', '.join(sorted(GENERATORS))}", field="/generator")
     assert services.creator is not None
-    async with _deadline(services):
-        info = await services.creator.create(
-            generator=create.generator, query=create.query,
-            options=create.options, with_job=create.generator != EXTERNAL,
-            tenant=identity.tenant, owner=identity.owner,
-            priority=services.settings.limits.tiers[identity.tier].priority)
+    async with active_stream(services.limits, identity) as slot:
+        async with _deadline(services):
+            info = await services.creator.create(
+                generator=create.generator, query=create.query,
+                options=create.options, with_job=create.generator != EXTERNAL,
+                tenant=identity.tenant, owner=identity.owner,
+                priority=services.settings.limits.tiers[identity.tier].priority)
+        slot.bind(info.stream_id)
     stream_id = info.stream_id
+    session_id = (body.get("context") or {}).get("sessionId")
+    if session_id and services.user_sessions is not None:
+        await services.user_sessions.remember(identity, session_id, stream_id,
+                                              info.created_at)
     services.metrics.created.labels(create.generator).inc()
     request.app[AUDIT].record(request, "create", outcome="ok", stream=stream_id,
                               generator=create.generator)
@@ -164,7 +183,7 @@ async def create_stream(request: web.Request) -> web.Response:
 
 
 async def stream_status(request: web.Request) -> web.Response:
-    identity, stream_id = _caller(request, auth.READ)
+    identity, stream_id = await _caller(request, auth.READ)
     services = await _ready(request)
     assert services.lookup is not None
     found = await _find(request, services, stream_id, identity)
@@ -174,7 +193,7 @@ async def stream_status(request: web.Request) -> web.Response:
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    identity, stream_id = _caller(request, auth.READ)
+    identity, stream_id = await _caller(request, auth.READ)
     services = await _ready(request)
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
     position = parse_event_id(raw.strip()) if raw.strip() else None
@@ -195,7 +214,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 
 async def publish(request: web.Request) -> web.Response:
-    identity, stream_id = _caller(request, auth.PUBLISH)
+    identity, stream_id = await _caller(request, auth.PUBLISH)
     services = await _ready(request)
     body = await _json_body(request)
     inputs = request.app[VALIDATORS].publish_request(body)
@@ -207,6 +226,8 @@ async def publish(request: web.Request) -> web.Response:
                       "generator; only external streams accept published events")
     info = found.info
     assert services.appender is not None and services.hub is not None
+    if services.limits is not None:
+        await services.limits.publish(identity, len(await request.read()))
     async with _deadline(services):
         result = await services.appender.append(
             info, [Draft(i.type, i.data, i.seq) for i in inputs])
@@ -225,7 +246,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    identity, stream_id = _caller(request, auth.CANCEL)
+    identity, stream_id = await _caller(request, auth.CANCEL)
     services = await _ready(request)
     found = await _find(request, services, stream_id, identity)
     assert services.lookup is not None
@@ -243,6 +264,33 @@ async def cancel(request: web.Request) -> web.Response:
                               partitions=services.settings.log.partitions)
     request.app[AUDIT].record(request, "cancel", outcome="ok", stream=stream_id)
     return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    """``GET /v1/streams?session=<id>[&limit=n][&cursor=c]``: the caller's own streams
+    of one session, newest first."""
+    identity = await _authorize(request, auth.READ)
+    if identity.stream is not None:
+        raise Forbidden("a read token reads its one stream only")
+    session_id = request.query.get("session", "")
+    if not session_id:
+        raise Problem(400, "name the session: GET /v1/streams?session=<sessionId>")
+    raw_limit = request.query.get("limit", str(DEFAULT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise Problem(400, f"limit must be an integer from 1 to {MAX_PAGE}")
+    try:
+        cursor = decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+    except BadCursor:
+        raise Problem(400, "cursor is not one this API gave out") from None
+    sessions = request.app[SERVICES].user_sessions
+    if sessions is None:
+        raise Problem(503, "session lists are off: TIDEMARK_REDIS_URL is not set")
+    page = await sessions.page(identity, session_id, limit=int(raw_limit), cursor=cursor)
+    return _json({"streams": [{"stream_id": e.stream_id, "created_at": e.created_at,
+                               "status_url": f"/v1/streams/{e.stream_id}",
+                               "events_url": f"/v1/streams/{e.stream_id}/events"}
+                              for e in page.entries],
+                  "next_cursor": page.next_cursor})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -288,6 +336,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/streams/{id}/events", stream_events)
     app.router.add_get("/", demo_page)
     app.router.add_post("/v1/streams", create_stream)
+    app.router.add_get("/v1/streams", list_streams)
     app.router.add_get("/v1/streams/{id}", stream_status)
     app.router.add_post("/v1/streams/{id}/events", publish)
     app.router.add_post("/v1/streams/{id}/cancel", cancel)

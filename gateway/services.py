@@ -1,4 +1,5 @@
-"""The shared objects of one gateway process: Kafka clients, the hub, the stream lookup."""
+"""The shared objects of one gateway process: Kafka clients, the hub, the stream lookup,
+and (with ``TIDEMARK_REDIS_URL``) the shared limits and session lists."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from eventlog.streams import Appender, StreamCreator
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.breaker import CircuitBreaker
 from gateway.hub import Hub
+from gateway.limits import Limits
 from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
+from gateway.sessions import Sessions
+from gateway.store import Store
 from gateway.streaming import Session
 from schemas.errors import TidemarkError
 
@@ -52,6 +56,11 @@ class Services:
     #: Whether the broker answered the watcher's last probe.
     kafka_ok: bool = True
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    #: Limits shared by every gateway, and the users' session lists (both in Redis);
+    #: None without TIDEMARK_REDIS_URL (limits off).
+    store: Store | None = None
+    limits: Limits | None = None
+    user_sessions: Sessions | None = None
 
     async def connect(self) -> None:
         s = self.settings
@@ -65,7 +74,7 @@ class Services:
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
         self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
                        client_buffer_bytes=s.gateway.client_buffer_bytes,
-                       on_terminal=self.metrics.count_terminal)
+                       on_terminal=self._on_terminal)
         await self.hub.start([topic])
         self.lookup = StreamLookup(kafka=s.kafka, log_settings=s.log, hub=self.hub,
                                    reader=self.reader, wait_s=s.gateway.index_wait_s,
@@ -74,12 +83,33 @@ class Services:
         self.creator = StreamCreator(s.log, self.producer, floor=self.hub.floor, admin=admin)
         self.appender = Appender(self.producer, self.reader)
 
+    def _open_limits(self) -> None:
+        """Limits and session lists need no Kafka: they are there from the start (the
+        Redis client connects on its first call)."""
+        s = self.settings
+        if not s.limits.redis_url:
+            log.warning("TIDEMARK_REDIS_URL is unset: limits are off and session lists "
+                        "answer 503")
+            return
+        self.store = store = Store(s.limits.redis_url)
+        self.limits = Limits(s.limits, namespace=s.log.namespace, store=store,
+                             reservation_ttl_s=s.gateway.request_timeout_s + 5,
+                             per_user=s.auth.mode != "none")
+        self.user_sessions = Sessions(store, namespace=s.log.namespace,
+                                      retention_ms=s.log.retention_ms)
+
+    def _on_terminal(self, stream_id: str, event_type: str) -> None:
+        self.metrics.count_terminal(event_type)
+        if self.limits is not None:
+            self.limits.stream_ended(stream_id)
+
     async def run(self) -> None:
         """Connect (retrying with backoff), then keep the hub current.
 
         This is the outermost edge of the services task: anything unexpected is logged
         and recorded (``/readyz`` reports it) before the task ends.
         """
+        self._open_limits()
         try:
             await self._connect()
             assert self.hub is not None
@@ -90,6 +120,8 @@ class Services:
                 tg.create_task(self.hub.run(), name="hub")
                 tg.create_task(self.pace(), name="pace")
                 tg.create_task(self.watch_kafka(), name="watch-kafka")
+                if self.limits is not None:
+                    tg.create_task(self.limits.run(), name="limits-ended")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -157,6 +189,9 @@ class Services:
         if self.hub is not None:
             self.hub.wake_all()
         await self._close_clients()
+        if self.store is not None:
+            await self.store.close()
+        self.store = self.limits = self.user_sessions = None
 
     async def _close_clients(self) -> None:
         for closer in (self.lookup, self.hub):

@@ -104,3 +104,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      headers=auth_headers()) as session:
         yield session
+
+
+# --- Redis: the limits' and session lists' shared store, one per test session ---------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server started for the session (tests that kill Redis start their
+    own with ``tests.procs.start_redis``)."""
+    from tests.procs import start_redis
+
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        proc.stop()

@@ -169,3 +169,14 @@ def wait_port(port: int, proc: Proc, timeout: float = 30.0) -> None:
             raise AssertionError(f"{proc.name} exited:\n{proc.logs()}")
         time.sleep(0.05)
     raise AssertionError(f"{proc.name} did not listen on {port}:\n{proc.logs()}")
+
+
+def start_redis(logdir: Path, port: int | None = None) -> tuple[Proc, str]:
+    """A real redis-server (Debian's) on ``port`` (default: a free one) on loopback,
+    keeping nothing on disk."""
+    port = port or free_port()
+    proc = Proc("redis", [], base_env(), logdir, argv=[
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(logdir)])
+    wait_port(port, proc)
+    return proc, f"redis://127.0.0.1:{port}/0"

@@ -21,6 +21,7 @@ from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
 from eventlog.settings import Settings, env_names, load_settings
 from schemas.errors import TidemarkError
 from tidemark.logs import setup_logging
+from tidemark.redis_server import LocalRedis
 
 log = logging.getLogger("tidemark")
 
@@ -160,7 +161,9 @@ async def run_worker(settings: Settings) -> int:
 
 
 async def run_dev(settings: Settings, data_dir: Path) -> int:
-    """A local broker (unless one is set), one worker and one gateway, until Ctrl-C.
+    """A local broker (unless one is set), one worker and one gateway, until Ctrl-C;
+    also a local redis-server for the limits unless TIDEMARK_REDIS_URL is set (if it is
+    not installed or does not start, the gateway runs with limits off and warns).
 
     A worker or gateway that exits (say, killed to watch clients resume) is started
     again after a second, up to ``_DEV_RESTARTS`` times.
@@ -181,6 +184,10 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
         await broker.start()
         env["TIDEMARK_KAFKA_BOOTSTRAP"] = broker.bootstrap
         log.info("local Kafka broker at %s (data in %s)", broker.bootstrap, data_dir)
+    redis = None if settings.limits.redis_url or not LocalRedis.available() else LocalRedis()
+    if redis is not None and await redis.started():
+        env["TIDEMARK_REDIS_URL"] = redis.url
+        log.info("local redis-server at %s (limits and session lists)", redis.url)
     children: dict[str, asyncio.subprocess.Process] = {}
 
     async def supervise(role: str) -> None:
@@ -214,6 +221,8 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
                 await child.wait()
         if broker is not None:
             await broker.stop()
+        if redis is not None:
+            await redis.stop()
     return 0
 
 
