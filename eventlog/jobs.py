@@ -8,6 +8,7 @@ from typing import Any, Final
 import orjson
 
 from eventlog.index import StreamInfo
+from schemas.context import StreamContext
 
 GENERATE: Final = "generate"
 CANCEL: Final = "cancel"
@@ -20,6 +21,8 @@ class Job:
     stream: StreamInfo
     query: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: The stream's per-user context (its ``responseFormat`` is for the generator).
+    context: StreamContext | None = None
 
     @property
     def stream_id(self) -> str:
@@ -30,8 +33,11 @@ class Job:
         return self.stream.generator
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"type": GENERATE, "stream": self.stream.to_json().decode(),
-                             "query": self.query, "options": self.options})
+        obj: dict[str, Any] = {"type": GENERATE, "stream": self.stream.to_json().decode(),
+                               "query": self.query, "options": self.options}
+        if self.context is not None:
+            obj["context"] = self.context.to_json()
+        return orjson.dumps(obj)
 
 
 def cancel_record(stream_id: str) -> bytes:
@@ -43,8 +49,10 @@ def parse_job_record(raw: bytes) -> Job | str | None:
     try:
         obj = orjson.loads(raw)
         if obj.get("type") == GENERATE:
+            context = obj.get("context")
             return Job(stream=StreamInfo.from_json(obj["stream"].encode()),
-                       query=str(obj["query"]), options=dict(obj.get("options") or {}))
+                       query=str(obj["query"]), options=dict(obj.get("options") or {}),
+                       context=None if context is None else StreamContext.from_json(context))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):

@@ -21,6 +21,7 @@ from eventlog.topics import jobs_topic
 from gateway import auth, streaming
 from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
+from gateway.delivery import Delivery
 from gateway.lookup import Found
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
@@ -147,7 +148,7 @@ async def create_stream(request: web.Request) -> web.Response:
         info = await services.creator.create(
             generator=create.generator, query=create.query,
             options=create.options, with_job=create.generator != EXTERNAL,
-            tenant=identity.tenant, owner=identity.owner)
+            tenant=identity.tenant, owner=identity.owner, context=create.context)
     stream_id = info.stream_id
     services.metrics.created.labels(create.generator).inc()
     request.app[AUDIT].record(request, "create", outcome="ok", stream=stream_id,
@@ -185,13 +186,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     assert services.hub is not None and services.reader is not None
     assert services.lookup is not None
     gw = services.settings.gateway
+    prefs = Delivery.requested(request.query, interval_s=gw.batch_interval_ms / 1000)
     session = streaming.Session(
         request=request, stream_id=stream_id, lookup=services.lookup, hub=services.hub,
         reader=services.reader,
         metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
-        closing=services.closing, registry=services.sessions)
+        closing=services.closing, registry=services.sessions, prefs=prefs)
     return await streaming.serve(session, position)
 
 
