@@ -214,9 +214,10 @@ class Session:
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
-    info, context = await _resolve(session, position)
+    info, context, read_context = await _resolve(session, position)
     session.info = info
-    session.prefs = session.prefs.resolve(context)
+    if not read_context:
+        session.prefs = session.prefs.resolve(context)
     hub, tp = session.hub, session.tp
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
@@ -233,6 +234,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     session.metrics.connections.inc()
     session.registry.add(session)
     items = backlog(hub, session.reader, tp, session.key, plan.start, until)
+    # The stream's context, when it must be read from Kafka, is read beside the backlog.
+    later = asyncio.create_task(_found_context(session)) if read_context else None
     try:
         first = await anext(items, None)
         if plan.after >= 0 and plan.start == plan.after:
@@ -248,6 +251,12 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
                     session.metrics.request_outcome["ended"].inc()
                     return web.Response(status=204)
                 session.cursor.seq = at.seq
+        if later is not None:
+            session.prefs = session.prefs.resolve(await later)
+            if not session.prefs.plain:
+                cursor = session.cursor
+                session.cursor = _shaped(session, cursor.offset)
+                session.cursor.seq = cursor.seq
         session.response = _EventStreamResponse(
             status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
         await session.response.prepare(session.request)
@@ -276,6 +285,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         return session.response or web.Response(status=204)
     finally:
         await items.aclose()
+        if later is not None and not later.cancel() and not later.cancelled():
+            later.exception()  # retrieved: a failed read no longer needed is not logged
         if isinstance(session.cursor, ShapedCursor):
             session.cursor.close()
         session.unsubscribe()
@@ -291,15 +302,16 @@ def _shaped(session: Session, after: int) -> ShapedCursor:
 
 
 async def _resolve(session: Session, position: EventId | None,
-                   ) -> tuple[StreamInfo, StreamContext | None]:
-    """The stream as far as this request needs it, and its context when the request's
-    preferences depend on it.
+                   ) -> tuple[StreamInfo, StreamContext | None, bool]:
+    """The stream as far as this request needs it, its context when the request's
+    preferences depend on it, and whether that context is still to be read (see
+    :func:`_found_context`).
 
     A client that resumes from a position the log still holds needs nothing but the
     id's partition (the record at the position is checked to be the stream's) and, if
     its query does not set every preference, the stream's first event (from the memory
-    tail, else the lookup's); other requests find the stream in the log
-    (``gateway.lookup``).
+    tail, else found by the lookup, beside the backlog read); other requests find the
+    stream in the log (``gateway.lookup``), first event included.
     """
     lookup = session.lookup
     placed = lookup.placed(session.stream_id)
@@ -310,23 +322,25 @@ async def _resolve(session: Session, position: EventId | None,
                 position.offset >= placed.first_offset and position.offset >= await
                 session.reader.log_start(placed.topic, placed.partition)):
             if not session.prefs.needs_context:
-                return placed, None
-            return placed, await _placed_context(session, placed)
+                return placed, None, False
+            tail = session.hub.tails.get(TopicPartition(placed.topic, placed.partition))
+            if tail is not None and tail.covers(placed.first_offset):
+                # The memory tail holds everything from the id's floor on: the first
+                # frame there is the stream's first event (a dictionary lookup).
+                first = tail.first(session.key, placed.first_offset)
+                if first is not None and first.seq == 0:
+                    data = first.data
+                    start = data.index(b"\ndata: ") + 7
+                    return placed, context_of_envelope(
+                        data[start:data.index(b"\n", start)]), False
+            return placed, None, True
     found = await lookup.find(session.stream_id, allow_pending=True)
-    return found.info, found.context
+    return found.info, found.context, False
 
 
-async def _placed_context(session: Session, placed: StreamInfo) -> StreamContext | None:
-    """The context of a stream known only from its id: from its first frame when the
-    memory tail holds everything from the id's floor on (a dictionary lookup), else
-    found by the lookup (which reads and caches the first event)."""
-    tail = session.hub.tails.get(TopicPartition(placed.topic, placed.partition))
-    if tail is not None and tail.covers(placed.first_offset):
-        first = tail.first(session.key, placed.first_offset)
-        if first is not None and first.seq == 0:
-            data = first.data
-            start = data.index(b"\ndata: ") + 7
-            return context_of_envelope(data[start:data.index(b"\n", start)])
+async def _found_context(session: Session) -> StreamContext | None:
+    """The stream's context as the lookup finds it (it reads, or waits for, the first
+    event, and caches what it found)."""
     return (await session.lookup.find(session.stream_id, allow_pending=True)).context
 
 
