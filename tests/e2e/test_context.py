@@ -16,19 +16,25 @@ from tests.sse_client import Event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-#: Until the lead's auth lands: gateways without it, and a short batch interval.
-GATEWAY = {"TIDEMARK_AUTH": "none", "TIDEMARK_BATCH_INTERVAL_MS": "100"}
+#: Gateways (with auth on, as by default) with a short batch interval.
+GATEWAY = {"TIDEMARK_BATCH_INTERVAL_MS": "100"}
 QUERY = "how does a batched subscriber resume?"
 
 
-async def create(http: aiohttp.ClientSession, base: str, *, context: dict[str, Any] | None,
-                 **options: Any) -> str:
+async def create_reply(http: aiohttp.ClientSession, base: str, *,
+                       context: dict[str, Any] | None, **options: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"query": QUERY, "options": options}
     if context is not None:
         body["context"] = context
     async with http.post(f"{base}/v1/streams", json=body) as resp:
         assert resp.status == 201, await resp.text()
-        return str((await resp.json())["stream_id"])
+        reply: dict[str, Any] = await resp.json()
+        return reply
+
+
+async def create(http: aiohttp.ClientSession, base: str, *, context: dict[str, Any] | None,
+                 **options: Any) -> str:
+    return str((await create_reply(http, base, context=context, **options))["stream_id"])
 
 
 def prefs(**p: Any) -> dict[str, Any]:
@@ -196,6 +202,24 @@ async def test_a_concise_stream_is_shorter_than_a_detailed_one(
     assert len(text["concise"]) < len(text["detailed"]) / 2
     assert text["detailed"].startswith(text["concise"])
     assert concise[-1].envelope["data"]["responseFormat"] == "concise"
+
+
+async def test_a_browser_follows_the_read_token_url_with_its_preferences(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """What a page does: ``new EventSource(events_url + "&update_frequency=batched")``,
+    with the answer's read token and no other credentials."""
+    cluster.worker()
+    base = await cluster.gateway(**GATEWAY)
+    reply = await create_reply(http, base, context=None, tokens=30, tokens_per_second=300)
+    assert "?" in reply["events_url"]
+    async with aiohttp.ClientSession() as browser:
+        batched = await sse_client.read(
+            browser, f"{base}{reply['events_url']}&update_frequency=batched&include_metadata=false")
+        realtime = await sse_client.read(browser, f"{base}{reply['events_url']}")
+    assert batched.status == 200 and realtime.status == 200
+    assert len(partials(batched.stream_events)) < 30 == len(partials(realtime.stream_events))
+    assert "metadata" not in [e.event for e in batched.stream_events]
+    assert chunks(batched.stream_events) == chunks(realtime.stream_events)
 
 
 @pytest.mark.parametrize("query", ["update_frequency=sometimes", "include_metadata=yes",
