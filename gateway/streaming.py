@@ -115,6 +115,12 @@ class ShapedCursor(Cursor):
             self._timer = loop.call_at(deadline, self.wake)
         return data, count
 
+    def flush(self) -> tuple[bytes, int]:
+        """What the shaper holds, now."""
+        data, count = self.shaper.flush()
+        self.written += count
+        return data, count
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -398,6 +404,17 @@ async def _cut_off(session: Session) -> None:
     await session.write(CUT_OFF_REASON)
 
 
+async def _close(session: Session, reason: str) -> None:
+    """End a response that the client is to resume: what a shaped cursor holds first,
+    so the client need not read it again."""
+    data = sse.frame_comment(reason)
+    if isinstance(session.cursor, ShapedCursor):
+        held, count = session.cursor.flush()
+        session.metrics.delivered.inc(count)
+        data = held + data
+    await session.write(data)
+
+
 async def _live(session: Session) -> None:
     """Live frames until the stream ends. Every subscriber is woken twice per heartbeat
     interval (see ``Services.pace``), so idle connections need no timer of their own
@@ -409,14 +426,14 @@ async def _live(session: Session) -> None:
         sub = session.sub
         assert sub is not None
         if session.closing.is_set():
-            await session.write(sse.frame_comment("closing: gateway shutting down; reconnect"))
+            await _close(session, "closing: gateway shutting down; reconnect")
             return
         now = loop.time()
         if session.cursor.written != delivered:
             delivered, last_event = session.cursor.written, now
         if session.max_response_s and now - began >= session.max_response_s:
             # So that load balancers can move long streams: the client resumes at once.
-            await session.write(sse.frame_comment("closing: response lifetime reached; reconnect"))
+            await _close(session, "closing: response lifetime reached; reconnect")
             return
         if session.idle_timeout_s and now - last_event >= session.idle_timeout_s:
             await session.write(sse.frame_comment("closing: no event for a while; reconnect"))

@@ -125,6 +125,30 @@ async def test_batched_follower_gets_fewer_events_with_the_same_text_and_exact_r
             assert len(partials(rest)) < len(partials([e for e in realtime if e.seq > before.seq]))
 
 
+async def test_a_batched_follower_reconnecting_on_every_response_end_gets_each_chunk_once(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """The gateway ends each response after 0.3 s (what a load balancer's lifetime does);
+    the client resumes from its last id each time, as an EventSource would."""
+    cluster.worker()
+    base = await cluster.gateway(**{**GATEWAY, "TIDEMARK_MAX_RESPONSE_SECONDS": "0.3",
+                                    "TIDEMARK_BATCH_INTERVAL_MS": "200"})
+    sid = await create(http, base, context=prefs(updateFrequency="batched"),
+                       tokens=60, tokens_per_second=40)
+    url = f"{base}/v1/streams/{sid}/events"
+    got: list[Event] = []
+    responses = 0
+    while not got or got[-1].event != "result":
+        reply = await sse_client.read(http, url, last_event_id=got[-1].id if got else None)
+        assert reply.status == 200 and reply.ended_by_server
+        got += reply.stream_events
+        responses += 1
+    assert responses >= 4
+    realtime = (await sse_client.read(http, f"{url}?update_frequency=realtime")).stream_events
+    assert [s for e in got for s in seqs_of(e)] == [e.seq for e in realtime]
+    assert chunks(got) == chunks(realtime)
+    assert len(partials(got)) < 60
+
+
 async def test_include_metadata_false_drops_metadata_for_that_subscriber_only(
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
     cluster.worker()
