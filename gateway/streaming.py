@@ -220,10 +220,9 @@ class Session:
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
-    info, context, read_context = await _resolve(session, position)
+    info, context = await _resolve(session, position)
     session.info = info
-    if not read_context:
-        session.prefs = session.prefs.resolve(context)
+    session.prefs = session.prefs.resolve(context)
     hub, tp = session.hub, session.tp
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
@@ -240,8 +239,6 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     session.metrics.connections.inc()
     session.registry.add(session)
     items = backlog(hub, session.reader, tp, session.key, plan.start, until)
-    # The stream's context, when it must be read from Kafka, is read beside the backlog.
-    later = asyncio.create_task(_found_context(session)) if read_context else None
     try:
         first = await anext(items, None)
         if plan.after >= 0 and plan.start == plan.after:
@@ -257,12 +254,6 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
                     session.metrics.request_outcome["ended"].inc()
                     return web.Response(status=204)
                 session.cursor.seq = at.seq
-        if later is not None:
-            session.prefs = session.prefs.resolve(await later)
-            if not session.prefs.plain:
-                cursor = session.cursor
-                session.cursor = _shaped(session, cursor.offset)
-                session.cursor.seq = cursor.seq
         session.response = _EventStreamResponse(
             status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
         await session.response.prepare(session.request)
@@ -291,8 +282,6 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         return session.response or web.Response(status=204)
     finally:
         await items.aclose()
-        if later is not None and not later.cancel() and not later.cancelled():
-            later.exception()  # retrieved: a failed read no longer needed is not logged
         if isinstance(session.cursor, ShapedCursor):
             session.cursor.close()
         session.unsubscribe()
@@ -308,16 +297,17 @@ def _shaped(session: Session, after: int) -> ShapedCursor:
 
 
 async def _resolve(session: Session, position: EventId | None,
-                   ) -> tuple[StreamInfo, StreamContext | None, bool]:
-    """The stream as far as this request needs it, its context when the request's
-    preferences depend on it, and whether that context is still to be read (see
-    :func:`_found_context`).
+                   ) -> tuple[StreamInfo, StreamContext | None]:
+    """The stream as far as this request needs it, and its context when the request's
+    preferences depend on it.
 
     A client that resumes from a position the log still holds needs nothing but the
     id's partition (the record at the position is checked to be the stream's) and, if
-    its query does not set every preference, the stream's first event (from the memory
-    tail, else found by the lookup, beside the backlog read); other requests find the
-    stream in the log (``gateway.lookup``), first event included.
+    its query does not set every preference, the stream's first event: from the memory
+    tail, else found by the lookup (a read from Kafka, cached; read before the backlog,
+    not beside it: two reads of one partition at once on two pooled consumers were
+    measured to stall for the fetch wait, 500 ms, on a quarter of such resumes). Other
+    requests find the stream in the log (``gateway.lookup``), first event included.
     """
     lookup = session.lookup
     placed = lookup.placed(session.stream_id)
@@ -328,7 +318,7 @@ async def _resolve(session: Session, position: EventId | None,
                 position.offset >= placed.first_offset and position.offset >= await
                 session.reader.log_start(placed.topic, placed.partition)):
             if not session.prefs.needs_context:
-                return placed, None, False
+                return placed, None
             tail = session.hub.tails.get(TopicPartition(placed.topic, placed.partition))
             if tail is not None and tail.covers(placed.first_offset):
                 # The memory tail holds everything from the id's floor on: the first
@@ -338,16 +328,10 @@ async def _resolve(session: Session, position: EventId | None,
                     data = first.data
                     start = data.index(b"\ndata: ") + 7
                     return placed, context_of_envelope(
-                        data[start:data.index(b"\n", start)]), False
-            return placed, None, True
+                        data[start:data.index(b"\n", start)])
+            return placed, (await lookup.find(session.stream_id, allow_pending=True)).context
     found = await lookup.find(session.stream_id, allow_pending=True)
-    return found.info, found.context, False
-
-
-async def _found_context(session: Session) -> StreamContext | None:
-    """The stream's context as the lookup finds it (it reads, or waits for, the first
-    event, and caches what it found)."""
-    return (await session.lookup.find(session.stream_id, allow_pending=True)).context
+    return found.info, found.context
 
 
 async def _bounds(session: Session, info: StreamInfo, position: EventId | None,
