@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from eventlog.index import StreamInfo
 from eventlog.placement import stream_partition
 from eventlog.topics import jobs_topics
+from schemas.context import StreamContext
 
 GENERATE: Final = "generate"
 CANCEL: Final = "cancel"
@@ -27,6 +28,8 @@ class Job:
     query: str
     options: dict[str, Any] = field(default_factory=dict)
     priority: bool = False
+    #: The stream's per-user context (its ``responseFormat`` is for the generator).
+    context: StreamContext | None = None
 
     @property
     def stream_id(self) -> str:
@@ -37,9 +40,12 @@ class Job:
         return self.stream.generator
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"type": GENERATE, "stream": self.stream.to_json().decode(),
-                             "query": self.query, "options": self.options,
-                             "priority": self.priority})
+        obj: dict[str, Any] = {"type": GENERATE, "stream": self.stream.to_json().decode(),
+                               "query": self.query, "options": self.options,
+                               "priority": self.priority}
+        if self.context is not None:
+            obj["context"] = self.context.to_json()
+        return orjson.dumps(obj)
 
 
 def cancel_record(stream_id: str) -> bytes:
@@ -67,9 +73,11 @@ def parse_job_record(raw: bytes) -> Job | str | None:
     try:
         obj = orjson.loads(raw)
         if obj.get("type") == GENERATE:
+            context = obj.get("context")
             return Job(stream=StreamInfo.from_json(obj["stream"].encode()),
                        query=str(obj["query"]), options=dict(obj.get("options") or {}),
-                       priority=bool(obj.get("priority", False)))
+                       priority=bool(obj.get("priority", False)),
+                       context=None if context is None else StreamContext.from_json(context))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):

@@ -29,6 +29,7 @@ from eventlog.reader import LogReader
 from eventlog.settings import LogSettings
 from eventlog.topics import events_topic, jobs_topic, stream_topic_spec, wait_for_topics
 from schemas import events, streamid
+from schemas.context import StreamContext
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,13 @@ class StreamCreator:
     async def create(self, stream_id: str | None = None, *, generator: str,
                      query: str | None, options: dict[str, Any] | None,
                      with_job: bool, tenant: str, owner: str = "",
-                     priority: bool = False) -> StreamInfo:
+                     priority: bool = False,
+                     context: StreamContext | None = None) -> StreamInfo:
         """A new stream of ``tenant``, owned by ``owner`` ("" : by the whole tenant).
 
         ``priority``: the job goes to the priority jobs topic (the caller's tier has
-        ``priority``), whose jobs workers start before the others."""
+        ``priority``), whose jobs workers start before the others. ``context``: the
+        creator's per-user context (kept in the first event, passed to the generator)."""
         ns = self._settings.namespace
         ts = now_ms()
         if self._settings.placement == "topic-per-stream":
@@ -146,7 +149,8 @@ class StreamCreator:
             else:
                 partition = partition_for(stream_id, self._settings.partitions)
         first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts,
-                      data={"state": index.QUEUED})
+                      data={"state": index.QUEUED} if context is None else
+                      {"state": index.QUEUED, "context": context.to_json()})
         meta = await (await send_event(self._producer, topic, partition, first,
                                        generator=generator, tenant=tenant, owner=owner))
         key = (topic, partition)
@@ -160,7 +164,7 @@ class StreamCreator:
         await index.put(self._producer, info)
         if with_job:
             job = Job(stream=info, query=query or "", options=options or {},
-                      priority=priority)
+                      priority=priority, context=context)
             await (await self._producer.send(
                 jobs_topic(ns, priority=priority), job.to_json(), key=stream_id.encode(),
                 partition=stream_partition(stream_id, self._settings.partitions)))

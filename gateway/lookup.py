@@ -35,6 +35,7 @@ from eventlog.settings import KafkaSettings, LogSettings
 from eventlog.streams import terminal_status
 from eventlog.topics import events_topic, stream_topic
 from gateway.hub import Frame, Hub
+from schemas.context import StreamContext, context_of_envelope
 from schemas.events import TERMINAL_TYPES
 from schemas.streamid import StreamRef, parse_stream_id
 
@@ -60,6 +61,8 @@ class Found:
     #: holds the partition's last stable offset back): followed from the hub's
     #: position, where its first event will come; never cached.
     pending: bool = False
+    #: The per-user context of its first event (``schemas.context``), if it has one.
+    context: StreamContext | None = None
 
 
 class StreamLookup:
@@ -155,26 +158,28 @@ class StreamLookup:
         ns = self._settings.namespace
         tail = self._hub.tails[tp]
         start = max(ref.floor, log_start)
-        # (offset, seq, generator) of the stream's first record at or after ``start``.
-        first: tuple[int, int, str] | None = None
+        # (offset, seq, generator, envelope) of the stream's first record at or after
+        # ``start``.
+        first: tuple[int, int, str, bytes] | None = None
         if tail.covers(start):
             frame = tail.first(key, start)
             if frame is not None:
-                first = (frame.offset, frame.seq, _UNKNOWN)
+                first = (frame.offset, frame.seq, _UNKNOWN, _frame_envelope(frame))
         else:
             rec = await first_record(
                 self._reader, tp.topic, tp.partition, key, start=start,
                 until=self._hub.position(tp),
                 not_after_ms=ref.created_ms + CREATE_WINDOW_MS if start == ref.floor else None)
             if rec is not None:
-                first = (rec.offset, rec.seq, rec.generator or _UNKNOWN)
+                first = (rec.offset, rec.seq, rec.generator or _UNKNOWN, rec.value)
         if first is not None:
-            rec_offset, rec_seq, generator = first
+            rec_offset, rec_seq, generator, envelope = first
             complete = start == ref.floor or rec_seq == 0
             info = _info(ns, tp.topic, stream_id, ref,
                          first_offset=rec_offset if complete else min(ref.floor, log_start - 1),
                          generator=generator)
-            return Found(info, rec_offset, ref)
+            return Found(info, rec_offset, ref,
+                         context=context_of_envelope(envelope) if rec_seq == 0 else None)
         if ref.floor < log_start:
             self._remember(self._gone, stream_id, None)
             raise StreamGone(f"stream {stream_id} has been deleted by retention")
@@ -193,7 +198,7 @@ class StreamLookup:
         if rec is None or rec.seq != 0:
             return "unknown"
         known = Found(info.evolve(generator=rec.generator or "unknown"), found.earliest,
-                      found.ref)
+                      found.ref, context=found.context)
         if info.stream_id in self._found:
             self._found[info.stream_id] = known
         return known.info.generator

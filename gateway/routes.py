@@ -19,6 +19,7 @@ from eventlog.streams import Draft
 from gateway import auth, streaming
 from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
+from gateway.delivery import Delivery
 from gateway.errors import Forbidden
 from gateway.limits import FAIL_OPEN_SCOPES, active_stream
 from gateway.lookup import Found
@@ -160,10 +161,11 @@ async def create_stream(request: web.Request) -> web.Response:
                 generator=create.generator, query=create.query,
                 options=create.options, with_job=create.generator != EXTERNAL,
                 tenant=identity.tenant, owner=identity.owner,
-                priority=services.settings.limits.tiers[identity.tier].priority)
+                priority=services.settings.limits.tiers[identity.tier].priority,
+                context=create.context)
         slot.bind(info.stream_id)
     stream_id = info.stream_id
-    session_id = (body.get("context") or {}).get("sessionId")
+    session_id = create.context.session_id if create.context is not None else None
     if session_id and services.user_sessions is not None:
         await services.user_sessions.remember(identity, session_id, stream_id,
                                               info.created_at)
@@ -203,13 +205,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     assert services.hub is not None and services.reader is not None
     assert services.lookup is not None
     gw = services.settings.gateway
+    prefs = Delivery.requested(request.query, interval_s=gw.batch_interval_ms / 1000)
     session = streaming.Session(
         request=request, stream_id=stream_id, lookup=services.lookup, hub=services.hub,
         reader=services.reader,
         metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
-        closing=services.closing, registry=services.sessions)
+        closing=services.closing, registry=services.sessions, prefs=prefs)
     return await streaming.serve(session, position)
 
 

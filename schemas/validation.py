@@ -17,6 +17,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
 from schemas import events
+from schemas.context import StreamContext
 from schemas.errors import TidemarkError
 
 _BASE: Final = "https://tidemark.dev/schemas/"
@@ -45,6 +46,8 @@ class CreateRequest:
     query: str
     generator: str = "demo"
     options: dict[str, Any] = field(default_factory=dict)
+    #: The per-user context (``schemas.context``), None when the body has none.
+    context: StreamContext | None = None
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -103,8 +106,10 @@ class Validators:
 
     def create_request(self, body: Any) -> CreateRequest:
         self.check("create_stream", body)
+        context = body.get("context")
         return CreateRequest(query=body["query"], generator=body.get("generator", "demo"),
-                             options=dict(body.get("options") or {}))
+                             options=dict(body.get("options") or {}),
+                             context=None if context is None else StreamContext.from_json(context))
 
     def publish_request(self, body: Any) -> list[EventInput]:
         """Validate a publish body (one event or a list) and each event's data."""

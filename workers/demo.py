@@ -5,6 +5,11 @@ For a given query and options it always yields the same events: ``status`` runni
 ``tokens_per_second`` (on an absolute schedule), a last ``progress`` at 100 %, then ``result`` whose
 ``data.text`` is the chunks joined. ``fail_at_seq`` ends it with a terminal ``error``
 at that seq instead.
+
+A stream whose context asks for ``responseFormat: concise`` gets a shorter answer: a
+quarter of the tokens (rounded up; the first words of the detailed answer) and no
+intermediate progress steps (only 0 % and 100 %); ``metadata`` and ``result`` say which
+format was made.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Final
 
 from eventlog.jobs import Job
 from schemas import events
+from schemas.context import CONCISE, DETAILED
 from workers.generators import Draft
 from workers.pacing import Pacer
 
@@ -58,12 +64,16 @@ class DemoGenerator:
         """Every event after seq 0 as (type, data, delay before it), in seq order."""
         tokens = int(job.options.get("tokens") or DEFAULT_TOKENS)
         rate = float(job.options.get("tokens_per_second") or DEFAULT_RATE)
+        fmt = (job.context.response_format if job.context is not None else None) or DETAILED
+        if fmt == CONCISE:
+            tokens = (tokens + 3) // 4
         chunks = demo_tokens(job.query, tokens)
-        step_every = max(1, tokens // 10)
+        # Concise: one step (no progress between 0 % and 100 %).
+        step_every = max(1, tokens // 10) if fmt != CONCISE else tokens
         steps = 1 + (tokens + step_every - 1) // step_every
         yield events.STATUS, {"state": "running", "message": "generating an answer"}, 0.0
         yield events.METADATA, {"model": MODEL, "query": job.query, "tokens": tokens,
-                                "tokensPerSecond": rate}, 0.0
+                                "tokensPerSecond": rate, "responseFormat": fmt}, 0.0
         yield events.PROGRESS, {"percentage": 0, "estimatedTimeRemaining": tokens / rate,
                                 "currentStep": "retrieving context", "completedSteps": 0}, 0.0
         for i, chunk in enumerate(chunks):
@@ -77,7 +87,8 @@ class DemoGenerator:
                     "currentStep": "generating", "completedSteps": done // step_every}, 0.0
         yield events.PROGRESS, {"percentage": 100, "estimatedTimeRemaining": 0,
                                 "currentStep": "done", "completedSteps": steps}, 0.0
-        yield events.RESULT, {"text": "".join(chunks), "tokens": tokens, "model": MODEL}, 0.0
+        yield events.RESULT, {"text": "".join(chunks), "tokens": tokens, "model": MODEL,
+                              "responseFormat": fmt}, 0.0
 
     async def events(self, job: Job, start_seq: int) -> AsyncIterator[Draft]:
         """The plan from ``start_seq``, paced on an absolute schedule from the first
