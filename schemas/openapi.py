@@ -29,7 +29,7 @@ REQUEST_SCHEMAS: Final = {
 SCOPES: Final = ("streams:create", "streams:read", "streams:publish", "streams:cancel",
                  "admin")
 
-_PROTECTED: Final = [{"bearerAuth": []}, {"accessToken": []}, {"tokenCookie": []}]
+_PROTECTED: Final[list[dict[str, list[str]]]] = [{"bearerAuth": []}, {"accessToken": []}, {"tokenCookie": []}]
 _PUBLIC: Final[list[dict[str, list[str]]]] = []
 
 
@@ -269,6 +269,22 @@ def _components() -> dict[str, Any]:
             "type": "object", "required": ["stream_id", "status"],
             "properties": {"stream_id": string, "status": string},
         },
+        "ServerSentEvent": {
+            "type": "object", "description": "one event of the stream (OpenAPI 3.1: the "
+            "schema of a text/event-stream response describes each event)",
+            "required": ["data", "event"],
+            "properties": {
+                "id": {"type": "string", "description": "its position: resume after it "
+                       "with Last-Event-ID"},
+                "event": {"type": "string", "description": "the event type (status, "
+                          "progress, partial_result, metadata, result, error, cancelled, "
+                          "reset, or a custom type)"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "description": "the event envelope (schemas/json/envelope.json); "
+                         "for `reset`, the reset notice (schemas/json/reset.json)"},
+                "retry": {"type": "integer", "minimum": 0},
+            },
+        },
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"const": "ok"}}},
         "Ready": {"type": "object", "required": ["status", "partitions", "subscribers"],
@@ -356,7 +372,8 @@ def _paths() -> dict[str, Any]:
                 parameters=sse_params,
                 responses={
                     "200": {"description": "the stream's events from the position on",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                            "content": {"text/event-stream": {
+                                "schema": _schema("ServerSentEvent")}}},
                     "204": {"description": "the stream has ended and Last-Event-ID is its "
                                            "last event: nothing more will come"},
                     **_refs("BadRequest", *_GUARDED, "NotFound", "Gone", "Unavailable"),
