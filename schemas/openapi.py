@@ -29,7 +29,8 @@ REQUEST_SCHEMAS: Final = {
 SCOPES: Final = ("streams:create", "streams:read", "streams:publish", "streams:cancel",
                  "admin")
 
-_PROTECTED: Final[list[dict[str, list[str]]]] = [{"bearerAuth": []}, {"accessToken": []}, {"tokenCookie": []}]
+_PROTECTED: Final[list[dict[str, list[str]]]] = [
+    {"bearerAuth": []}, {"accessToken": []}, {"tokenCookie": []}]
 _PUBLIC: Final[list[dict[str, list[str]]]] = []
 
 

@@ -131,8 +131,8 @@ async def _schemathesis(url: str, *, examples: int, seed: int, workers: int,
 async def run(*, requests: int, workdir: Path, bootstrap: str | None = None,
               seed: int = 20261202, workers: int = 1) -> Report:
     """Start a broker (unless ``bootstrap``), a worker and a gateway; fuzz until
-    ``requests`` were answered; stop them. The processes' logs stay in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    ``requests`` were answered; stop them. The processes' logs stay in ``workdir`` (an
+    existing directory)."""
     procs: list[Proc] = []
     report = Report()
     started = time.monotonic()
@@ -202,6 +202,7 @@ def main() -> int:
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tidemark-fuzz-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(run(requests=args.requests, workdir=workdir,
                              bootstrap=args.bootstrap or None, seed=args.seed,
                              workers=args.workers))
