@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from eventlog.settings import Settings
+from eventlog.settings import AuthSettings, Settings
 from gateway.app import create_app
 from schemas import openapi
 from schemas.validation import InvalidInput, Validators, load_schema
@@ -18,8 +18,12 @@ from schemas.validation import InvalidInput, Validators, load_schema
 METHODS = {"get", "post", "put", "patch", "delete", "options"}
 
 
-def _app_routes() -> set[tuple[str, str]]:
-    app = create_app(Settings())
+#: Routes only ``tidemark dev`` serves (the demo page's token): not part of the contract.
+DEV_ONLY = {("GET", "/dev/token")}
+
+
+def _app_routes(*, dev: bool = False) -> set[tuple[str, str]]:
+    app = create_app(Settings(auth=AuthSettings(jwt_secret="routes-test-secret")), dev=dev)
     routes = set()
     for route in app.router.routes():
         if route.method == "HEAD":  # aiohttp adds HEAD beside every GET
@@ -46,6 +50,10 @@ def test_every_route_is_in_the_document_and_nothing_else() -> None:
     served, documented = _app_routes(), _document_routes()
     assert served - documented == set(), "routes missing from the document"
     assert documented - served <= LANDING, "documented routes the gateway does not serve"
+
+
+def test_the_dev_gateway_adds_only_its_token_route() -> None:
+    assert _app_routes(dev=True) - _app_routes() == DEV_ONLY
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
