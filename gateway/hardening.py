@@ -52,7 +52,8 @@ CORS_EXPOSE_HEADERS: Final = ("Location", "Retry-After", "WWW-Authenticate",
                               "Tidemark-Gateway")
 CORS_MAX_AGE_S: Final = 600
 
-_INLINE: Final = re.compile(rb"<(script|style)(?:\s[^>]*)?>(.*?)</\1\s*>", re.S | re.I)
+_INLINE: Final = re.compile(rb"<(script|style)(\s[^>]*)?>(.*?)</\1\s*>", re.S | re.I)
+_SRC: Final = re.compile(rb"\ssrc\s*=", re.I)
 
 
 def server_options(gw: GatewaySettings) -> dict[str, Any]:
@@ -152,7 +153,9 @@ def page_policy(html: bytes) -> str:
     """The Content-Security-Policy of a page: nothing but its own origin, and its inline
     scripts and styles by their SHA-256."""
     hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
-    for tag, content in _INLINE.findall(html):
+    for tag, attributes, content in _INLINE.findall(html):
+        if _SRC.search(b" " + attributes):
+            continue  # a script file: allowed by 'self', its element's text is ignored
         digest = base64.b64encode(hashlib.sha256(content).digest()).decode()
         hashes[tag.lower()].append(f"'sha256-{digest}'")
     return "; ".join([
