@@ -11,9 +11,8 @@ a new seed until enough requests were made (schemathesis reports test cases, so
 ``tests/fuzz_hooks.py`` counts the requests themselves).
 
 The gateway under test ends an SSE response after 1 s (``TIDEMARK_MAX_RESPONSE_SECONDS``,
-``TIDEMARK_IDLE_TIMEOUT``) so reads of live streams do not hold the fuzzer. Requests carry
-a token with every scope when ``gateway.auth`` can mint one (``TIDEMARK_AUTH=jwt``), else
-the gateway runs with ``TIDEMARK_AUTH=none``.
+``TIDEMARK_IDLE_TIMEOUT``) so reads of live streams do not hold the fuzzer. Every request
+carries a token with every scope, signed with the gateway's ``TIDEMARK_JWT_SECRET``.
 """
 
 from __future__ import annotations
