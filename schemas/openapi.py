@@ -349,13 +349,14 @@ def _paths() -> dict[str, Any]:
                      "description": "the `context.sessionId` the streams were created with",
                      "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
                     {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                     "description": "page size (default 50)",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
                     {"name": "cursor", "in": "query", "required": False,
                      "description": "the `next_cursor` of the previous page",
                      "schema": {"type": "string"}},
                 ],
                 responses={"200": _json(_schema("StreamList"), "one page of streams"),
-                           **_refs("BadRequest", *_GUARDED, "Unprocessable", "Unavailable")}),
+                           **_refs("BadRequest", *_GUARDED, "Unavailable")}),
         },
         "/v1/streams/{id}": {
             "get": _op(
