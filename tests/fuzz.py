@@ -122,7 +122,10 @@ async def _schemathesis(url: str, *, examples: int, seed: int, workers: int,
         proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log, env=env,
                                                     cwd=REPO)
         code = await proc.wait()
-    by_status = json.loads(counts.read_text()) if counts.exists() else {}
+    try:
+        by_status: dict[str, int] = json.loads(counts.read_text())
+    except (OSError, ValueError):  # schemathesis did not exit normally
+        by_status = {}
     report_files = sorted(reports.glob("*.json"))
     report = json.loads(report_files[-1].read_text()) if report_files else {}
     return code, by_status, report

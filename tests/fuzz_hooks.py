@@ -27,8 +27,11 @@ def after_call(context: Any, case: Any, response: Any) -> None:
 def _write() -> None:
     path = os.environ.get("FUZZ_COUNTS_FILE")
     if path:
-        with _LOCK, open(path, "w") as out:
-            json.dump(dict(_COUNTS), out)
+        with _LOCK:
+            text = json.dumps(dict(_COUNTS))
+        with open(path + ".tmp", "w") as out:
+            out.write(text)
+        os.replace(path + ".tmp", path)
 
 
 atexit.register(_write)
