@@ -23,7 +23,8 @@ DEV_ONLY = {("GET", "/dev/token")}
 
 
 def _app_routes(*, dev: bool = False) -> set[tuple[str, str]]:
-    app = create_app(Settings(auth=AuthSettings(jwt_secret="routes-test-secret")), dev=dev)
+    secret = "routes-test-secret-of-at-least-32-bytes"
+    app = create_app(Settings(auth=AuthSettings(jwt_secret=secret)), dev=dev)
     routes = set()
     for route in app.router.routes():
         if route.method == "HEAD":  # aiohttp adds HEAD beside every GET
