@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint kafka clean haproxy redis chaos
+.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz
 
 setup: $(INSTALLED) $(FETCHED) haproxy redis
 
@@ -46,6 +46,12 @@ test: setup
 CHAOS_ARGS ?= --seconds 300 --streams 60
 chaos: setup
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+# The long fuzz run (the test suite runs a short one): schemathesis against a real
+# gateway's /v1/openapi.json; prints a JSON report (docs/api.md).
+FUZZ_ARGS ?= --requests 10000
+fuzz: setup
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -99,7 +99,8 @@ class GatewaySettings:
         "MAX_HEADER_BYTES", 8190, "longest request header line (and request line) accepted")
     max_url_bytes: int = _env("MAX_URL_BYTES", 4096, "longest request target accepted")
     body_timeout_s: float = _env(
-        "BODY_TIMEOUT", 10.0, "a request body must arrive within this long (slow bodies: 408)")
+        "BODY_TIMEOUT", 10.0, "a request body must arrive within this long (slow bodies: 408); "
+        "also how long a request's headers may take, and an idle keep-alive connection lasts")
     cors_origins: str = _env(
         "CORS_ORIGINS", "", "origins allowed to call the API from a browser, comma-separated "
         "(unset: none; * : any)")

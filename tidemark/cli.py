@@ -85,12 +85,14 @@ async def run_gateway(settings: Settings, *, supervised: bool = False,
     from aiohttp import web
 
     from gateway.app import SERVICES_TASK, create_app
+    from gateway.hardening import server_options
     from gateway.services import SERVICES
     from tidemark.supervise import LISTENING, READY
 
     app = create_app(settings, dev=dev)
     gw = settings.gateway
-    runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None)
+    runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None,
+                           **server_options(gw))
     await runner.setup()
     site = web.TCPSite(runner, gw.host, gw.port, reuse_address=True,
                        reuse_port=supervised or None, backlog=gw.listen_backlog)
