@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report_storm
+from bench import report_storm, report_tenants
 from bench.markdown import fmt as _f
 from bench.markdown import table as _table
 
@@ -162,6 +162,7 @@ def render(res: dict[str, Any]) -> str:
     h = sc.get("history", {})
     if h:
         lines += _history(h)
+    lines += report_tenants.render(sc)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 

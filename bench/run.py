@@ -29,12 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, scn_history, scn_storm, scn_worker_path, swarm
+from bench import report, scenarios, scn_history, scn_storm, scn_tenants, scn_worker_path, swarm
 from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history")
+             "storm", "processes", "history", "tenants")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        profile=profile.profile_s > 0)},
             "processes": lambda: {"processes": scn_storm.processes(b, storm_profile, profile)},
             "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
+            "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
         }
         for name in SCENARIOS:
             if name in only:
