@@ -67,12 +67,16 @@ def render(sc: dict[str, Any]) -> list[str]:
         lines += _table(["tenants", "completed / failed", "create", "publish",
                          "read (to result)", "status", "req/s", "gateway µs/req",
                          "gateway CPU", "gateway RSS", "broker CPU", "client CPU",
-                         "namespace topics / partitions", "broker topics / partitions"],
+                         "namespace topics / partitions",
+                         "broker topics / partitions (run so far)"],
                         [mode_row(m) for m in sh.get("modes", [])])
-        r = sh.get("ratio_many_to_one", {})
-        if r:
-            lines += ["", f"Ratio {sh.get('ratio_of')}: " + ", ".join(
-                f"{k} {_f(v, 2)}" for k, v in r.items()), ""]
+        lines.append("")
+        for key, which in (("ratio_many_to_one", "the first 1-tenant run"),
+                           ("ratio_many_to_one_repeat", "the 1-tenant run after it")):
+            r = sh.get(key) or {}
+            if r:
+                lines += [f"Ratio {sh.get('ratio_of')} ({which}): " + ", ".join(
+                    f"{k} {_f(v, 2)}" for k, v in r.items()), ""]
         for m in sh.get("modes", []):
             f = m.get("load", {}).get("foreign_tenant_status")
             if f:

@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -43,6 +44,7 @@ import orjson
 
 SCOPE = "streams:create streams:read streams:publish"
 OPS = ("create", "publish", "read", "status")
+CREATE = {"generator": "external", "query": "bench tenants"}
 RESULT = {"type": "result", "data": {"text": "done", "model": "bench-tenants"}}
 
 
@@ -115,7 +117,7 @@ class Load:
         auth = {"Authorization": f"Bearer {self.tokens[(tenant, user)]}"}
 
         async def create() -> tuple[int, Any]:
-            async with http.post(f"{base}/v1/streams", json={"generator": "external"},
+            async with http.post(f"{base}/v1/streams", json=CREATE,
                                  headers=auth) as r:
                 return r.status, await r.read()
 
@@ -249,7 +251,7 @@ async def _admin() -> Any:
     from eventlog.clients import make_admin, started
     from eventlog.settings import load_settings
 
-    settings = load_settings()
+    settings = load_settings(os.environ)
     return settings, await started(lambda: make_admin(settings.kafka, role="bench-tenants"),
                                    settings.kafka, "bench admin")
 
