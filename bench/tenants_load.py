@@ -11,12 +11,14 @@ token per (tenant, user) minted with ``gateway.auth.mint_token`` (scopes create,
 publish). Stream ``j`` belongs to user ``j % U``. For every stream, ``C`` streams in
 flight: ``POST /v1/streams`` (``external``), ``POST .../events`` with one ``result``,
 ``GET`` of the answer's ``events_url`` (which carries the stream's read token) until the
-``result`` event (the second event; the response then ends), and ``GET /v1/streams/{id}``
-(which must say ``completed``). Each request is timed; after the timed part, a sample of
-streams is asked for with a token of the next tenant (it must answer 404, as for a stream
-that does not exist). With ``--go-file`` the client mints its tokens, prints ``READY`` and
-waits for that file to exist before the timed part, and after it prints ``TIMED`` and waits
-for ``G.2`` before the 404 sample (so the harness samples CPU at the timed part's edges).
+``result`` event (which must be the second event), and ``GET /v1/streams/{id}`` (which
+must say ``completed``); a stream that fails a step is counted with the reason and not
+taken further. Each request is timed. After the timed part, a sample of streams is asked
+for with a token of another tenant and the answers' statuses counted (a stream of another
+tenant answers 404, like one that does not exist). With ``--go-file`` the client mints its
+tokens, prints ``READY`` and waits for that file to exist before the timed part, and after
+it prints ``TIMED`` and waits for ``G.2`` before the 404 sample (so the harness samples CPU
+at the timed part's edges).
 The summary is one JSON line (``kind: "load"``).
 
 ``topics`` prints the broker's topics and partitions (in all, and of one namespace).
