@@ -258,6 +258,8 @@ def alternative(b: Bench, tp: TenantsProfile) -> dict[str, Any]:
                 "namespaces": k, "created_now": made["created"], "create_s": made["wall_s"],
                 "create_ms_per_namespace": made["per_namespace_ms"],
                 "broker_cpu_s_creating": window(s0, s1)["processes"]["kafka"]["cpu_s"],
+                "metadata_wait_s": made.get("metadata_wait_s"),
+                "all_in_metadata": made.get("all_in_metadata"),
                 "broker_partitions": made["broker"]["partitions"],
                 "broker_topics": made["broker"]["topics"], **state,
                 "broker_idle_cpu_pct_of_core": idle["cpu_pct_of_core"]})

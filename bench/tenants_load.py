@@ -297,9 +297,24 @@ async def namespaces(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - t)
         wall = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
+        # A topic just created reaches the broker's metadata answers a little later:
+        # count once every one of them is there with all its partitions.
+        wanted = {f"tidemark.{args.prefix}{k}.{kind}": args.partitions
+                  for k in range(args.stop) for kind in ("events", "jobs")}
+        t1 = time.perf_counter()
+        while True:
+            names = set(await admin.list_topics())
+            seen = ({d["topic"]: len(d["partitions"])
+                     for d in await admin.describe_topics(sorted(set(wanted) & names))}
+                    if names >= set(wanted) else {})
+            if seen == wanted or time.perf_counter() - t1 > 120:
+                break
+            await asyncio.sleep(0.5)
         return {"kind": "namespaces", "created": args.stop - args.start,
                 "wall_s": round(wall, 3), "client_cpu_s": round(cpu, 3),
                 "per_namespace_ms": summarize_ms(times),
+                "metadata_wait_s": round(time.perf_counter() - t1, 3),
+                "all_in_metadata": seen == wanted,
                 "broker": await broker_topics(admin)}
     finally:
         await stop_client(admin)
