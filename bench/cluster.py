@@ -34,10 +34,11 @@ class Bench:
         return f"bench{self.run_id}{tag}"
 
     def env(self, namespace: str, **settings: str) -> dict[str, str]:
-        # The scenarios' clients carry no tokens: gateways run here without auth (unless
-        # ``settings`` say otherwise).
-        return base_env(TIDEMARK_KAFKA_BOOTSTRAP=self.bootstrap, TIDEMARK_NAMESPACE=namespace,
-                        TIDEMARK_LOG_LEVEL="WARNING", **{"TIDEMARK_AUTH": "none", **settings})
+        # The scenarios' clients carry no tokens: gateways run here without auth, unless a
+        # scenario sets TIDEMARK_AUTH itself (``tenants`` does).
+        return base_env(**{"TIDEMARK_KAFKA_BOOTSTRAP": self.bootstrap,
+                           "TIDEMARK_NAMESPACE": namespace, "TIDEMARK_LOG_LEVEL": "WARNING",
+                           "TIDEMARK_AUTH": "none", **settings})
 
 
 def start_broker(reg: Registry, data_dir: Path, timeout: float = 120) -> tuple[Proc, str]:

@@ -29,12 +29,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, scn_history, scn_priority, scn_storm, scn_worker_path, swarm
+from bench import (
+    report,
+    scenarios,
+    scn_history,
+    scn_priority,
+    scn_storm,
+    scn_tenants,
+    scn_worker_path,
+    swarm,
+)
 from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority")
+             "storm", "processes", "history", "priority", "tenants")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes": lambda: {"processes": scn_storm.processes(b, storm_profile, profile)},
             "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
             "priority": lambda: {"priority": scn_priority.priority(b)},
+            "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
         }
         for name in SCENARIOS:
             if name in only:
