@@ -285,16 +285,16 @@ class Run:
                 self.start_broker()
 
     async def create(self, http: aiohttp.ClientSession, i: int, *,
-                     tokens: tuple[int, int] = (100, 250)) -> Followed:
+                     token_range: tuple[int, int] = (100, 250)) -> Followed:
         query = f"chaos stream {i}: what survives a crash?"
-        tokens_ = self.rng.randint(*tokens)
-        body = {"query": query, "options": {"tokens": tokens_, "tokens_per_second": 10}}
+        tokens = self.rng.randint(*token_range)
+        body = {"query": query, "options": {"tokens": tokens, "tokens_per_second": 10}}
         for _ in range(120):
             try:
                 async with http.post(f"{self.lb}/v1/streams", json=body) as resp:
                     if resp.status == 201:
                         sid = (await resp.json())["stream_id"]
-                        return Followed(sid, query, tokens_)
+                        return Followed(sid, query, tokens)
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.5)
@@ -396,7 +396,7 @@ async def run_cluster(seconds: float, streams: int, seed: int, workdir: Path, *,
         chaos = asyncio.create_task(r.chaos(seconds))
         async with aiohttp.ClientSession(headers=auth_headers()) as http:
             for i in range(streams):
-                stream = await r.create(http, i, tokens=(150, 300))
+                stream = await r.create(http, i, token_range=(150, 300))
                 followed.append(stream)
                 tasks.append(asyncio.create_task(follow(r.lb, stream, deadline)))
                 await asyncio.sleep(seconds / streams * 0.6)
