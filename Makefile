@@ -42,10 +42,13 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The long chaos run (the test suite runs a short one): prints a JSON report.
+# The long chaos runs (the test suite runs short ones): each prints a JSON report. The
+# second is on a 3-node KRaft cluster whose partition leaders are SIGKILLed (docs/cluster.md).
 CHAOS_ARGS ?= --seconds 300 --streams 60
+CLUSTER_CHAOS_ARGS ?= --cluster 3 --seconds 120 --streams 60
 chaos: setup
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+	$(BIN)/python -m tests.chaos $(CLUSTER_CHAOS_ARGS)
 
 # The long fuzz run (the test suite runs a short one): schemathesis against a real
 # gateway's /v1/openapi.json; prints a JSON report (docs/api.md).

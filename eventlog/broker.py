@@ -9,6 +9,11 @@ same directory reuse that cluster id and those ports and do not reformat, so top
 committed offsets survive a restart, and clients that knew ``127.0.0.1:<port>`` reconnect on
 their own. Without a ``data_dir`` the broker lives in a fresh temporary directory that
 :meth:`LocalBroker.stop` removes.
+
+A :class:`LocalBroker` given a :class:`NodeLayout` is instead one node of a multi-node
+cluster (``eventlog/cluster.py``): the layout fixes its node id, ports, cluster id and the
+controller quorum, the cluster keeps the state file, and the internal topics get the
+cluster's replication.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from eventlog.errors import TidemarkError
 
-__all__ = ["BrokerConfig", "BrokerError", "LocalBroker", "find_jars"]
+__all__ = ["BrokerConfig", "BrokerError", "LocalBroker", "NodeLayout", "find_jars"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,23 @@ class _State:
     cluster_id: str
     port: int
     controller_port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeLayout:
+    """One node of a multi-node KRaft cluster, as its cluster fixed it.
+
+    ``voters`` is the static controller quorum (``"1@127.0.0.1:p1,2@127.0.0.1:p2,..."``);
+    ``brokers`` is the size of the cluster: the internal topics get replication factor
+    ``min(3, brokers)`` and, with three or more, two replicas in sync.
+    """
+
+    node_id: int
+    cluster_id: str
+    port: int
+    controller_port: int
+    voters: str
+    brokers: int
 
 
 def find_jars(jars_dir: Path) -> Path:
@@ -139,12 +161,12 @@ def _heap_bytes(heap: str) -> int:
     return int(m.group(1)) * scale
 
 
-def _server_properties(data_dir: Path, state: _State) -> str:
+def _server_properties(data_dir: Path, state: _State, layout: NodeLayout | None = None) -> str:
     port, cport = state.port, state.controller_port
     props: dict[str, object] = {
         "process.roles": "broker,controller",
-        "node.id": 1,
-        "controller.quorum.voters": f"1@{_HOST}:{cport}",
+        "node.id": 1 if layout is None else layout.node_id,
+        "controller.quorum.voters": f"1@{_HOST}:{cport}" if layout is None else layout.voters,
         "listeners": f"PLAINTEXT://{_HOST}:{port},CONTROLLER://{_HOST}:{cport}",
         "advertised.listeners": f"PLAINTEXT://{_HOST}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -177,9 +199,35 @@ def _server_properties(data_dir: Path, state: _State) -> str:
         "num.recovery.threads.per.data.dir": 1,
         "background.threads": 4,
     }
+    if layout is not None and layout.brokers > 1:
+        props.update(_cluster_properties(layout.brokers))
     lines = [f"# Written by Tidemark ({__name__}); rewritten on every start.\n"]
     lines.extend(f"{key}={value}\n" for key, value in props.items())
     return "".join(lines)
+
+
+def _cluster_properties(brokers: int) -> dict[str, object]:
+    """What a node of a ``brokers``-node cluster sets beyond a single node's properties."""
+    rf = min(3, brokers)
+    isr = 2 if rf >= 3 else 1
+    return {
+        # Internal topics (offsets, transactions, share state) replicated like the data.
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        # A SIGKILLed node is fenced (its partitions get new leaders, it leaves the ISRs)
+        # after 3 s without a heartbeat, not the default 9 s.
+        "broker.heartbeat.interval.ms": 500,
+        "broker.session.timeout.ms": 3000,
+        "replica.lag.time.max.ms": 10000,
+        # Leadership goes back to the preferred replicas soon after a node returns.
+        "leader.imbalance.check.interval.seconds": 30,
+        "num.replica.fetchers": 1,
+    }
 
 
 def _log4j_config(data_dir: Path) -> str:
@@ -221,14 +269,18 @@ def _file_size(path: Path) -> int:
 
 
 class LocalBroker:
-    """A single-node KRaft Kafka broker (broker and controller in one JVM) on loopback.
+    """A KRaft Kafka broker (broker and controller in one JVM) on loopback: a single-node
+    cluster, or with a ``layout`` one node of a larger one.
 
     Use as ``async with LocalBroker(BrokerConfig(jars_dir=...)) as broker:`` and connect clients
     to ``broker.bootstrap``.
     """
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, *, layout: NodeLayout | None = None) -> None:
+        if layout is not None and config.data_dir is None:
+            raise BrokerError("a cluster node needs its own data_dir")
         self._config = config
+        self._layout = layout
         self._proc: asyncio.subprocess.Process | None = None
         self._state: _State | None = None
         self._dir: Path | None = None
@@ -288,7 +340,8 @@ class LocalBroker:
             data_dir, state, fresh = self._prepare()
             if fresh:
                 await self._format(jars_dir, data_dir, state)
-                self._save_state(data_dir, state)
+                if self._layout is None:  # a cluster keeps its nodes' state itself
+                    self._save_state(data_dir, state)
             await self._spawn(jars_dir, data_dir, heap)
             await self._wait_ready(started)
         except BaseException:
@@ -363,9 +416,18 @@ class LocalBroker:
             except OSError as exc:
                 raise BrokerError(f"cannot create broker data dir {data_dir}: {exc}") from exc
         self._dir = data_dir
-        state = self._load_state(data_dir)
         fresh = not (data_dir / _LOG_DIRS / "meta.properties").exists()
-        if state is None:
+        layout = self._layout
+        state = None if layout is not None else self._load_state(data_dir)
+        if layout is not None:
+            state = _State(cluster_id=layout.cluster_id, port=layout.port,
+                           controller_port=layout.controller_port)
+            formatted = self._formatted_cluster_id(data_dir)
+            if formatted is not None and formatted != layout.cluster_id:
+                raise BrokerError(
+                    f"node data dir {data_dir} belongs to cluster {formatted}, "
+                    f"not {layout.cluster_id}")
+        elif state is None:
             cluster_id = self._formatted_cluster_id(data_dir) or new_cluster_id()
             if self._config.port is None:
                 port, cport = _free_ports(2)
@@ -383,7 +445,7 @@ class LocalBroker:
             )
         self._state = state
         (data_dir / _SERVER_PROPERTIES).write_text(
-            _server_properties(data_dir, state), encoding="utf-8"
+            _server_properties(data_dir, state, layout), encoding="utf-8"
         )
         (data_dir / _LOG4J_CONFIG).write_text(_log4j_config(data_dir), encoding="utf-8")
         return data_dir, state, fresh

@@ -45,13 +45,38 @@ class KafkaSettings:
 class LogSettings:
     namespace: str = _env("NAMESPACE", "default", "the namespace (tenant) this process serves")
     partitions: int = _env("PARTITIONS", 12, "partitions of new events/jobs/index topics")
-    replication_factor: int = _env("REPLICATION_FACTOR", 1, "replication factor of new topics")
+    replication_factor: str = _env(
+        "REPLICATION_FACTOR", "auto", "replication factor of new topics; auto: "
+        "min(3, brokers in the cluster)")
+    min_insync_replicas: str = _env(
+        "MIN_INSYNC_REPLICAS", "auto", "min.insync.replicas of new topics; auto: 2 when "
+        "their replication factor is 3 or more, else the broker's default")
     retention_ms: int = _env("RETENTION_MS", 86_400_000, "retention of the events topic")
     placement: str = _env(
         "PLACEMENT", "partitioned", "partitioned (default) or topic-per-stream (benchmarks)")
     janitor_interval_s: float = _env(
         "JANITOR_INTERVAL", 0.0, "seconds between workers' sweeps that tombstone index "
         "records of streams retention deleted (0: a quarter of the retention, <= 1 h)")
+
+
+    def __post_init__(self) -> None:
+        for name, value in (("REPLICATION_FACTOR", self.replication_factor),
+                            ("MIN_INSYNC_REPLICAS", self.min_insync_replicas)):
+            if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 32):
+                raise ConfigError(f"TIDEMARK_{name} must be auto or 1 to 32")
+        if (self.replication_factor != "auto" and self.min_insync_replicas != "auto"
+                and int(self.min_insync_replicas) > int(self.replication_factor)):
+            raise ConfigError("TIDEMARK_MIN_INSYNC_REPLICAS must not exceed "
+                              "TIDEMARK_REPLICATION_FACTOR")
+
+    def replication(self, brokers: int) -> tuple[int, int | None]:
+        """``(replication factor, min.insync.replicas or None: the broker's default)`` of a
+        new topic on a cluster of ``brokers`` brokers."""
+        rf = min(3, max(1, brokers)) if self.replication_factor == "auto" \
+            else int(self.replication_factor)
+        if self.min_insync_replicas != "auto":
+            return rf, int(self.min_insync_replicas)
+        return rf, (2 if rf >= 3 else None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,10 +45,15 @@ def stream_topic(namespace: str, stream_id: str) -> str:
     return f"tidemark.{namespace}.stream.{stream_id}"
 
 
-def stream_topic_spec(settings: LogSettings, stream_id: str) -> NewTopic:
-    return NewTopic(stream_topic(settings.namespace, stream_id), 1,
-                    settings.replication_factor, topic_configs={
-                        "cleanup.policy": "delete", "retention.ms": str(settings.retention_ms)})
+def stream_topic_spec(settings: LogSettings, stream_id: str, *, brokers: int = 1) -> NewTopic:
+    rf, min_isr = settings.replication(brokers)
+    return NewTopic(stream_topic(settings.namespace, stream_id), 1, rf, topic_configs={
+        "cleanup.policy": "delete", "retention.ms": str(settings.retention_ms),
+        **_min_isr(min_isr)})
+
+
+def _min_isr(value: int | None) -> dict[str, str]:
+    return {} if value is None else {"min.insync.replicas": str(value)}
 
 
 def segment_ms(retention_ms: int) -> int:
@@ -56,23 +61,28 @@ def segment_ms(retention_ms: int) -> int:
     return max(1000, min(retention_ms // 4, 3_600_000))
 
 
-def namespace_topics(settings: LogSettings) -> list[NewTopic]:
+def namespace_topics(settings: LogSettings, *, brokers: int = 1) -> list[NewTopic]:
+    """The namespace's topics, replicated as ``settings`` say for ``brokers`` brokers."""
     partitions = settings.partitions
-    rf = settings.replication_factor
+    rf, min_isr = settings.replication(brokers)
+    isr = _min_isr(min_isr)
     return [
         NewTopic(events_topic(settings.namespace), partitions, rf, topic_configs={
             "cleanup.policy": "delete",
             "retention.ms": str(settings.retention_ms),
             # Retention deletes whole segments: roll them well within the retention time.
             "segment.ms": str(segment_ms(settings.retention_ms)),
+            **isr,
         }),
         *(NewTopic(topic, partitions, rf, topic_configs={
             "cleanup.policy": "delete",
             "retention.ms": str(max(settings.retention_ms, 7 * 86_400_000)),
+            **isr,
         }) for topic in jobs_topics(settings.namespace)),
         NewTopic(STREAMS_TOPIC, partitions, rf, topic_configs={
             "cleanup.policy": "compact",
             "min.compaction.lag.ms": "60000",
+            **isr,
         }),
     ]
 
@@ -80,13 +90,16 @@ def namespace_topics(settings: LogSettings) -> list[NewTopic]:
 async def ensure_topics(admin: AIOKafkaAdminClient, settings: LogSettings) -> None:
     """Create the namespace's topics that are missing; existing ones are left as they are.
 
+    New topics get ``TIDEMARK_REPLICATION_FACTOR`` and ``TIDEMARK_MIN_INSYNC_REPLICAS``
+    (by default, on a cluster of three or more brokers: 3 replicas, 2 in sync; on one: 1).
     Partition counts are never changed later: that would move keys to other partitions.
     """
-    wanted = namespace_topics(settings)
     existing = set(await admin.list_topics())
-    missing = [t for t in wanted if t.name not in existing]
-    if not missing:
+    names = [t.name for t in namespace_topics(settings)]
+    if all(name in existing for name in names):
         return
+    brokers = len((await admin.describe_cluster())["brokers"])
+    missing = [t for t in namespace_topics(settings, brokers=brokers) if t.name not in existing]
     response = await admin.create_topics(missing)
     for topic, code, *_ in response.topic_errors:
         if code not in (0, TopicAlreadyExistsError.errno):

@@ -4,6 +4,14 @@ reconnect with Last-Event-ID after every drop. An independent checker then verif
 every stream from what the clients received on the wire.
 
     python -m tests.chaos --seconds 300 --streams 60   # what `make chaos` runs
+    python -m tests.chaos --cluster 3 --seconds 120 --streams 60   # and on a 3-node cluster
+
+With ``--cluster N`` the run is on an N-node KRaft cluster (eventlog/cluster.py) and the
+chaos is aimed at Kafka: SIGKILL the node leading the most partitions of the events topic
+(found with the admin client's describe_topics), start it again, wait until every partition
+is back in sync, then SIGKILL another leader the same way. Besides the checker's verdict it
+reports the stall of each kill: per stream that was mid-answer, the longest gap between two
+events' arrival from just before the kill until the cluster was in sync again.
 
 The checker trusts nothing in the code under test: it parses SSE itself (tests/sse_client
 is written against the wire format), and computes the text the demo generator must
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import random
 import signal
@@ -27,8 +36,18 @@ from typing import Any
 
 import aiohttp
 
+from eventlog.cluster import ClusterConfig, LocalCluster
+from eventlog.topics import events_topic
 from tests import sse_client
-from tests.procs import Proc, auth_headers, base_env, free_port, start_haproxy, wait_ready
+from tests.procs import (
+    REPO,
+    Proc,
+    auth_headers,
+    base_env,
+    free_port,
+    start_haproxy,
+    wait_ready,
+)
 
 # --- the oracle: the demo generator's specified output ------------------------------
 
@@ -51,12 +70,25 @@ def expected_text(query: str, tokens: int) -> str:
 
 # --- what the clients saw --------------------------------------------------------------
 
+class TimedEvents(list[sse_client.Event]):
+    """The events of one stream as they arrived, with ``times``: each one's arrival
+    (``time.monotonic()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def append(self, event: sse_client.Event) -> None:
+        self.times.append(time.monotonic())
+        super().append(event)
+
+
 @dataclass
 class Followed:
     stream_id: str
     query: str
     tokens: int
-    events: list[sse_client.Event] = field(default_factory=list)
+    events: TimedEvents = field(default_factory=TimedEvents)
     answers: list[int] = field(default_factory=list)  # HTTP status of each finished read
     attempts: int = 0  # connections opened
     drops: int = 0  # connections that broke
@@ -71,11 +103,52 @@ class Report:
     drops: int = 0
     events_checked: int = 0
     violations: list[str] = field(default_factory=list)
+    #: ``--cluster``: one entry per broker kill (see :func:`stall`).
+    broker_kills: list[dict[str, Any]] = field(default_factory=list)
+    #: ``--cluster``: the longest gap between two events of a stream before the first kill.
+    quiet_max_gap_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"streams": self.streams, "kills": self.kills, "reconnects": self.reconnects,
-                "drops": self.drops,
-                "events_checked": self.events_checked, "violations": self.violations}
+        out = {"streams": self.streams, "kills": self.kills, "reconnects": self.reconnects,
+               "drops": self.drops,
+               "events_checked": self.events_checked, "violations": self.violations}
+        if self.broker_kills:
+            out["broker_kills"] = self.broker_kills
+            out["quiet_max_gap_s"] = self.quiet_max_gap_s
+        return out
+
+    @property
+    def max_stall_s(self) -> float:
+        return max((k["stall_max_s"] or 0.0 for k in self.broker_kills), default=0.0)
+
+
+def stall(streams: list[Followed], start: float, end: float) -> list[float]:
+    """Per stream that was mid-answer at ``start`` (an event before it, its last event after
+    it): the longest gap between consecutive arrivals that ends after ``start`` and begins
+    before ``end``, the gap across ``start`` included."""
+    gaps = []
+    for s in streams:
+        times = s.events.times
+        if not times or times[0] >= start or times[-1] <= start:
+            continue
+        longest = max((b - a for a, b in itertools.pairwise(times)
+                       if b > start and a < end), default=0.0)
+        gaps.append(longest)
+    return gaps
+
+
+def quiet_gap(streams: list[Followed], end: float) -> float:
+    """The longest gap between two events of any stream, both before ``end``."""
+    return max((b - a for s in streams
+                for a, b in itertools.pairwise(s.events.times) if b < end),
+               default=0.0)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
 def check(streams: list[Followed], report: Report) -> None:
@@ -211,9 +284,10 @@ class Run:
                 await asyncio.sleep(self.rng.uniform(1, 3))
                 self.start_broker()
 
-    async def create(self, http: aiohttp.ClientSession, i: int) -> Followed:
+    async def create(self, http: aiohttp.ClientSession, i: int, *,
+                     token_range: tuple[int, int] = (100, 250)) -> Followed:
         query = f"chaos stream {i}: what survives a crash?"
-        tokens = self.rng.randint(100, 250)
+        tokens = self.rng.randint(*token_range)
         body = {"query": query, "options": {"tokens": tokens, "tokens_per_second": 10}}
         for _ in range(120):
             try:
@@ -225,6 +299,114 @@ class Run:
                 pass
             await asyncio.sleep(0.5)
         raise AssertionError("could not create a stream for a minute")
+
+
+class ClusterRun(Run):
+    """A run on an N-node KRaft cluster whose chaos kills the leaders of the events topic."""
+
+    def __init__(self, workdir: Path, *, seed: int, nodes: int) -> None:
+        super().__init__(workdir, seed=seed)
+        self.cluster = LocalCluster(ClusterConfig(
+            jars_dir=REPO / ".cache" / "kafka" / "libs", nodes=nodes,
+            data_dir=workdir / "kafka-cluster"))
+        self.topic = events_topic("default")
+        self.kill_times: list[tuple[float, float]] = []  # (kill, back in sync)
+
+    def start_broker(self) -> None:
+        raise NotImplementedError("the cluster is started by start()")
+
+    async def start(self) -> None:
+        await self.cluster.start()
+        self.bootstrap = self.cluster.bootstrap
+        self.env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=self.bootstrap, TIDEMARK_PARTITIONS="6",
+                            TIDEMARK_HEARTBEAT_SECONDS="1", TIDEMARK_SSE_RETRY_MS="200",
+                            TIDEMARK_REQUEST_TIMEOUT="5", TIDEMARK_SHUTDOWN_GRACE="2")
+        for _ in range(2):
+            self.start_worker()
+        for i in range(2):
+            self.start_gateway(i)
+        for i, proc in self.gateways.items():
+            await wait_ready(f"http://127.0.0.1:{self.gateway_ports[i]}", proc)
+        haproxy, self.lb = start_haproxy(
+            [f"http://127.0.0.1:{p}" for p in self.gateway_ports], self.workdir)
+        self.procs.append(haproxy)
+        await self.cluster.wait_in_sync()
+
+    async def stop_all(self) -> None:
+        self.stop()
+        await self.cluster.stop()
+
+    async def leader(self, exclude: set[int]) -> tuple[int, list[int]]:
+        """The node leading the most events partitions (not one of ``exclude``), and those
+        partitions."""
+        leaders = await self.cluster.leaders(self.topic)
+        led: dict[int, list[int]] = {}
+        for partition, node in sorted(leaders.items()):
+            if node >= 0 and node not in exclude:
+                led.setdefault(node, []).append(partition)
+        node = max(led, key=lambda n: (len(led[n]), -n))
+        return node, led[node]
+
+    async def chaos(self, seconds: float) -> None:
+        """Two leader kills: the first after a fifth of the run, the second once the first
+        node is back and every partition is in sync again."""
+        await asyncio.sleep(max(5.0, seconds / 5))
+        victims: set[int] = set()
+        for _ in range(2):
+            node, partitions = await self.leader(victims)
+            victims.add(node)
+            self._count("broker-kill")
+            killed = time.monotonic()
+            await self.cluster.kill(node)
+            await asyncio.sleep(self.rng.uniform(2, 4))
+            await self.cluster.restart(node)
+            back = time.monotonic()
+            await self.cluster.wait_in_sync()
+            in_sync = time.monotonic()
+            self.kill_times.append((killed, in_sync))
+            self.report.broker_kills.append({
+                "node": node, "led_partitions": partitions,
+                "restarted_after_s": round(back - killed, 3),
+                "in_sync_after_s": round(in_sync - killed, 3)})
+            await asyncio.sleep(2)
+
+    def measure(self, streams: list[Followed]) -> None:
+        for (killed, in_sync), entry in zip(self.kill_times, self.report.broker_kills,
+                                            strict=True):
+            gaps = stall(streams, killed, in_sync)
+            entry.update({"streams_mid_answer": len(gaps),
+                          "stall_max_s": round(max(gaps), 3) if gaps else None,
+                          "stall_p50_s": _percentile(gaps, 0.5),
+                          "stall_p95_s": _percentile(gaps, 0.95)})
+        if self.kill_times:
+            self.report.quiet_max_gap_s = round(quiet_gap(streams, self.kill_times[0][0]), 3)
+
+
+async def run_cluster(seconds: float, streams: int, seed: int, workdir: Path, *,
+                      nodes: int = 3) -> Report:
+    """The ``--cluster`` run: ``streams`` demo streams created over ``seconds`` (each 15 to
+    30 s long, so streams are mid-answer at both kills) on an ``nodes``-node cluster."""
+    r = ClusterRun(workdir, seed=seed, nodes=nodes)
+    try:
+        await r.start()
+        followed: list[Followed] = []
+        tasks: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds + 180
+        chaos = asyncio.create_task(r.chaos(seconds))
+        async with aiohttp.ClientSession(headers=auth_headers()) as http:
+            for i in range(streams):
+                stream = await r.create(http, i, token_range=(150, 300))
+                followed.append(stream)
+                tasks.append(asyncio.create_task(follow(r.lb, stream, deadline)))
+                await asyncio.sleep(seconds / streams * 0.6)
+        await chaos
+        await asyncio.gather(*tasks)
+        check(followed, r.report)
+        r.measure(followed)
+        return r.report
+    finally:
+        await r.stop_all()
 
 
 async def follow(lb: str, stream: Followed, deadline: float) -> None:
@@ -278,9 +460,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--streams", type=int, default=60)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--cluster", type=int, metavar="N", default=0,
+                        help="run on an N-node KRaft cluster and kill the events topic's "
+                        "leaders (N >= 3 keeps a quorum and two in-sync replicas)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tidemark-chaos-") as tmp:
-        report = asyncio.run(run(args.seconds, args.streams, args.seed, Path(tmp)))
+        if args.cluster:
+            report = asyncio.run(run_cluster(args.seconds, args.streams, args.seed, Path(tmp),
+                                             nodes=args.cluster))
+        else:
+            report = asyncio.run(run(args.seconds, args.streams, args.seed, Path(tmp)))
     sys.stdout.write(json.dumps({"seed": args.seed, **report.as_dict()}, indent=2) + "\n")
     return 1 if report.violations else 0
 

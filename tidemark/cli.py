@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
+from eventlog.cluster import ClusterConfig, LocalCluster
 from eventlog.settings import Settings, env_names, load_settings
 from schemas.errors import TidemarkError
 from tidemark.logs import setup_logging
@@ -61,7 +62,16 @@ async def _until_signal(*others: Awaitable[object]) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None) -> int:
+async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None,
+                    nodes: int = 1, node: int | None = None) -> int:
+    """``tidemark kafka``: one broker, or with ``nodes`` > 1 a KRaft cluster (all of its
+    nodes, or with ``node`` only that one of the cluster kept in ``data_dir``)."""
+    if nodes < 1:
+        raise BrokerError(f"--nodes must be at least 1, not {nodes}")
+    if nodes > 1:
+        return await _run_cluster(settings, data_dir, port, nodes, node)
+    if node is not None:
+        raise BrokerError("--node needs --nodes N (N >= 2) and the cluster's --data-dir")
     broker = LocalBroker(BrokerConfig(jars_dir=_jars_dir(settings), data_dir=data_dir,
                                       port=port))
     await broker.start()
@@ -75,6 +85,34 @@ async def run_kafka(settings: Settings, data_dir: Path | None, port: int | None)
     finally:
         await broker.stop()
     return 0
+
+
+async def _run_cluster(settings: Settings, data_dir: Path | None, port: int | None,
+                       nodes: int, node: int | None) -> int:
+    if node is not None and data_dir is None:
+        raise BrokerError("--node starts one node of an existing cluster: give its --data-dir")
+    cluster = LocalCluster(ClusterConfig(jars_dir=_jars_dir(settings), nodes=nodes,
+                                         data_dir=data_dir, port=port))
+    await cluster.start(only=node)
+    try:
+        for i in [node] if node is not None else cluster.node_ids:
+            _out(f"TIDEMARK_KAFKA_NODE={i} pid={cluster.pid(i)} port={cluster.port(i)}")
+        _out(f"TIDEMARK_KAFKA_BOOTSTRAP={cluster.bootstrap}")
+        while True:
+            exited = asyncio.ensure_future(cluster.wait_any())
+            await _until_signal(exited)
+            if not exited.done():
+                exited.cancel()
+                return 0
+            i, code = exited.result()
+            again = f"tidemark kafka --nodes {nodes} --data-dir {cluster.data_dir} --node {i}"
+            log.warning("Kafka node %s exited with code %s; start it again with `%s`",
+                        i, code, again)
+            if not any(cluster.pid(n) is not None for n in cluster.node_ids):
+                log.error("every Kafka node of this launcher has exited")
+                return 1
+    finally:
+        await cluster.stop()
 
 
 async def run_gateway(settings: Settings, *, supervised: bool = False,
@@ -262,10 +300,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Resumable Server-Sent Event streams on Apache Kafka.",
         epilog=f"settings (environment variables):\n{variables}")
     sub = parser.add_subparsers(dest="command", required=True)
-    kafka = sub.add_parser("kafka", help="run a local single-node KRaft broker")
+    kafka = sub.add_parser("kafka", help="run a local KRaft broker, or a cluster of them")
     kafka.add_argument("--data-dir", type=Path, help="keep the broker's data here "
-                       "(a restart comes back as the same broker)")
-    kafka.add_argument("--port", type=int, help="listener port (default: a free one)")
+                       "(a restart comes back as the same broker or cluster)")
+    kafka.add_argument("--port", type=int, help="listener port (default: a free one); with "
+                       "--nodes N, node i listens on PORT+i-1")
+    kafka.add_argument("--nodes", type=int, default=1, help="nodes of a KRaft cluster on "
+                       "loopback, each broker and controller (default 1: a single broker)")
+    kafka.add_argument("--node", type=int, help="with --nodes and --data-dir: start only this "
+                       "node of the cluster kept there (one that was killed)")
     gateway = sub.add_parser("gateway", help="run an SSE gateway")
     gateway.add_argument("--host", help="listen address (TIDEMARK_HOST)")
     gateway.add_argument("--port", type=int, help="listen port (TIDEMARK_PORT)")
@@ -318,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
     commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
-        "kafka": lambda: run_kafka(settings, args.data_dir, args.port),
+        "kafka": lambda: run_kafka(settings, args.data_dir, args.port, args.nodes, args.node),
         "gateway": lambda: _gateway_command(settings, supervised=args.command == "gateway"
                                             and args.supervised,
                                             dev=args.command == "gateway"
