@@ -1,5 +1,6 @@
 """Fuzzing the HTTP contract: schemathesis against ``/v1/openapi.json`` of a real gateway
-(a real Kafka broker, a worker), until at least ``--requests`` requests were answered.
+(a real Kafka broker, a redis-server, a worker), until at least ``--requests`` requests
+were answered.
 
     python -m tests.fuzz --requests 10000        # what `make fuzz` runs; prints a JSON report
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth import SCOPES, mint_token
-from tests.procs import REPO, Proc, base_env, free_port, wait_ready
+from tests.procs import REPO, Proc, base_env, free_port, start_redis, wait_ready
 
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance")
@@ -145,10 +146,14 @@ async def run(*, requests: int, workdir: Path, bootstrap: str | None = None,
                           base_env(), workdir)
             procs.append(broker)
             bootstrap = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
+        # Redis holds the limits' counters and the session lists (without it the
+        # session list answers 503).
+        redis, redis_url = start_redis(workdir)
+        procs.append(redis)
         auth_env, auth_args = _token()
         env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap,
                        TIDEMARK_NAMESPACE="fuzz" + uuid.uuid4().hex[:10],
-                       **GATEWAY_SETTINGS, **auth_env)
+                       TIDEMARK_REDIS_URL=redis_url, **GATEWAY_SETTINGS, **auth_env)
         worker = Proc("worker", ["worker"], env, workdir)
         procs.append(worker)
         worker.wait_line("Worker started")
