@@ -224,8 +224,6 @@ def _cluster_properties(brokers: int) -> dict[str, object]:
         "broker.heartbeat.interval.ms": 500,
         "broker.session.timeout.ms": 3000,
         "replica.lag.time.max.ms": 10000,
-        # Leadership goes back to the preferred replicas soon after a node returns.
-        "leader.imbalance.check.interval.seconds": 30,
         "num.replica.fetchers": 1,
     }
 

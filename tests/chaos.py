@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -463,8 +464,12 @@ def main() -> int:
     parser.add_argument("--cluster", type=int, metavar="N", default=0,
                         help="run on an N-node KRaft cluster and kill the events topic's "
                         "leaders (N >= 3 keeps a quorum and two in-sync replicas)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="run in DIR and keep every process's logs there")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tidemark-chaos-") as tmp:
+    with contextlib.nullcontext(str(args.keep)) if args.keep else \
+            tempfile.TemporaryDirectory(prefix="tidemark-chaos-") as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         if args.cluster:
             report = asyncio.run(run_cluster(args.seconds, args.streams, args.seed, Path(tmp),
                                              nodes=args.cluster))
