@@ -17,6 +17,7 @@ from eventlog.settings import Settings
 from gateway import auth, hardening, openapi, routes
 from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
+from gateway.metrics import METRICS
 from gateway.problems import problem_middleware
 from gateway.services import SERVICES, Services
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app = web.Application(middlewares=[problem_middleware],
                           client_max_size=settings.gateway.max_body_bytes)
     services = app[SERVICES] = Services(settings)
+    app[METRICS] = services.metrics
     app[AUTHENTICATOR] = authenticator
     app[AUDIT] = Audit(settings.auth.audit_log, gateway=services.instance)
     app.cleanup_ctx.append(_services_ctx)

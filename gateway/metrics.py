@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -60,3 +61,7 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+#: The process's metrics, for code outside the services (the problem middleware).
+METRICS = web.AppKey("metrics", Metrics)

@@ -20,6 +20,7 @@ from eventlog.errors import (
 from gateway.audit import AUDIT
 from gateway.breaker import CircuitOpen
 from gateway.errors import Forbidden, LimitExceeded, NotYours, Unauthenticated
+from gateway.metrics import METRICS
 from schemas.errors import TidemarkError
 from schemas.eventid import InvalidEventId
 from schemas.validation import InvalidInput
@@ -85,7 +86,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into problem+json; nothing a client sends crashes the gateway."""
+    """Turn every error into problem+json; nothing a client sends crashes the gateway.
+    Each error answer is counted in ``tidemark_http_problems_total{status}``."""
+    try:
+        return await _answer(request, handler)
+    except Problem as problem:
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.problems.labels(str(problem.status)).inc()
+        raise
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Problem:

@@ -129,6 +129,8 @@ async def test_no_or_bad_tokens_get_401_with_a_reason(setup: Setup) -> None:
                 assert resp.headers["WWW-Authenticate"].startswith("Bearer"), name
                 assert resp.content_type == "application/problem+json", name
                 assert (await resp.json())["detail"], name
+        async with http.get(f"{setup.lb}/metrics") as resp:
+            assert 'tidemark_http_problems_total{status="401"}' in await resp.text()
 
 
 async def test_a_valid_token_without_the_scope_gets_403(setup: Setup) -> None:
