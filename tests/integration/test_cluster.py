@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from eventlog.cluster import CLUSTER_STATE_FILE
 from eventlog.settings import LogSettings
@@ -50,14 +51,21 @@ async def _admin(bootstrap: str) -> AIOKafkaAdminClient:
 
 
 async def _brokers(bootstrap: str, want: int, timeout: float = 60.0) -> dict[str, Any]:
+    """describe_cluster once it lists ``want`` brokers (a request to a node just killed
+    fails until the client's metadata forgets it: ask again)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     admin = await _admin(bootstrap)
     try:
         while True:
-            cluster = await admin.describe_cluster()
-            if len(cluster["brokers"]) == want or loop.time() > end:
-                return cluster
+            try:
+                cluster: dict[str, Any] = await admin.describe_cluster()
+            except KafkaError:
+                if loop.time() > end:
+                    raise
+            else:
+                if len(cluster["brokers"]) == want or loop.time() > end:
+                    return cluster
             await asyncio.sleep(0.5)
     finally:
         await admin.close()
