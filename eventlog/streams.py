@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventlog import index
-from eventlog.errors import SeqConflict, StreamEnded
+from eventlog.errors import KafkaUnavailable, SeqConflict, StreamEnded
 from eventlog.index import StreamInfo
 from eventlog.jobs import Job
 from eventlog.placement import partition_for, stream_partition
@@ -87,6 +87,29 @@ async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = 
             async for rec in cursor.records(until=end, key=info.stream_id.encode()):
                 state.apply(rec.offset, rec.type, rec.seq)
     state.scanned_until = max(state.scanned_until, end)
+    return state
+
+
+async def scan_from_start(reader: LogReader, info: StreamInfo, *, timeout_s: float = 30.0,
+                          ) -> StreamState:
+    """:func:`scan` once the partition's readable end has passed the stream's first event.
+
+    The first event was acknowledged before the stream's job was written, yet a reader can
+    briefly see an end below it: a partition leader elected a moment ago reports its high
+    watermark before its followers have caught up with it. A scan that stops there would
+    take the stream for one without events and write its seq 0 again. Waits, bounded, then
+    fails as :class:`KafkaUnavailable` (retriable)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    state = await scan(reader, info)
+    while state.last_seq < 0 and state.scanned_until <= info.first_offset:
+        if loop.time() > deadline:
+            raise KafkaUnavailable(
+                f"partition {info.topic}/{info.partition} does not show offset "
+                f"{info.first_offset} (stream {info.stream_id}'s first event) after "
+                f"{timeout_s:g}s")
+        await asyncio.sleep(0.2)
+        state = await scan(reader, info, state)
     return state
 
 

@@ -64,7 +64,7 @@ from eventlog.errors import KafkaUnavailable
 from eventlog.jobs import Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
-from eventlog.streams import now_ms, scan, terminal_status
+from eventlog.streams import now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
 from schemas.events import Event
@@ -424,7 +424,7 @@ class Worker:
 
     async def _generate(self, stream: _Stream, outbox: Outbox) -> None:
         job = stream.job
-        state = await scan(self.reader, job.stream)
+        state = await scan_from_start(self.reader, job.stream)
         if state.terminal is not None:
             await outbox.put_and_wait(Entry(jobs_tp=stream.tp, done_offset=stream.offset))
             return

@@ -121,8 +121,8 @@ async def test_three_nodes_print_their_lines_replicate_topics_and_come_back(
         assert len((await _brokers(bootstrap, 3))["brokers"]) == 3
 
         # Everything stops on SIGTERM; a new launcher on the directory is the same cluster.
-        assert lone.stop() == 0
-        assert launcher.stop() == 0
+        assert lone.stop(timeout=90) == 0
+        assert launcher.stop(timeout=90) == 0  # its nodes may wait 30 s for a quorum
         for pid, _ in nodes.values():
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
