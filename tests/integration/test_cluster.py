@@ -97,7 +97,13 @@ async def test_three_nodes_print_their_lines_replicate_topics_and_come_back(
         admin = await _admin(bootstrap)
         try:
             await ensure_topics(admin, settings)
-            for desc in await admin.describe_topics(topics):
+            # The metadata of a topic just created reaches every node a moment later.
+            for _ in range(150):
+                described = await admin.describe_topics(topics)
+                if all(len(d["partitions"]) == 3 for d in described):
+                    break
+                await asyncio.sleep(0.2)
+            for desc in described:
                 assert len(desc["partitions"]) == 3
                 for p in desc["partitions"]:
                     assert sorted(p["replicas"]) == [1, 2, 3], desc
