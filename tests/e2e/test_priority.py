@@ -19,7 +19,7 @@ import pytest
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
-from tests.e2e.test_takeover import scrape
+from tests.e2e.test_takeover import scrape, taken_over
 from tests.procs import auth_headers
 from tests.sse_client import Event
 from workers.demo import demo_text
@@ -148,26 +148,7 @@ async def test_a_premium_stream_is_cancelled_like_any_other(
 async def test_a_worker_killed_mid_premium_stream_another_finishes_it_exactly_once(
         cluster: Cluster, http: aiohttp.ClientSession,
         premium: aiohttp.ClientSession) -> None:
-    first = cluster.worker()
-    base = await cluster.gateway()
-    query = "who takes the premium job over?"
-    sid = await create(premium, base, query=query,
-                       options={"tokens": 80, "tokens_per_second": 20})
-    url = f"{base}/v1/streams/{sid}/events"
-    seen: list[Event] = []
-    reader = asyncio.create_task(sse_client.read(premium, url, sink=seen, idle_timeout=60))
-    await sse_client.wait_for(seen, 15, reader)
-    first.kill()
-    killed_at = len(seen)
-    second = cluster.worker()
-    await reader
-
-    assert len(seen) > killed_at, "no event came after the takeover"
-    assert_contiguous(seen)
-    assert seen[-1].event == "result"
-    assert seen[-1].envelope["data"]["text"] == joined_chunks(seen) == demo_text(query, 80)
-    again = (await sse_client.read(premium, url)).stream_events
-    assert [e.id for e in again] == [e.id for e in seen]
+    _, second = await taken_over(cluster, premium, "who takes the premium job over?")
     # The worker counts the stream once its last transaction's commit is acknowledged,
     # which can be a moment after a reader has seen the result.
     completed = 'tidemark_worker_streams_total{outcome="completed"}'

@@ -13,17 +13,19 @@ import pytest
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
+from tests.procs import Proc
 from tests.sse_client import Event
 from workers.demo import demo_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+async def taken_over(cluster: Cluster, http: aiohttp.ClientSession, query: str,
+                     ) -> tuple[str, Proc]:
+    """A demo stream followed while its worker is SIGKILLed mid-way and another starts;
+    what the follower saw is checked whole and exactly once. The gateway and new worker."""
     first = cluster.worker()
     base = await cluster.gateway()
-    query = "who takes over?"
     sid = await create(http, base, query=query,
                        options={"tokens": 80, "tokens_per_second": 20})
     url = f"{base}/v1/streams/{sid}/events"
@@ -42,6 +44,12 @@ async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
     # A fresh full read agrees: the aborted transaction's events are nowhere.
     again = (await sse_client.read(http, url)).stream_events
     assert [e.id for e in again] == [e.id for e in seen]
+    return base, second
+
+
+async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base, second = await taken_over(cluster, http, "who takes over?")
 
     # Operators see it: the second worker resumed and completed one stream; the gateway
     # saw one completion.
