@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -57,6 +57,9 @@ class StreamInfo:
     #: default tenant's) and owner (the creator's ``sub``; "": every user of the tenant).
     tenant: str = ""
     owner: str = ""
+    #: The A/B variants this stream was assigned at create: experiment name -> variant
+    #: name (empty: in no experiment). Every analytics figure is split by them.
+    experiments: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

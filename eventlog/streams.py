@@ -143,12 +143,15 @@ class StreamCreator:
                      query: str | None, options: dict[str, Any] | None,
                      with_job: bool, tenant: str, owner: str = "",
                      priority: bool = False,
-                     context: StreamContext | None = None) -> StreamInfo:
+                     context: StreamContext | None = None,
+                     experiments: dict[str, str] | None = None) -> StreamInfo:
         """A new stream of ``tenant``, owned by ``owner`` ("" : by the whole tenant).
 
         ``priority``: the job goes to the priority jobs topic (the caller's tier has
         ``priority``), whose jobs workers start before the others. ``context``: the
-        creator's per-user context (kept in the first event, passed to the generator)."""
+        creator's per-user context (kept in the first event, passed to the generator).
+        ``experiments``: the A/B variants assigned to it (experiment -> variant), kept in
+        the first event (``data.experiments``) and in the index record."""
         ns = self._settings.namespace
         ts = now_ms()
         if self._settings.placement == "topic-per-stream":
@@ -171,9 +174,12 @@ class StreamCreator:
                     owner=owner, random_part=rand)
             else:
                 partition = partition_for(stream_id, self._settings.partitions)
-        first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts,
-                      data={"state": index.QUEUED} if context is None else
-                      {"state": index.QUEUED, "context": context.to_json()})
+        first_data: dict[str, Any] = {"state": index.QUEUED}
+        if context is not None:
+            first_data["context"] = context.to_json()
+        if experiments:
+            first_data["experiments"] = dict(experiments)
+        first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts, data=first_data)
         meta = await (await send_event(self._producer, topic, partition, first,
                                        generator=generator, tenant=tenant, owner=owner))
         key = (topic, partition)
@@ -181,7 +187,7 @@ class StreamCreator:
         info = StreamInfo(stream_id=stream_id, namespace=ns, topic=topic, partition=partition,
                           first_offset=meta.offset, generator=generator, status=index.QUEUED,
                           created_at=ts, updated_at=ts, last_seq=0, tenant=tenant,
-                          owner=owner)
+                          owner=owner, experiments=dict(experiments or {}))
         # The index record is written before the job so that a worker's "running"
         # snapshot can never be overtaken by "queued".
         await index.put(self._producer, info)
