@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from eventlog.errors import ConfigError
+from eventlog.experiments import Experiments, parse_experiments
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,10 @@ class GatewaySettings:
     batch_interval_ms: int = _env(
         "BATCH_INTERVAL_MS", 250, "how often a subscriber with updateFrequency=batched gets "
         "its coalesced partial results")
+    experiments_json: str = _env(
+        "EXPERIMENTS", "", "the A/B experiments: a JSON array of {name, variants: [{name, "
+        "weight, changes}], tenants?, enabled?} (docs/experiments.md; unset: none)")
+    experiments: Experiments = field(init=False, repr=False)
     max_header_bytes: int = _env(
         "MAX_HEADER_BYTES", 8190, "longest request header line (and request line) accepted")
     max_url_bytes: int = _env("MAX_URL_BYTES", 4096, "longest request target accepted")
@@ -131,6 +136,7 @@ class GatewaySettings:
         "(unset: none; * : any)")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "experiments", parse_experiments(self.experiments_json))
         if self.listen_backlog < 1:
             raise ConfigError("TIDEMARK_LISTEN_BACKLOG must be at least 1")
         if self.processes != "auto" and not (

@@ -2,7 +2,10 @@
 
 A subscriber's preferences are its stream's (the ``context`` given at create, read from
 the stream's first event) unless the request overrides them with the query parameters
-``update_frequency=realtime|batched`` and ``include_metadata=true|false``. A subscriber
+``update_frequency=realtime|batched`` and ``include_metadata=true|false``. The stream's
+A/B variants (``eventlog.experiments``) may set its default ``updateFrequency`` (below
+both of those) and the batch interval (``coalesceMs``, instead of
+``TIDEMARK_BATCH_INTERVAL_MS``). A subscriber
 that wants every event as it comes (``realtime`` with metadata, the default) is served
 exactly as before; the others get a :class:`Shaper`, which works on the frames the
 hub gives (they are never changed, so every other subscriber and the log are
@@ -33,6 +36,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from eventlog.experiments import Changes
 from gateway import sse
 from gateway.hub import Row
 from gateway.problems import Problem
@@ -84,17 +88,23 @@ class Delivery:
         """Whether the stream's context decides part of it."""
         return self.batched is None or self.include_metadata is None
 
-    def resolve(self, context: StreamContext | None) -> Delivery:
-        """Every part decided: this request's, else the stream's, else the default
-        (``realtime``, metadata included)."""
-        if not self.needs_context:
-            return self
+    def resolve(self, context: StreamContext | None,
+                changes: Changes | None = None) -> Delivery:
+        """Every part decided: this request's, else the stream's context, else (for
+        ``updateFrequency``) its variants' ``changes``, else the default (``realtime``,
+        metadata included). A variant's ``coalesceMs`` sets the batch interval."""
+        interval = self.interval_s
+        if changes is not None and changes.coalesce_ms is not None:
+            interval = changes.coalesce_ms / 1000
         batched, include = self.batched, self.include_metadata
         if batched is None:
-            batched = context is not None and context.update_frequency == BATCHED
+            freq = context.update_frequency if context is not None else None
+            if freq is None and changes is not None:
+                freq = changes.update_frequency
+            batched = freq == BATCHED
         if include is None:
             include = context is None or context.include_metadata is not False
-        return replace(self, batched=batched, include_metadata=include)
+        return replace(self, batched=batched, include_metadata=include, interval_s=interval)
 
     @property
     def plain(self) -> bool:

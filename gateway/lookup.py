@@ -28,6 +28,7 @@ from aiokafka import TopicPartition
 
 from eventlog import index
 from eventlog.errors import KafkaUnavailable, StreamGone, StreamNotFound
+from eventlog.experiments import variants_of_envelope
 from eventlog.index import StreamIndex, StreamInfo
 from eventlog.locate import CREATE_WINDOW_MS, first_record
 from eventlog.reader import LogReader
@@ -178,6 +179,9 @@ class StreamLookup:
             info = _info(ns, tp.topic, stream_id, ref,
                          first_offset=rec_offset if complete else min(ref.floor, log_start - 1),
                          generator=generator)
+            if rec_seq == 0:
+                # Its A/B variants (``info.experiments``), as the first event records them.
+                info = info.evolve(experiments=variants_of_envelope(envelope))
             return Found(info, rec_offset, ref,
                          context=context_of_envelope(envelope) if rec_seq == 0 else None)
         if ref.floor < log_start:

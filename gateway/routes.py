@@ -21,6 +21,7 @@ from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
 from gateway.delivery import Delivery
 from gateway.errors import Forbidden
+from gateway.experiments import assign_stream
 from gateway.limits import FAIL_OPEN_SCOPES, active_stream
 from gateway.lookup import Found
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -143,6 +144,7 @@ async def _describe(services: Services, info: StreamInfo, earliest: int) -> dict
         "terminal_event_id": (None if info.terminal_offset is None else
                               encode_event_id(epoch, info.partition, info.terminal_offset)),
         "events_url": f"/v1/streams/{info.stream_id}/events",
+        "experiments": info.experiments,
     }
 
 
@@ -155,14 +157,15 @@ async def create_stream(request: web.Request) -> web.Response:
         raise Problem(422, f"unknown generator {create.generator!r}; known: "
                       f"{', '.join(sorted(GENERATORS))}", field="/generator")
     assert services.creator is not None
+    assigned = assign_stream(services.settings.gateway.experiments, identity, create.options)
     async with active_stream(services.limits, identity) as slot:
         async with _deadline(services):
             info = await services.creator.create(
                 generator=create.generator, query=create.query,
-                options=create.options, with_job=create.generator != EXTERNAL,
+                options=assigned.options, with_job=create.generator != EXTERNAL,
                 tenant=identity.tenant, owner=identity.owner,
                 priority=services.settings.limits.tiers[identity.tier].priority,
-                context=create.context)
+                context=create.context, experiments=assigned.variants)
         slot.bind(info.stream_id)
     stream_id = info.stream_id
     session_id = create.context.session_id if create.context is not None else None
@@ -174,7 +177,8 @@ async def create_stream(request: web.Request) -> web.Response:
                               generator=create.generator)
     url = f"/v1/streams/{stream_id}/events"
     answer: dict[str, Any] = {"stream_id": stream_id, "events_url": url,
-                              "status_url": f"/v1/streams/{stream_id}"}
+                              "status_url": f"/v1/streams/{stream_id}",
+                              "experiments": info.experiments}
     authenticator = request.app[AUTHENTICATOR]
     if authenticator.can_issue:
         # A browser page follows the answer with this and can do nothing else with it.
@@ -212,7 +216,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
-        closing=services.closing, registry=services.sessions, prefs=prefs)
+        closing=services.closing, registry=services.sessions, prefs=prefs,
+        experiments=gw.experiments)
     return await streaming.serve(session, position)
 
 

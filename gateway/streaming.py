@@ -9,7 +9,11 @@ live delivery.
 
 A subscriber whose delivery preferences (``gateway.delivery``: its stream's context,
 overridden by the request's query) are not the default gets a :class:`ShapedCursor`,
-which filters and coalesces what it writes; the default path is unchanged.
+which filters and coalesces what it writes; the default path is unchanged. The stream's
+A/B variants (recorded in its first event) change its delivery as their definitions
+say (``eventlog.experiments``): its default ``updateFrequency``, the batch interval, and
+the ``: ping`` interval (``heartbeatSeconds``; a subscriber whose interval is shorter
+than the pace's wakes itself, see :func:`_wake`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import orjson
 from aiohttp import web
 from aiokafka import TopicPartition
 
+from eventlog.experiments import NONE as NO_EXPERIMENTS
+from eventlog.experiments import Experiments, variants_of_envelope
 from eventlog.index import StreamInfo
 from eventlog.reader import LogReader
 from gateway import resume, sse
@@ -147,6 +153,11 @@ class Session:
     #: How this subscriber wants the events (see ``gateway.delivery``); resolved against
     #: the stream's context by :func:`serve`.
     prefs: Delivery = field(default_factory=Delivery)
+    #: The A/B experiments' definitions (a stream's variants may change its delivery).
+    experiments: Experiments = NO_EXPERIMENTS
+    #: This subscriber's ``: ping`` interval is shorter than the one every subscriber
+    #: is woken for (``Services.pace``): it wakes itself too.
+    own_pace: bool = False
     #: The stream, once resolved (see :func:`serve`).
     info: StreamInfo | None = None
     response: web.StreamResponse | None = None
@@ -159,6 +170,11 @@ class Session:
 
     def __hash__(self) -> int:
         return id(self)
+
+    @property
+    def needs_first_event(self) -> bool:
+        """Whether serving needs the stream's first event (its context, its variants)."""
+        return self.prefs.needs_context or self.experiments.change_delivery
 
     @property
     def key(self) -> bytes:
@@ -222,7 +238,11 @@ class Session:
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
     info, context = await _resolve(session, position)
     session.info = info
-    session.prefs = session.prefs.resolve(context)
+    changes = session.experiments.changes(info.experiments)
+    session.prefs = session.prefs.resolve(context, changes)
+    if changes.heartbeat_s is not None:
+        session.own_pace = changes.heartbeat_s < session.heartbeat_s
+        session.heartbeat_s = changes.heartbeat_s
     hub, tp = session.hub, session.tp
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
@@ -299,7 +319,7 @@ def _shaped(session: Session, after: int) -> ShapedCursor:
 async def _resolve(session: Session, position: EventId | None,
                    ) -> tuple[StreamInfo, StreamContext | None]:
     """The stream as far as this request needs it, and its context when the request's
-    preferences depend on it.
+    preferences depend on it (then ``info.experiments`` holds its variants too).
 
     A client that resumes from a position the log still holds needs nothing but the
     id's partition (the record at the position is checked to be the stream's) and, if
@@ -317,7 +337,7 @@ async def _resolve(session: Session, position: EventId | None,
         if position.epoch == epoch and position.partition == placed.partition and (
                 position.offset >= placed.first_offset and position.offset >= await
                 session.reader.log_start(placed.topic, placed.partition)):
-            if not session.prefs.needs_context:
+            if not session.needs_first_event:
                 return placed, None
             tail = session.hub.tails.get(TopicPartition(placed.topic, placed.partition))
             if tail is not None and tail.covers(placed.first_offset):
@@ -327,9 +347,11 @@ async def _resolve(session: Session, position: EventId | None,
                 if first is not None and first.seq == 0:
                     data = first.data
                     start = data.index(b"\ndata: ") + 7
-                    return placed, context_of_envelope(
-                        data[start:data.index(b"\n", start)])
-            return placed, (await lookup.find(session.stream_id, allow_pending=True)).context
+                    envelope = data[start:data.index(b"\n", start)]
+                    return (placed.evolve(experiments=variants_of_envelope(envelope)),
+                            context_of_envelope(envelope))
+            found = await lookup.find(session.stream_id, allow_pending=True)
+            return placed.evolve(experiments=found.info.experiments), found.context
     found = await lookup.find(session.stream_id, allow_pending=True)
     return found.info, found.context
 
@@ -432,4 +454,19 @@ async def _live(session: Session) -> None:
             continue
         if loop.time() - session.last_write >= session.heartbeat_s / 2:
             await session.write(sse.PING)
+        await _wake(session, sub)
+
+
+async def _wake(session: Session, sub: Subscriber) -> None:
+    """Until the subscriber is woken: by the hub (an event), by the pace (twice per
+    ``TIDEMARK_HEARTBEAT_SECONDS``), and, for a subscriber with a shorter ``: ping``
+    interval of its own (an A/B variant's ``heartbeatSeconds``), by its own timer at
+    half that interval."""
+    if not session.own_pace:
         await sub.wakeup.wait()
+        return
+    timer = asyncio.get_running_loop().call_later(session.heartbeat_s / 2, sub.wakeup.set)
+    try:
+        await sub.wakeup.wait()
+    finally:
+        timer.cancel()

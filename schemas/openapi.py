@@ -189,6 +189,65 @@ def _body(component: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _schema(component)}}}
 
 
+# --- A/B experiments (docs/experiments.md) ------------------------------------------
+
+def _experiment_components() -> dict[str, Any]:
+    name = {"type": "string"}
+    assignment = {"type": "object", "required": ["tenant", "sub", "assignment"],
+                  "properties": {"tenant": name, "sub": name,
+                                 "assignment": _schema("Variants")}}
+    return {
+        "Variants": {
+            "type": "object", "additionalProperties": {"type": "string"},
+            "description": "the A/B variants of a stream (or a caller): experiment name -> "
+                           "variant name; {} when in none"},
+        "Experiment": {
+            "type": "object", "required": ["name", "enabled", "allTenants", "variants"],
+            "properties": {
+                "name": name,
+                "enabled": {"type": "boolean", "description": "false: nobody new is "
+                            "assigned; streams already in it keep their variant's changes"},
+                "allTenants": {"type": "boolean", "description": "false: only some tenants "
+                               "take part (the caller's among them)"},
+                "variants": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "weight", "share", "changes"],
+                    "properties": {
+                        "name": name, "weight": {"type": "number", "minimum": 0},
+                        "share": {"type": "number", "minimum": 0, "maximum": 1,
+                                  "description": "weight / the experiment's total weight"},
+                        "changes": {"type": "object", "description": "updateFrequency, "
+                                    "coalesceMs, heartbeatSeconds, options (as defined in "
+                                    "TIDEMARK_EXPERIMENTS)"}}}},
+            },
+        },
+        "ExperimentList": {
+            **assignment, "required": ["tenant", "sub", "experiments", "assignment"],
+            "properties": {**assignment["properties"], "experiments": {
+                "type": "array", "items": _schema("Experiment"),
+                "description": "the experiments the caller's tenant takes part in"}},
+        },
+        "Assignment": assignment,
+    }
+
+
+def _experiment_paths() -> dict[str, Any]:
+    return {
+        "/v1/experiments": {
+            "get": _op("listExperiments", "The A/B experiments and the caller's variants",
+                       scope="admin", description="A tenant's admin sees the experiments "
+                       "their tenant takes part in.",
+                       responses={"200": _json(_schema("ExperimentList"), "the experiments"),
+                                  **_refs(*_GUARDED)}),
+        },
+        "/v1/experiments/mine": {
+            "get": _op("myExperiments", "The caller's own A/B variants (what their next "
+                       "stream gets)", scope="streams:create",
+                       responses={"200": _json(_schema("Assignment"), "the caller's "
+                                               "variants"), **_refs(*_GUARDED)}),
+        },
+    }
+
+
 # --- the document ------------------------------------------------------------------------
 
 def _components() -> dict[str, Any]:
@@ -219,6 +278,7 @@ def _components() -> dict[str, Any]:
                                "reads this one stream (with TIDEMARK_AUTH=jwt)"},
                 "read_token_expires_at": {"type": "integer",
                                           "description": "seconds since the epoch"},
+                "experiments": _schema("Variants"),
             },
         },
         "StreamSummary": {
@@ -251,8 +311,10 @@ def _components() -> dict[str, Any]:
                 "last_seq": {"type": "integer", "minimum": 0},
                 "first_event_id": string, "terminal_event_id": nullable_string,
                 "events_url": string,
+                "experiments": _schema("Variants"),
             },
         },
+        **_experiment_components(),
         "PublishResult": {
             "type": "object",
             "required": ["accepted", "written", "duplicates", "last_seq", "ended"],
@@ -398,6 +460,7 @@ def _paths() -> dict[str, Any]:
                     **_refs(*_GUARDED, "NotFound", "Conflict", "Gone", "Unavailable"),
                 }),
         },
+        **_experiment_paths(),
         "/v1/openapi.json": {
             "get": _op("openapi", "This document", scope=None, responses={
                 "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),

@@ -68,6 +68,7 @@ from eventlog.streams import now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
 from schemas.events import Event
+from workers.experiments import announced
 from workers.generators import Draft, Generator
 from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
@@ -434,7 +435,7 @@ class Worker:
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
             self.metrics.streams.labels("resumed").inc()
         generator = self.generators.get(job.generator)
-        drafts = (generator.events(job, seq) if generator is not None
+        drafts = (announced(job, seq, generator.events) if generator is not None
                   else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
         first = True
         try:
