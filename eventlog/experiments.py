@@ -28,7 +28,7 @@ first experiment that sets it wins.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -166,7 +166,7 @@ class Experiments:
     def __bool__(self) -> bool:
         return bool(self.experiments)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Experiment]:
         return iter(self.experiments)
 
     def get(self, name: str) -> Experiment | None:

@@ -460,12 +460,15 @@ async def _live(session: Session) -> None:
 async def _wake(session: Session, sub: Subscriber) -> None:
     """Until the subscriber is woken: by the hub (an event), by the pace (twice per
     ``TIDEMARK_HEARTBEAT_SECONDS``), and, for a subscriber with a shorter ``: ping``
-    interval of its own (an A/B variant's ``heartbeatSeconds``), by its own timer at
-    half that interval."""
+    interval of its own (an A/B variant's ``heartbeatSeconds``), by its own timer when
+    its next ping is due (half that interval after its last write, as :func:`_live`
+    decides)."""
     if not session.own_pace:
         await sub.wakeup.wait()
         return
-    timer = asyncio.get_running_loop().call_later(session.heartbeat_s / 2, sub.wakeup.set)
+    # A hair late: a timer may run up to the clock's resolution early.
+    due = session.last_write + session.heartbeat_s / 2 + 0.005
+    timer = asyncio.get_running_loop().call_at(due, sub.wakeup.set)
     try:
         await sub.wakeup.wait()
     finally:

@@ -193,7 +193,7 @@ def _body(component: str) -> dict[str, Any]:
 
 def _experiment_components() -> dict[str, Any]:
     name = {"type": "string"}
-    assignment = {"type": "object", "required": ["tenant", "sub", "assignment"],
+    assignment: dict[str, Any] = {"type": "object", "required": ["tenant", "sub", "assignment"],
                   "properties": {"tenant": name, "sub": name,
                                  "assignment": _schema("Variants")}}
     return {
