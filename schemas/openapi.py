@@ -268,7 +268,8 @@ def _components() -> dict[str, Any]:
             },
         },
         "CreateStreamResponse": {
-            "type": "object", "required": ["stream_id", "events_url", "status_url"],
+            "type": "object",
+            "required": ["stream_id", "events_url", "status_url", "experiments"],
             "properties": {
                 "stream_id": string,
                 "events_url": {"type": "string", "description": "the stream's SSE URL; "
@@ -301,7 +302,8 @@ def _components() -> dict[str, Any]:
         "StreamStatus": {
             "type": "object",
             "required": ["stream_id", "status", "generator", "created_at", "updated_at",
-                         "last_seq", "first_event_id", "terminal_event_id", "events_url"],
+                         "last_seq", "first_event_id", "terminal_event_id", "events_url",
+                         "experiments"],
             "properties": {
                 "stream_id": string,
                 "status": {"type": "string", "description": "pending, running, completed, "
