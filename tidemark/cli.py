@@ -359,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "token":
         return _token(settings, args)
-    setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
+    setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command,
+                  levels=settings.log_levels)
     commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "kafka": lambda: run_kafka(settings, args.data_dir, args.port, args.nodes, args.node),
         "gateway": lambda: _gateway_command(settings, supervised=args.command == "gateway"
