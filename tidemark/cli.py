@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -181,7 +182,9 @@ async def run_worker(settings: Settings) -> int:
 
     worker = Worker(settings, {"demo": DemoGenerator()})
     ws = settings.worker
-    metrics, port = await worker.metrics.serve(ws.metrics_host, ws.metrics_port)
+    metrics, port = await worker.metrics.serve(
+        ws.metrics_host, ws.metrics_port, auth=settings.auth,
+        instance=f"{socket.gethostname()}:{os.getpid()}")
     task = asyncio.create_task(worker.run(), name="worker")
     # Tombstones in the stream index for streams retention has deleted: swept by the
     # worker that owns jobs partition 0.
