@@ -28,6 +28,7 @@ from gateway.audit import AUDIT
 from gateway.errors import Forbidden
 from gateway.metrics import METRICS
 from gateway.problems import Problem
+from gateway.routes import VALIDATORS
 from gateway.services import SERVICES, Services
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,7 @@ async def put_log_levels(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict) or set(body) != {"levels"}:
-        raise Problem(422, 'the body is {"levels": {"<logger>": "<LEVEL>", ...}} or '
-                      '{"levels": "<logger>=<LEVEL>,..."}', field="")
+    request.app[VALIDATORS].check("log_levels", body)
     try:
         levels = loglevels.parse(body["levels"])
     except loglevels.LogLevelError as exc:

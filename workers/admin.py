@@ -21,6 +21,7 @@ from eventlog import loglevels
 from eventlog.errors import InvalidToken, TidemarkError
 from eventlog.settings import AuthSettings
 from eventlog.tokens import TokenVerifier
+from schemas.validation import InvalidInput, Validators
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("tidemark.audit")
@@ -53,6 +54,7 @@ class _Guard:
         self._enabled = auth.mode == "jwt"
         self._tenant = auth.default_tenant
         self._verifier = TokenVerifier(auth)
+        self.validators = Validators()
 
     def check(self, request: web.Request) -> str:
         """The admin's ``sub``; :class:`_Refused` (401/403) otherwise."""
@@ -103,7 +105,7 @@ def add_routes(app: web.Application, auth: AuthSettings, *, instance: str) -> No
     async def put_levels(request: web.Request) -> web.Response:
         try:
             sub = guard.check(request)
-            levels = await _levels(request)
+            levels = await _levels(request, guard.validators)
         except _Refused as exc:
             _record(request, "denied" if exc.status in (401, 403) else "invalid",
                     status=exc.status, reason=exc.detail)
@@ -117,7 +119,7 @@ def add_routes(app: web.Application, auth: AuthSettings, *, instance: str) -> No
     app.router.add_put(PATH, put_levels)
 
 
-async def _levels(request: web.Request) -> dict[str, str]:
+async def _levels(request: web.Request, validators: Validators) -> dict[str, str]:
     if request.content_type not in ("application/json", ""):
         raise _Refused(415, "send the body as application/json")
     raw = await request.content.read(64 * 1024 + 1)
@@ -127,9 +129,10 @@ async def _levels(request: web.Request) -> dict[str, str]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _Refused(400, f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict) or set(body) != {"levels"}:
-        raise _Refused(422, 'the body is {"levels": {"<logger>": "<LEVEL>", ...}} or '
-                       '{"levels": "<logger>=<LEVEL>,..."}', field="")
+    try:
+        validators.check("log_levels", body)
+    except InvalidInput as exc:
+        raise _Refused(422, str(exc), field=exc.pointer) from exc
     try:
         return loglevels.parse(body["levels"])
     except loglevels.LogLevelError as exc:
