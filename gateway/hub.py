@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from eventlog.clients import make_consumer, partitions_of, started, stop_client
 from eventlog.records import LogRecord
@@ -347,7 +348,10 @@ class Hub:
                 end = consumer.highwater(tp)
             if end is None or end < 0:
                 continue
-            out[tp.partition] = max(0, end - await consumer.position(tp))
+            try:
+                out[tp.partition] = max(0, end - await consumer.position(tp))
+            except IllegalStateError:  # re-assigned meanwhile
+                continue
         return out
 
     async def floor(self, topic: str, partition: int) -> int:

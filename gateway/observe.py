@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from eventlog import loglevels
 from gateway import auth
@@ -69,7 +70,12 @@ async def sample_tail_lag(services: Services) -> None:
         hub = services.hub
         if hub is None or not services.ready.is_set():
             continue
-        for partition, lag in (await hub.lag()).items():
+        try:
+            lags = await hub.lag()
+        except KafkaError as exc:  # the hub is being replaced (a reconnect): next time
+            log.debug("tail lag not sampled: %s", exc)
+            continue
+        for partition, lag in lags.items():
             gauge = bound.get(partition)
             if gauge is None:
                 gauge = bound[partition] = gauges.labels(str(partition))

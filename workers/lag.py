@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from workers.metrics import WorkerMetrics
 
@@ -39,6 +40,9 @@ class JobsLag:
                 end = consumer.highwater(tp)
             if end is None or end < 0:
                 continue
-            position = await consumer.position(tp)
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile (a rebalance)
+                continue
             gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
             self._shown.add(tp)

@@ -411,8 +411,8 @@ class Worker:
     async def _run(self, pj: _Partition, stream: _Stream) -> None:
         # This task's log lines are about this stream (its events partition is numbered
         # like its jobs partition; the offset is the job record's).
-        logcontext.bind(stream=stream.job.stream_id, partition=stream.tp.partition,
-                        offset=stream.offset)
+        context = logcontext.bind(stream=stream.job.stream_id,
+                                  partition=stream.tp.partition, offset=stream.offset)
         self.metrics.running.inc()
         try:
             writer = self._writer
@@ -427,6 +427,8 @@ class Worker:
             pj.streams.pop(stream.job.stream_id, None)
             self.running -= 1
             self.metrics.running.dec()
+            # What pump logs (and the tasks it starts) is not about this stream.
+            logcontext.reset(context)
             self.pump()  # a slot is free
 
     async def _generate(self, stream: _Stream, outbox: Outbox) -> None:
