@@ -162,6 +162,10 @@ async def test_json_log_lines_carry_stream_partition_and_offset(
     assert "offset" not in serving[0]  # read from the start: no position
     assert position is not None
     assert serving[1]["offset"] == parse_event_id(position).offset
+    # The create's audit line is about the stream it made, in its partition.
+    created = [line for line in gateway_lines if line["logger"] == "tidemark.audit"
+               and '"action":"create"' in line["msg"]]
+    assert len(created) == 1 and created[0]["partition"] == partition
 
     async def ended() -> bool:
         """the worker logged the stream's end"""
