@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from eventlog.settings import Settings
-from gateway import auth, hardening, observe, openapi, routes
+from gateway import auth, hardening, openapi, routes
 from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.metrics import METRICS
+from gateway.observe import install as install_observability
 from gateway.problems import problem_middleware
 from gateway.services import SERVICES, Services
 
@@ -81,8 +82,8 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     routes.add_routes(app)
     openapi.add_routes(app)
-    observe.install(app)
     hardening.install(app, settings.gateway)
+    install_observability(app)
     if dev and authenticator.can_issue:
         app.router.add_get("/dev/token", dev_token)
     return app

@@ -166,8 +166,8 @@ async def create_stream(request: web.Request) -> web.Response:
                 priority=services.settings.limits.tiers[identity.tier].priority,
                 context=create.context)
         slot.bind(info.stream_id)
+    logcontext.bind(stream=info.stream_id, partition=info.partition)
     stream_id = info.stream_id
-    logcontext.bind(stream=stream_id, partition=info.partition)
     session_id = create.context.session_id if create.context is not None else None
     if session_id and services.user_sessions is not None:
         await services.user_sessions.remember(identity, session_id, stream_id,
