@@ -25,8 +25,8 @@ import orjson
 from aiohttp import web
 from aiokafka import TopicPartition
 
-from eventlog import logcontext
 from eventlog.index import StreamInfo
+from eventlog.logcontext import bind as bind_log_context
 from eventlog.reader import LogReader
 from gateway import resume, sse
 from gateway.catchup import backlog
@@ -156,16 +156,16 @@ class Session:
     info: StreamInfo | None = None
     response: web.StreamResponse | None = None
     cursor: Cursor = field(default_factory=lambda: Cursor(-1))
-    #: When the write in progress began (loop time), or None: the watchdog cuts off a
-    #: client whose socket has not accepted a write for too long.
-    write_started: float | None = None
-    sub: Subscriber | None = None
-    last_write: float = 0.0
     #: When the handler began (``time.monotonic``), for ``tidemark_resume_seconds``.
     arrived: float = field(default_factory=time.monotonic)
     #: Set while this response is to count the stream's first generated event (seq 1)
     #: in ``tidemark_first_event_seconds`` once it writes it.
     first_pending: bool = False
+    #: When the write in progress began (loop time), or None: the watchdog cuts off a
+    #: client whose socket has not accepted a write for too long.
+    write_started: float | None = None
+    sub: Subscriber | None = None
+    last_write: float = 0.0
 
     def __hash__(self) -> int:
         return id(self)
@@ -237,10 +237,10 @@ class Session:
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
     info, context = await _resolve(session, position)
     session.info = info
-    logcontext.bind(stream=info.stream_id, partition=info.partition,
-                    offset=position.offset if position is not None else None)
     session.prefs = session.prefs.resolve(context)
     hub, tp = session.hub, session.tp
+    bind_log_context(stream=info.stream_id, partition=info.partition,
+                     offset=position.offset if position is not None else None)
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
             position.partition == tp.partition and position.offset >= hub.position(tp)):

@@ -21,9 +21,9 @@ VERSION: Final = "3.1.0"
 
 #: Request bodies: component name -> the JSON Schema file (in ``schemas/json``) it is.
 REQUEST_SCHEMAS: Final = {
+    "LogLevelsRequest": "log_levels",
     "CreateStreamRequest": "create_stream",
     "PublishRequest": "publish",
-    "LogLevelsRequest": "log_levels",
 }
 
 #: Every scope a token may carry (``gateway.auth.SCOPES``; ``admin`` holds them all).
@@ -410,6 +410,11 @@ def _paths() -> dict[str, Any]:
                     **_refs(*_GUARDED, "NotFound", "Conflict", "Gone", "Unavailable"),
                 }),
         },
+        "/v1/openapi.json": {
+            "get": _op("openapi", "This document", scope=None, responses={
+                "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),
+                **_refs("UriTooLong")}),
+        },
         "/v1/admin/log-levels": {
             "get": _op(
                 "getLogLevels", "This process's log levels", scope="admin",
@@ -428,11 +433,6 @@ def _paths() -> dict[str, Any]:
                            **_refs("BadRequest", *_GUARDED, "RequestTimeout",
                                    "ContentTooLarge", "UnsupportedMediaType",
                                    "Unprocessable")}),
-        },
-        "/v1/openapi.json": {
-            "get": _op("openapi", "This document", scope=None, responses={
-                "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),
-                **_refs("UriTooLong")}),
         },
         "/healthz": {
             "get": _op("healthz", "Liveness: the process answers", scope=None, responses={

@@ -159,8 +159,8 @@ class Outbox:
         changed = {tp: t for tp, t in self._trackers.items() if t.watermark() > t.committed}
         if not batch and not changed:
             return
-        producer = self._producer
         began = self._loop.time()
+        producer = self._producer
         async with producer.transaction():
             await self._write(batch)
             offsets = {tp: OffsetAndMetadata(t.watermark(), self._writer_id)

@@ -438,8 +438,8 @@ class Worker:
             await outbox.put_and_wait(Entry(jobs_tp=stream.tp, done_offset=stream.offset))
             return
         info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
+        log.debug("stream %s: generating from seq %s", job.stream_id, state.last_seq + 1)
         seq = state.last_seq + 1
-        log.debug("stream %s: generating from seq %s", job.stream_id, seq)
         if seq > 1:
             # Another worker wrote part of this stream: a takeover.
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
