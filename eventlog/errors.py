@@ -9,13 +9,17 @@ from __future__ import annotations
 from schemas.errors import TidemarkError
 
 __all__ = [
-    "ConfigError", "KafkaUnavailable", "SeqConflict", "StreamEnded", "StreamGone",
+    "ConfigError", "InvalidToken", "KafkaUnavailable", "SeqConflict", "StreamEnded", "StreamGone",
     "StreamNotFound", "TidemarkError",
 ]
 
 
 class ConfigError(TidemarkError):
     """A setting is missing or malformed."""
+
+
+class InvalidToken(TidemarkError):
+    """A bearer token that does not verify (``eventlog.tokens``); the message says why."""
 
 
 class KafkaUnavailable(TidemarkError):

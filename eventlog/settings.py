@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from eventlog import loglevels
 from eventlog.errors import ConfigError
 from eventlog.experiments import Experiments, parse_experiments
 
@@ -278,6 +279,14 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
+    log_levels: str = _env(
+        "LOG_LEVELS", "", "per-module log levels, e.g. gateway.hub=DEBUG,workers=INFO "
+        "(changeable on a running process: PUT /v1/admin/log-levels)")
+    metrics_tenants: int = _env(
+        "METRICS_TENANTS", 20, "tenants that get their own label in per-tenant metrics; "
+        "the ones seen after them count as tenant=\"other\"")
+    lag_sample_s: float = _env(
+        "LAG_SAMPLE_SECONDS", 5.0, "how often consumer lag per partition is sampled")
 
     def __post_init__(self) -> None:
         if not re.match(NAMESPACE_PATTERN, self.log.namespace):
@@ -288,6 +297,14 @@ class Settings:
             raise ConfigError("TIDEMARK_LOG_FORMAT must be text or json")
         if self.log.partitions < 1 or self.log.partitions > 10_000:
             raise ConfigError("TIDEMARK_PARTITIONS must be between 1 and 10000")
+        try:
+            loglevels.parse(self.log_levels)
+        except loglevels.LogLevelError as exc:
+            raise ConfigError(f"TIDEMARK_LOG_LEVELS: {exc}") from exc
+        if self.metrics_tenants < 0:
+            raise ConfigError("TIDEMARK_METRICS_TENANTS must be 0 or more")
+        if self.lag_sample_s <= 0:
+            raise ConfigError("TIDEMARK_LAG_SAMPLE_SECONDS must be positive")
 
 
 _S = TypeVar("_S")

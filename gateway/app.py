@@ -18,6 +18,7 @@ from gateway import auth, experiments, hardening, openapi, routes
 from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.metrics import METRICS
+from gateway.observe import install as install_observability
 from gateway.problems import problem_middleware
 from gateway.services import SERVICES, Services
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     openapi.add_routes(app)
     experiments.add_routes(app)
     hardening.install(app, settings.gateway)
+    install_observability(app)
     if dev and authenticator.can_issue:
         app.router.add_get("/dev/token", dev_token)
     return app

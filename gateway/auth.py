@@ -2,15 +2,10 @@
 
 A request's token comes from ``Authorization: Bearer``, else the ``access_token`` query
 parameter (a browser ``EventSource`` cannot set headers), else the ``tidemark_token``
-cookie. It is verified with PyJWT against keys this process was given at start:
-
-- HS256 with ``TIDEMARK_JWT_SECRET``;
-- RS256 / ES256 with the keys of ``TIDEMARK_JWT_PUBLIC_KEY_FILE`` (a PEM public key, or a
-  local JWKS file whose keys are picked by ``kid``).
-
-Nothing named in a token (``jku``, ``x5u``, ``kid`` as a URL) is ever fetched; ``alg:
-none`` and every algorithm but these three are refused. ``exp`` and ``sub`` are
-required, ``nbf`` and (when ``TIDEMARK_JWT_AUDIENCE`` is set) ``aud`` are checked.
+cookie. It is verified by ``eventlog.tokens.TokenVerifier`` (PyJWT) against keys this
+process was given at start: HS256 with ``TIDEMARK_JWT_SECRET``, RS256 / ES256 with
+``TIDEMARK_JWT_PUBLIC_KEY_FILE``; nothing named in a token is ever fetched, ``alg: none``
+is refused, ``exp`` and ``sub`` are required.
 
 Claims: ``sub`` (the user), ``tenant``, ``scope`` (space-separated), optional ``tier``
 and ``limits`` (``{"maxConcurrentStreams", "requestsPerMinute"}``, overriding the tier's
@@ -30,18 +25,15 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import jwt
-import orjson
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from eventlog.errors import ConfigError
+from eventlog.errors import ConfigError, InvalidToken
 from eventlog.index import StreamInfo
 from eventlog.settings import TENANT_PATTERN, AuthSettings, LimitSettings
+from eventlog.tokens import TokenVerifier
 from gateway.errors import Forbidden, NotYours, Unauthenticated
 from schemas.streamid import belongs_to, parse_stream_id
 
@@ -56,10 +48,7 @@ SCOPES: Final = (CREATE, READ, PUBLISH, CANCEL, ADMIN)
 
 COOKIE: Final = "tidemark_token"
 QUERY: Final = "access_token"
-#: The only algorithms accepted; the key decides which of them a deployment uses.
-ALGORITHMS: Final = ("HS256", "RS256", "ES256")
 _SUB_MAX: Final = 256
-_TOKEN_MAX: Final = 8192
 _CACHE_SIZE: Final = 10_000
 
 _TENANT_RE: Final = re.compile(TENANT_PATTERN)
@@ -115,11 +104,9 @@ class Authenticator:
         self._tiers = limits.tiers
         self._default_tier = limits.default_tier
         self.enabled = auth.mode == "jwt"
-        self._secret = auth.jwt_secret or None
-        if self._secret is not None and len(self._secret.encode()) < 32:
-            raise ConfigError("TIDEMARK_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
-        self._keys: dict[str | None, tuple[str, Any]] = (
-            _load_keys(Path(auth.jwt_public_key_file)) if auth.jwt_public_key_file else {})
+        self._verifier = TokenVerifier(auth)
+        self._secret = self._verifier.secret
+        self._keys = self._verifier.keys
         if self.enabled and self._secret is None and not self._keys:
             raise ConfigError("TIDEMARK_AUTH=jwt needs TIDEMARK_JWT_SECRET or "
                               "TIDEMARK_JWT_PUBLIC_KEY_FILE (or TIDEMARK_AUTH=none, on purpose)")
@@ -166,54 +153,14 @@ class Authenticator:
         return identity
 
     def _decode(self, token: str) -> tuple[Identity, dict[str, Any]]:
-        if len(token) > _TOKEN_MAX:
-            raise Unauthenticated("the token is too long")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"the token is not a JWT: {exc}") from exc
-        alg = header.get("alg")
-        key = self._key_for(alg, header.get("kid"))
-        audience = self._settings.jwt_audience or None
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[str(alg)], audience=audience,
-                leeway=self._settings.jwt_leeway_s,
-                options={"require": ["exp", "sub"], "verify_aud": audience is not None})
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthenticated("the token has expired") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise Unauthenticated("the token is not valid yet (nbf)") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise Unauthenticated("the token is for another audience") from exc
-        except jwt.MissingRequiredClaimError as exc:
-            raise Unauthenticated(f"the token has no {exc.claim!r} claim") from exc
-        except jwt.InvalidSignatureError as exc:
-            raise Unauthenticated("the token's signature does not verify") from exc
-        except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"the token is invalid: {exc}") from exc
+            claims, alg = self._verifier.claims(token)
+        except InvalidToken as exc:
+            raise Unauthenticated(str(exc)) from exc
         identity = self._identity(claims)
         if alg == "HS256" and self._keys and identity.stream is None:
             raise Unauthenticated("HS256 tokens are accepted only as read tokens here")
         return identity, claims
-
-    def _key_for(self, alg: object, kid: object) -> Any:
-        if alg not in ALGORITHMS:
-            raise Unauthenticated(f"the token's algorithm {alg!r} is not accepted "
-                                  f"(accepted: {', '.join(ALGORITHMS)})")
-        if alg == "HS256":
-            if self._secret is None:
-                raise Unauthenticated("HS256 tokens are not accepted here")
-            return self._secret
-        entry = self._keys.get(kid if isinstance(kid, str) else None)
-        if entry is None and len(self._keys) == 1:
-            entry = next(iter(self._keys.values()))
-        if entry is None:
-            raise Unauthenticated("no key for the token's kid")
-        key_alg, key = entry
-        if key_alg != alg:
-            raise Unauthenticated(f"the token's algorithm {alg} does not match its key")
-        return key
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         sub, tenant, scope = claims.get("sub"), claims.get("tenant"), claims.get("scope", "")
@@ -265,33 +212,6 @@ def _token_of(request: web.Request) -> str:
         raise Unauthenticated("a bearer token is required (Authorization: Bearer, "
                               f"?{QUERY}= or the {COOKIE} cookie)", error="invalid_request")
     return fallback
-
-
-def _load_keys(path: Path) -> dict[str | None, tuple[str, Any]]:
-    """A PEM public key (one key, any kid) or a JWKS file (keys by kid)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"TIDEMARK_JWT_PUBLIC_KEY_FILE: cannot read {path}: {exc}") from exc
-    try:
-        if raw.lstrip().startswith(b"{"):
-            keys: dict[str | None, tuple[str, Any]] = {}
-            for jwk in jwt.PyJWKSet.from_dict(orjson.loads(raw)).keys:
-                alg = jwk.algorithm_name
-                if alg not in ("RS256", "ES256"):
-                    raise ConfigError(f"JWKS key {jwk.key_id!r}: algorithm {alg} is not "
-                                      "accepted (RS256 or ES256)")
-                keys[jwk.key_id] = (alg, jwk.key)
-            return keys
-        key = load_pem_public_key(raw)
-    except (ValueError, TypeError, jwt.PyJWKError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"TIDEMARK_JWT_PUBLIC_KEY_FILE: {path} is not a PEM public key "
-                          f"or a JWKS: {exc}") from exc
-    if isinstance(key, rsa.RSAPublicKey):
-        return {None: ("RS256", key)}
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return {None: ("ES256", key)}
-    raise ConfigError(f"TIDEMARK_JWT_PUBLIC_KEY_FILE: {path} holds neither an RSA nor an EC key")
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

@@ -4,6 +4,10 @@ Closed: requests go through; ``failures`` failures in a row open it. Open: reque
 fail at once with 503 and ``Retry-After`` instead of piling up behind a dead broker.
 After ``reset_s`` one request is let through (half-open): success closes the breaker,
 failure opens it again. The Kafka watcher opens it too when the broker stops answering.
+
+``on_change`` (if given) hears each state change as it is noticed: closed -> open at a
+trip, open -> half-open when a request (or a look at :attr:`state_code`) finds the
+reset time passed, half-open -> closed or open after the trial.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ class CircuitOpen(KafkaUnavailable):
 
 class CircuitBreaker:
     def __init__(self, *, failures: int = 3, reset_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str], None] | None = None) -> None:
         self._threshold = failures
         self._reset_s = reset_s
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
         self._trial = False
+        self._seen = CLOSED
+        self.on_change = on_change
 
     @property
     def state(self) -> str:
@@ -44,9 +51,22 @@ class CircuitBreaker:
             return CLOSED
         return HALF_OPEN if self._clock() - self._opened_at >= self._reset_s else OPEN
 
+    @property
+    def state_code(self) -> int:
+        """0 closed, 1 half-open, 2 open (what ``tidemark_breaker_state`` exports)."""
+        return {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}[self._note()]
+
+    def _note(self) -> str:
+        state = self.state
+        if state != self._seen:
+            self._seen = state
+            if self.on_change is not None:
+                self.on_change(state)
+        return state
+
     def check(self) -> None:
         """Raise :class:`CircuitOpen` unless a request may try Kafka now."""
-        state = self.state
+        state = self._note()
         if state == CLOSED:
             return
         if state == HALF_OPEN and not self._trial:
@@ -60,6 +80,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = None
         self._trial = False
+        self._note()
 
     def failure(self) -> None:
         self._failures += 1
@@ -70,3 +91,4 @@ class CircuitBreaker:
         """Open now (the Kafka watcher saw the broker stop answering)."""
         self._opened_at = self._clock()
         self._trial = False
+        self._note()

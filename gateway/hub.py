@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from eventlog.clients import make_consumer, partitions_of, started, stop_client
 from eventlog.records import LogRecord
@@ -328,6 +329,30 @@ class Hub:
 
     def position(self, tp: TopicPartition) -> int:
         return self.tails[tp].next_offset
+
+    async def lag(self) -> dict[int, int]:
+        """Per partition of the namespace's events topic: records the hub has not read
+        yet (the last stable offset of its last fetch minus the consumer's position; a
+        partition not fetched yet is left out). No request to Kafka: both numbers are
+        the consumer's own."""
+        consumer = self._consumer
+        out: dict[int, int] = {}
+        if consumer is None:
+            return out
+        assigned = consumer.assignment()
+        for tp in list(self.tails):
+            if tp.topic not in self._static or tp not in assigned:
+                continue
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is None or end < 0:
+                continue
+            try:
+                out[tp.partition] = max(0, end - await consumer.position(tp))
+            except IllegalStateError:  # re-assigned meanwhile
+                continue
+        return out
 
     async def floor(self, topic: str, partition: int) -> int:
         """An offset at or below the partition's end: how far the hub has read (0 for a

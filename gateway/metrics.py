@@ -8,6 +8,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 
@@ -15,6 +16,15 @@ from eventlog.index import TERMINAL_STATUSES
 from eventlog.streams import terminal_status
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Seconds from a stream's creation to its first generated event at a client: a worker
+#: picks the job up and starts generating (tens of ms idle, seconds when saturated).
+FIRST_EVENT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Seconds from a resume's arrival to its first backlog event written: about a
+#: millisecond from the memory tail, a catch-up read (tens of ms) from Kafka.
+RESUME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Breaker states as ``tidemark_breaker_state`` reports them.
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
 class Metrics:
@@ -55,6 +65,29 @@ class Metrics:
             "tidemark_lookup_cached_streams",
             "Streams whose place in the log this gateway remembers (a bounded cache)",
             registry=r)
+
+        self.first_event = Histogram(
+            "tidemark_first_event_seconds",
+            "From a stream's creation (the create's ts) to its first generated event (seq "
+            "1) written to a client that asked from the start; streams created over 60 s "
+            "before are not counted", buckets=FIRST_EVENT_BUCKETS, registry=r)
+        self.resume = Histogram(
+            "tidemark_resume_seconds", "From a resume's arrival (a request with a "
+            "position) to its first backlog event written, by the backlog's source",
+            ["source"], buckets=RESUME_BUCKETS, registry=r)
+        self.resume_source = {k: self.resume.labels(k) for k in ("memory", "kafka")}
+        self.tail_lag = Gauge(
+            "tidemark_tail_lag_records", "Records of the events partition the hub has not "
+            "read yet (last stable offset minus position), sampled every "
+            "TIDEMARK_LAG_SAMPLE_SECONDS", ["partition"], registry=r)
+        self.breaker_state = Gauge(
+            "tidemark_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["name"], registry=r)
+        self.breaker_transitions = Counter(
+            "tidemark_breaker_transitions_total", "Circuit breaker state changes, by the "
+            "state entered", ["name", "to"], registry=r)
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels("kafka", state)
 
     def count_terminal(self, event_type: str) -> None:
         self.outcomes.labels(terminal_status(event_type)).inc()

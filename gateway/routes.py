@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
+from eventlog import logcontext
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import send_cancel
@@ -105,6 +106,7 @@ async def _caller(request: web.Request, scope: str) -> tuple[Identity, str]:
     has not shown the stream to be someone else's."""
     identity = await _authorize(request, scope)
     stream_id = _stream_id(request)
+    logcontext.bind(stream=stream_id)  # this request's log lines are about the stream
     request["tidemark.id_decides"] = auth.check_stream(
         identity, stream_id, default_tenant=_default_tenant(request))
     return identity, stream_id
@@ -167,6 +169,7 @@ async def create_stream(request: web.Request) -> web.Response:
                 priority=services.settings.limits.tiers[identity.tier].priority,
                 context=create.context, experiments=assigned.variants)
         slot.bind(info.stream_id)
+    logcontext.bind(stream=info.stream_id, partition=info.partition)
     stream_id = info.stream_id
     session_id = create.context.session_id if create.context is not None else None
     if session_id and services.user_sessions is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -31,6 +32,7 @@ from aiokafka import TopicPartition
 from eventlog.experiments import NONE as NO_EXPERIMENTS
 from eventlog.experiments import Experiments, variants_of_envelope
 from eventlog.index import StreamInfo
+from eventlog.logcontext import bind as bind_log_context
 from eventlog.reader import LogReader
 from gateway import resume, sse
 from gateway.catchup import backlog
@@ -53,6 +55,9 @@ CUT_OFF_REASON: Final = sse.frame_comment(
     "closing: this client fell behind; reconnect with Last-Event-ID to resume")
 #: How often a subscriber that overflowed may catch up again before it is cut off.
 _MAX_CATCHUP_ROUNDS: Final = 8
+#: A stream created longer ago than this is not a user waiting on a new answer: its
+#: first event is not counted in ``tidemark_first_event_seconds``.
+FIRST_EVENT_WINDOW_MS: Final = 60_000
 
 
 class _EventStreamResponse(web.StreamResponse):
@@ -162,6 +167,11 @@ class Session:
     info: StreamInfo | None = None
     response: web.StreamResponse | None = None
     cursor: Cursor = field(default_factory=lambda: Cursor(-1))
+    #: When the handler began (``time.monotonic``), for ``tidemark_resume_seconds``.
+    arrived: float = field(default_factory=time.monotonic)
+    #: Set while this response is to count the stream's first generated event (seq 1)
+    #: in ``tidemark_first_event_seconds`` once it writes it.
+    first_pending: bool = False
     #: When the write in progress began (loop time), or None: the watchdog cuts off a
     #: client whose socket has not accepted a write for too long.
     write_started: float | None = None
@@ -226,6 +236,11 @@ class Session:
         data, count = self.cursor.take(frames)
         if count:
             self.metrics.delivered.inc(count)
+            if self.first_pending and self.cursor.seq >= 1:
+                self.first_pending = False
+                assert self.info is not None
+                self.metrics.first_event.observe(
+                    max(0.0, time.time() - self.info.created_at / 1000))
         return data
 
     async def send(self, frames: Iterable[Row]) -> None:
@@ -244,6 +259,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.own_pace = changes.heartbeat_s < session.heartbeat_s
         session.heartbeat_s = changes.heartbeat_s
     hub, tp = session.hub, session.tp
+    bind_log_context(stream=info.stream_id, partition=info.partition,
+                     offset=position.offset if position is not None else None)
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
             position.partition == tp.partition and position.offset >= hub.position(tp)):
@@ -251,6 +268,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         await hub.wait_position(tp, position.offset + 1, timeout=3.0)
     log_start, log_end = await _bounds(session, info, position, epoch)
     plan = resume.plan(info, position, epoch=epoch, log_start=log_start, log_end=log_end)
+    log.debug("stream %s: serving from offset %s (status %s, reset %s)", info.stream_id,
+              plan.start, plan.status, plan.reset)
     if plan.status == 204:
         session.metrics.request_outcome["ended"].inc()
         return web.Response(status=204)
@@ -278,6 +297,10 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
         await session.response.prepare(session.request)
         session.metrics.request_outcome["resumed" if position is not None else "new"].inc()
+        # The first generated event (seq 1) is counted by the response that writes it to
+        # a client who asked from the start, while the stream is new.
+        session.first_pending = session.cursor.seq < 1 and info.created_at > 0 and (
+            time.time() * 1000 - info.created_at < FIRST_EVENT_WINDOW_MS)
         # The retry line, a reset notice and the first backlog batch in one write.
         head = [sse.frame_retry(session.retry_ms)]
         if plan.reset is not None:
@@ -287,6 +310,9 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
             head.append(session.take(first[0]))
         await session.write(b"".join(head))
+        if position is not None and first is not None:
+            session.metrics.resume_source[first[1]].observe(
+                time.monotonic() - session.arrived)
         async for frames, source in items:
             if session.cursor.ended:
                 break

@@ -21,6 +21,7 @@ VERSION: Final = "3.1.0"
 
 #: Request bodies: component name -> the JSON Schema file (in ``schemas/json``) it is.
 REQUEST_SCHEMAS: Final = {
+    "LogLevelsRequest": "log_levels",
     "CreateStreamRequest": "create_stream",
     "PublishRequest": "publish",
 }
@@ -350,6 +351,17 @@ def _components() -> dict[str, Any]:
                 "retry": {"type": "integer", "minimum": 0},
             },
         },
+        "LogLevels": {
+            "type": "object", "required": ["process", "root", "levels"],
+            "description": "this one process's log levels",
+            "properties": {
+                "process": {"type": "string", "description": "which process answered "
+                            "(host:pid): a change applies to it alone"},
+                "root": {"type": "string", "description": "the root logger's level"},
+                "levels": {"type": "object", "additionalProperties": string,
+                           "description": "loggers set by TIDEMARK_LOG_LEVELS or a PUT"},
+            },
+        },
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"const": "ok"}}},
         "Ready": {"type": "object", "required": ["status", "partitions", "subscribers"],
@@ -467,6 +479,25 @@ def _paths() -> dict[str, Any]:
             "get": _op("openapi", "This document", scope=None, responses={
                 "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),
                 **_refs("UriTooLong")}),
+        },
+        "/v1/admin/log-levels": {
+            "get": _op(
+                "getLogLevels", "This process's log levels", scope="admin",
+                description="Only an admin of the operators' tenant "
+                            "(TIDEMARK_DEFAULT_TENANT): levels are the whole process's.",
+                responses={"200": _json(_schema("LogLevels"), "the current levels"),
+                           **_refs(*_GUARDED)}),
+            "put": _op(
+                "setLogLevels", "Change this process's log levels", scope="admin",
+                description="Only an admin of the operators' tenant "
+                            "(TIDEMARK_DEFAULT_TENANT). Sets the named loggers in this one "
+                            "process (behind a load balancer, put it to each gateway); "
+                            "audited. Workers serve the same on their metrics port.",
+                requestBody=_body("LogLevelsRequest"),
+                responses={"200": _json(_schema("LogLevels"), "the levels after the change"),
+                           **_refs("BadRequest", *_GUARDED, "RequestTimeout",
+                                   "ContentTooLarge", "UnsupportedMediaType",
+                                   "Unprocessable")}),
         },
         "/healthz": {
             "get": _op("healthz", "Liveness: the process answers", scope=None, responses={

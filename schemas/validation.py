@@ -72,6 +72,7 @@ class Validators:
     def __init__(self) -> None:
         names = ["create_stream", "event_input", "publish", "envelope", "reset",
                  *sorted(events.BUILTIN_TYPES)]
+        names.append("log_levels")  # the admin endpoints' body (gateways and workers)
         self._schemas = {name: load_schema(name) for name in names}
         registry: Registry[Any] = Registry().with_resources(
             (schema["$id"], Resource.from_contents(schema)) for schema in self._schemas.values()

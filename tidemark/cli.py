@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -181,7 +182,9 @@ async def run_worker(settings: Settings) -> int:
 
     worker = Worker(settings, {"demo": DemoGenerator()})
     ws = settings.worker
-    metrics, port = await worker.metrics.serve(ws.metrics_host, ws.metrics_port)
+    metrics, port = await worker.metrics.serve(
+        ws.metrics_host, ws.metrics_port, auth=settings.auth,
+        instance=f"{socket.gethostname()}:{os.getpid()}")
     task = asyncio.create_task(worker.run(), name="worker")
     # Tombstones in the stream index for streams retention has deleted: swept by the
     # worker that owns jobs partition 0.
@@ -359,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "token":
         return _token(settings, args)
-    setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command)
+    setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command,
+                  levels=settings.log_levels)
     commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
         "kafka": lambda: run_kafka(settings, args.data_dir, args.port, args.nodes, args.node),
         "gateway": lambda: _gateway_command(settings, supervised=args.command == "gateway"

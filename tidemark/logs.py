@@ -1,4 +1,10 @@
-"""Logging set-up: plain text or one JSON object per line."""
+"""Logging set-up: plain text or one JSON object per line, and per-module levels.
+
+A JSON line carries ``ts``, ``level``, ``logger``, ``msg``, any ``extra`` fields, the
+fields of the log context (``eventlog.logcontext``: ``stream``, ``partition``,
+``offset`` where the code bound them) and, when an OpenTelemetry span is current and
+valid, its ``trace_id`` and ``span_id`` (lower-case hex, as in ``traceparent``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ import sys
 from typing import Any
 
 import orjson
+from opentelemetry import trace
+
+from eventlog import logcontext, loglevels
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -17,6 +26,11 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3), "level": record.levelname,
             "logger": record.name, "msg": record.getMessage(),
         }
+        out.update(logcontext.current())
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            out["trace_id"] = format(span.trace_id, "032x")
+            out["span_id"] = format(span.span_id, "016x")
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -37,7 +51,9 @@ class _TransientKafkaNoise(logging.Filter):
         return not any(name in message for name in self._RETRIED)
 
 
-def setup_logging(*, level: str, fmt: str, role: str) -> None:
+def setup_logging(*, level: str, fmt: str, role: str, levels: str = "") -> None:
+    """Log to stderr as text or JSON at ``level``, with ``levels`` (a
+    ``TIDEMARK_LOG_LEVELS`` spec, already validated by the settings) on top."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -50,3 +66,4 @@ def setup_logging(*, level: str, fmt: str, role: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    loglevels.LOG_LEVELS.apply(loglevels.parse(levels))

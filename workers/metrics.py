@@ -1,4 +1,5 @@
-"""Prometheus metrics of one worker process, served on a small HTTP endpoint."""
+"""Prometheus metrics of one worker process, served on a small HTTP endpoint (with the
+admin endpoints of ``workers.admin`` beside ``/metrics``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,52 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 
 from eventlog.index import TERMINAL_STATUSES
+from eventlog.settings import AuthSettings
+from workers import admin
+
+#: Seconds from an event's ``ts`` (when the worker made it) to the commit of the
+#: transaction that wrote it: the linger (10 ms by default) plus one or two transaction
+#: round trips; hundreds of ms when the worker is saturated.
+TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Seconds from a transaction's begin to its commit acknowledged: a few ms on an idle
+#: local broker, longer with full batches, replication or a broker failing over.
+TRANSACTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                       5.0)
+OTHER_TENANTS = "other"
+
+
+class TenantLabels:
+    """Bounded tenant label values: the first ``limit`` tenants seen keep their name,
+    every later one is ``other`` (so a metric has at most ``limit`` + 1 tenants)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._named: set[str] = set()
+
+    def __call__(self, tenant: str) -> str:
+        if tenant in self._named:
+            return tenant
+        if len(self._named) < self._limit and tenant != OTHER_TENANTS:
+            self._named.add(tenant)
+            return tenant
+        return OTHER_TENANTS
 
 
 class WorkerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, tenants: int = 20, default_tenant: str = "default") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.default_tenant = default_tenant
+        self.tenant_label = TenantLabels(tenants)
         self.streams = Counter("tidemark_worker_streams_total",
-                               "Streams this worker ended, by outcome; 'resumed' counts "
-                               "streams taken over mid-way", ["outcome"], registry=r)
+                               "Streams this worker ended, by outcome and tenant; 'resumed' "
+                               "counts streams taken over mid-way", ["outcome", "tenant"],
+                               registry=r)
         self.events = Counter("tidemark_worker_events_total", "Events written", registry=r)
         self.transactions = Counter("tidemark_worker_transactions_total",
                                     "Kafka transactions committed", registry=r)
@@ -34,14 +68,39 @@ class WorkerMetrics:
         self.waiting = Gauge("tidemark_worker_jobs_waiting",
                              "Jobs-topic records read and waiting for a free slot, by class",
                              ["class"], registry=r)
+        self.token_latency = Histogram(
+            "tidemark_worker_token_latency_seconds", "From an event's ts to the commit of "
+            "the transaction that wrote it", buckets=TOKEN_LATENCY_BUCKETS, registry=r)
+        self.transaction_seconds = Histogram(
+            "tidemark_worker_transaction_seconds", "From a transaction's begin to its "
+            "commit acknowledged", buckets=TRANSACTION_BUCKETS, registry=r)
+        self.jobs_lag = Gauge(
+            "tidemark_worker_jobs_lag_records", "Records of an owned jobs partition this "
+            "worker has not read yet (log end minus position), sampled every "
+            "TIDEMARK_LAG_SAMPLE_SECONDS", ["topic", "partition"], registry=r)
+        self.takeovers = Counter(
+            "tidemark_worker_takeovers_total", "Streams this worker took over mid-way "
+            "(another worker had written part of them)", registry=r)
+        self.rebalanced = Counter(
+            "tidemark_worker_rebalance_partitions_total", "Jobs-topic partitions gained "
+            "or lost in the group's rebalances", ["change"], registry=r)
         for outcome in (*TERMINAL_STATUSES, "resumed"):
-            self.streams.labels(outcome)
+            self.streams.labels(outcome, self.tenant_label(default_tenant))
         for kind in ("priority", "other"):
             self.started.labels(kind)
             self.waiting.labels(kind)
+        self.gained = self.rebalanced.labels("gained")
+        self.lost = self.rebalanced.labels("lost")
 
-    async def serve(self, host: str, port: int) -> tuple[web.AppRunner, int]:
-        """Serve ``GET /metrics``; return the runner and the bound port."""
+    def count_stream(self, outcome: str, tenant: str) -> None:
+        """One stream ended (or, ``resumed``, taken over) here; ``tenant`` "" is the
+        default tenant's (streams made before tenants existed)."""
+        self.streams.labels(outcome, self.tenant_label(tenant or self.default_tenant)).inc()
+
+    async def serve(self, host: str, port: int, *, auth: AuthSettings | None = None,
+                    instance: str = "") -> tuple[web.AppRunner, int]:
+        """Serve ``GET /metrics`` (and, given ``auth``, the admin endpoints of
+        ``workers.admin``); return the runner and the bound port."""
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.registry),
@@ -49,6 +108,8 @@ class WorkerMetrics:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        if auth is not None:
+            admin.add_routes(app, auth, instance=instance)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

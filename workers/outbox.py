@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,7 @@ class Outbox:
         changed = {tp: t for tp, t in self._trackers.items() if t.watermark() > t.committed}
         if not batch and not changed:
             return
+        began = self._loop.time()
         producer = self._producer
         async with producer.transaction():
             await self._write(batch)
@@ -170,8 +172,15 @@ class Outbox:
             if tracker is not None:
                 tracker.committed = max(tracker.committed, om.offset)
         if self._metrics is not None:
-            self._metrics.transactions.inc()
-            self._metrics.events.inc(sum(e.event is not None for e in batch))
+            m = self._metrics
+            m.transaction_seconds.observe(self._loop.time() - began)
+            m.transactions.inc()
+            m.events.inc(sum(e.event is not None for e in batch))
+            committed_ms = time.time() * 1000
+            observe = m.token_latency.observe
+            for entry in batch:
+                if entry.event is not None:
+                    observe(max(0.0, committed_ms - entry.event.ts) / 1000)
         for entry in batch:
             if entry.written is not None and not entry.written.done():
                 entry.written.set_result(None)

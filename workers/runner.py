@@ -51,7 +51,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
-from eventlog import index
+from eventlog import index, logcontext
 from eventlog.clients import (
     make_admin,
     make_consumer,
@@ -70,6 +70,7 @@ from schemas import events
 from schemas.events import Event
 from workers.experiments import announced
 from workers.generators import Draft, Generator
+from workers.lag import JobsLag
 from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
 
@@ -174,7 +175,9 @@ class Worker:
         self.partitions: dict[TopicPartition, _Partition] = {}
         self.trackers: dict[TopicPartition, OffsetTracker] = {}
         self.reader = LogReader(settings.kafka, size=4, role="worker-reader")
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(tenants=settings.metrics_tenants,
+                                     default_tenant=settings.auth.default_tenant)
+        self._lag = JobsLag(self.metrics, settings.lag_sample_s)
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._writer: _Writer | None = None
@@ -407,6 +410,10 @@ class Worker:
                 len(pj.backlog) for pj in self.partitions.values() if pj.priority is priority))
 
     async def _run(self, pj: _Partition, stream: _Stream) -> None:
+        # This task's log lines are about this stream (its events partition is numbered
+        # like its jobs partition; the offset is the job record's).
+        context = logcontext.bind(stream=stream.job.stream_id,
+                                  partition=stream.tp.partition, offset=stream.offset)
         self.metrics.running.inc()
         try:
             writer = self._writer
@@ -421,6 +428,8 @@ class Worker:
             pj.streams.pop(stream.job.stream_id, None)
             self.running -= 1
             self.metrics.running.dec()
+            # What pump logs (and the tasks it starts) is not about this stream.
+            logcontext.reset(context)
             self.pump()  # a slot is free
 
     async def _generate(self, stream: _Stream, outbox: Outbox) -> None:
@@ -430,10 +439,13 @@ class Worker:
             await outbox.put_and_wait(Entry(jobs_tp=stream.tp, done_offset=stream.offset))
             return
         info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
+        log.debug("stream %s: generating from seq %s", job.stream_id, state.last_seq + 1)
         seq = state.last_seq + 1
         if seq > 1:
+            # Another worker wrote part of this stream: a takeover.
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
-            self.metrics.streams.labels("resumed").inc()
+            self.metrics.count_stream("resumed", job.stream.tenant)
+            self.metrics.takeovers.inc()
         generator = self.generators.get(job.generator)
         drafts = (announced(job, seq, generator.events) if generator is not None
                   else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
@@ -456,7 +468,7 @@ class Worker:
                     await outbox.put_and_wait(Entry(event=ev, info=info, snapshot=first,
                                                     jobs_tp=stream.tp,
                                                     done_offset=stream.offset))
-                    self.metrics.streams.labels(terminal_status(ev.type)).inc()
+                    self.metrics.count_stream(terminal_status(ev.type), job.stream.tenant)
                     log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
                              ev.seq)
                     return
@@ -535,6 +547,7 @@ class Worker:
                     (rec.offset, parse_job_record(rec.value) if rec.value is not None else None)
                     for rec in records)
             self.pump()
+            await self._lag.maybe_sample(consumer)
             writer = self._writer
             if writer is not None and writer.failed is not None:
                 await self._reset(writer.failed)
@@ -553,11 +566,19 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
+        #: What the last assignment gave (eager: everything is revoked in between, so
+        #: gains and losses are counted against the previous assignment).
+        self._owned: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._worker.release()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        now = set(assigned)
+        metrics = self._worker.metrics
+        metrics.gained.inc(len(now - self._owned))
+        metrics.lost.inc(len(self._owned - now))
+        self._owned = now
         try:
             await self._worker.retake(sorted(assigned, key=lambda tp: tp.partition))
         except KafkaUnavailable as exc:

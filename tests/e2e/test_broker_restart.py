@@ -12,6 +12,7 @@ from eventlog.settings import load_settings
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
+from tests.e2e.test_takeover import scrape
 from tests.procs import Proc, base_env, free_port
 from workers.publisher import Publisher
 
@@ -125,6 +126,10 @@ async def test_broker_down_fails_fast_keeps_streams_open_and_recovers(
                 assert resp.status == 503
                 assert resp.content_type == "application/problem+json"
                 assert int(resp.headers["Retry-After"]) >= 1
+        # Operators see the circuit open (the watcher keeps tripping it while Kafka is down).
+        metrics = await scrape(http, f"{base}/metrics")
+        assert metrics['tidemark_breaker_state{name="kafka"}'] == 2
+        assert metrics['tidemark_breaker_transitions_total{name="kafka",to="open"}'] >= 1
         await asyncio.sleep(2.5)  # heartbeats keep the open response alive meanwhile
         assert not reader.done()
 
@@ -140,6 +145,9 @@ async def test_broker_down_fails_fast_keeps_streams_open_and_recovers(
             await asyncio.sleep(0.2)
         reply = await asyncio.wait_for(reader, 60)
         assert [e.seq for e in reply.stream_events] == [0, 1, 2]
+        metrics = await scrape(http, f"{base}/metrics")
+        assert metrics['tidemark_breaker_state{name="kafka"}'] == 0
+        assert metrics['tidemark_breaker_transitions_total{name="kafka",to="closed"}'] >= 1
         assert reply.stream_events[-1].event == "result"
         assert "ping" in reply.comments
     finally:

@@ -151,7 +151,7 @@ async def test_a_worker_killed_mid_premium_stream_another_finishes_it_exactly_on
     _, second = await taken_over(cluster, premium, "who takes the premium job over?")
     # The worker counts the stream once its last transaction's commit is acknowledged,
     # which can be a moment after a reader has seen the result.
-    completed = 'tidemark_worker_streams_total{outcome="completed"}'
+    completed = 'tidemark_worker_streams_total{outcome="completed",tenant="default"}'
     for _ in range(50):
         worker_metrics = await scrape(http, second.metrics_url)
         if worker_metrics[completed] >= 1:
@@ -159,5 +159,6 @@ async def test_a_worker_killed_mid_premium_stream_another_finishes_it_exactly_on
         await asyncio.sleep(0.1)
     assert worker_metrics['tidemark_worker_jobs_started_total{class="priority"}'] == 1
     assert worker_metrics['tidemark_worker_jobs_started_total{class="other"}'] == 0
-    assert worker_metrics['tidemark_worker_streams_total{outcome="resumed"}'] == 1
+    resumed = 'tidemark_worker_streams_total{outcome="resumed",tenant="default"}'
+    assert worker_metrics[resumed] == 1
     assert worker_metrics[completed] == 1

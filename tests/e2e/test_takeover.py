@@ -54,8 +54,9 @@ async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
     # Operators see it: the second worker resumed and completed one stream; the gateway
     # saw one completion.
     worker_metrics = await scrape(http, second.metrics_url)
-    assert worker_metrics['tidemark_worker_streams_total{outcome="resumed"}'] == 1
-    assert worker_metrics['tidemark_worker_streams_total{outcome="completed"}'] == 1
+    resumed = 'tidemark_worker_streams_total{outcome="resumed",tenant="default"}'
+    assert worker_metrics[resumed] == 1
+    assert worker_metrics[resumed.replace("resumed", "completed")] == 1
     gateway_metrics = await scrape(http, f"{base}/metrics")
     assert gateway_metrics['tidemark_stream_outcomes_total{outcome="completed"}'] == 1
 

@@ -113,9 +113,17 @@ PUBLISH_BODIES: list[Any] = [
 ]
 
 
+LOG_LEVEL_BODIES: list[Any] = [
+    {"levels": {"gateway.hub": "DEBUG"}}, {"levels": "gateway.hub=DEBUG,workers=info"},
+    {"levels": {}}, {"levels": ""}, {"levels": {"bad name": "DEBUG"}}, {"levels": 3},
+    {"levels": {"gateway": "DEBUG"}, "more": 1}, {}, [], {"levels": {"gateway": "DE BUG"}},
+]
+
+
 @pytest.mark.parametrize(("component", "method", "bodies"), [
     ("CreateStreamRequest", "create_stream", CREATE_BODIES),
     ("PublishRequest", "publish", PUBLISH_BODIES),
+    ("LogLevelsRequest", "log_levels", LOG_LEVEL_BODIES),
 ])
 def test_the_document_and_the_gateway_accept_the_same_bodies(
         component: str, method: str, bodies: list[Any]) -> None:
