@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from gateway.analytics_hist import RELATIVE_ERROR
 from schemas.openapi_analytics import document_schema
 from tests import sse_client
 from tests.conftest import Cluster
+from tests.e2e.test_slow_client import metric, produce
 from tests.procs import auth_headers
 from tests.sse_client import Reply
 
@@ -348,3 +350,41 @@ async def _documents(resp: aiohttp.ClientResponse, docs: list[dict[str, Any]]) -
                 assert line == "event: analytics"
             elif name == "data":
                 docs.append(json.loads(line.removeprefix("data: ")))
+
+
+async def test_a_slow_client_cut_off_is_counted_once_for_its_tenant_and_variant(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway(**SETTINGS, TIDEMARK_CLIENT_BUFFER_BYTES="65536",
+                                 TIDEMARK_TAIL_BYTES="1048576",
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
+    async with Streams(cluster) as streams:
+        info = await streams.creator.create(
+            generator="external", query=None, options=None, with_job=False, tenant="acme",
+            owner="alice", experiments={"coalesce": "slow"})
+    # A client with a tiny receive buffer that reads nothing.
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base.removeprefix("http://").split(":")
+    slow.connect((host, int(port)))
+    bearer = user("acme", "alice")["Authorization"]
+    slow.sendall(f"GET /v1/streams/{info.stream_id}/events HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: {bearer}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    try:
+        await until(http, base, admin("acme"), lambda d: d["active"]["connections"] == 1)
+        await produce(cluster, [info.stream_id], 5000, payload=1000, end=True)
+        for _ in range(300):
+            if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the slow client was never cut off")
+        cutoffs = await metric(http, base, "tidemark_slow_client_cutoffs_total")
+        doc = await until(http, base, admin("acme"),
+                          lambda d: d["windows"]["1h"]["cutoffs"] >= cutoffs)
+    finally:
+        slow.close()
+    w = doc["windows"]["1h"]
+    assert w["cutoffs"] == cutoffs == 1
+    assert w["variants"]["coalesce"]["slow"]["cutoffs"] == 1
+    other = await analytics(http, base, admin("globex"))
+    assert other["windows"]["1h"]["cutoffs"] == 0
