@@ -267,7 +267,7 @@ async def test_two_gateways_answer_the_same_exact_figures_per_tenant_and_variant
 
 async def test_analytics_needs_an_admin_token_and_known_windows(
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
-    base = await cluster.gateway(**SETTINGS)
+    base = await cluster.gateway(**SETTINGS, TIDEMARK_MAX_RESPONSE_SECONDS="2")
     for path in ("/v1/analytics", "/v1/analytics/live"):
         async with aiohttp.ClientSession() as anonymous, anonymous.get(base + path) as resp:
             assert resp.status == 401
@@ -287,6 +287,16 @@ async def test_analytics_needs_an_admin_token_and_known_windows(
                                                       "p99": None}
     assert len(doc["windows"]["5m"]["series"]) == 30
     assert len(doc["windows"]["1h"]["series"]) == 60
+    # The live feed's lifetime is bounded like every SSE response's.
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    reply = await sse_client.read(http, f"{base}/v1/analytics/live", headers=admin("acme"),
+                                  idle_timeout=5)
+    assert reply.ended_by_server and 1.9 < loop.time() - began < 4
+    assert reply.retry == 500 and reply.first_field == "retry"
+    assert reply.comments[-1] == "closing: response lifetime reached; reconnect"
+    assert len(reply.events) >= 3 and {e.event for e in reply.events} == {"analytics"}
+    assert all(e.id is None for e in reply.events)
 
 
 async def test_the_live_feed_sends_the_document_and_then_an_updated_one(
