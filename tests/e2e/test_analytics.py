@@ -214,8 +214,8 @@ async def test_two_gateways_answer_the_same_exact_figures_per_tenant_and_variant
         assert sum(p["created"] for p in w["series"]) == 5
         assert sum(p["failed"] for p in w["series"]) == 1
     # Each reported percentile is at most the client's own figure (the gateway's clock
-    # starts after the client's and stops before the client sees the head), plus the
-    # bucket error.
+    # starts after the client sent the request and stops before the head is written),
+    # plus the bucket error.
     first = doc["windows"]["1h"]["first_event_ms"]
     for p, name in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
         assert 0 < first[name] <= nearest_rank(head_ms, p) * (1 + RELATIVE_ERROR), (
@@ -292,7 +292,7 @@ async def test_analytics_needs_an_admin_token_and_known_windows(
     began = loop.time()
     reply = await sse_client.read(http, f"{base}/v1/analytics/live", headers=admin("acme"),
                                   idle_timeout=5)
-    assert reply.ended_by_server and 1.9 < loop.time() - began < 4
+    assert reply.ended_by_server and 1.9 < loop.time() - began < 8
     assert reply.retry == 500 and reply.first_field == "retry"
     assert reply.comments[-1] == "closing: response lifetime reached; reconnect"
     assert len(reply.events) >= 3 and {e.event for e in reply.events} == {"analytics"}
@@ -312,7 +312,7 @@ async def test_the_live_feed_sends_the_document_and_then_an_updated_one(
         docs: list[dict[str, Any]] = []
         reader = asyncio.create_task(_documents(resp, docs))
         try:
-            for _ in range(200):
+            for _ in range(600):
                 if docs:
                     break
                 await asyncio.sleep(0.05)
@@ -321,7 +321,7 @@ async def test_the_live_feed_sends_the_document_and_then_an_updated_one(
             assert docs[0]["windows"]["1m"]["streams"]["created"] == 0
             async with Streams(cluster) as streams:
                 info = await streams.create("acme", "alice")
-            for _ in range(200):
+            for _ in range(600):
                 if docs[-1]["windows"]["1m"]["streams"]["created"] == 1:
                     break
                 await asyncio.sleep(0.05)
