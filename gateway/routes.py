@@ -220,7 +220,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
         closing=services.closing, registry=services.sessions, prefs=prefs,
-        experiments=gw.experiments)
+        experiments=gw.experiments, recorder=services.recorder)
     return await streaming.serve(session, position)
 
 

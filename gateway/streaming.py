@@ -35,6 +35,7 @@ from eventlog.index import StreamInfo
 from eventlog.logcontext import bind as bind_log_context
 from eventlog.reader import LogReader
 from gateway import resume, sse
+from gateway.analytics_recorder import Recorder
 from gateway.catchup import backlog
 from gateway.delivery import Delivery, Shaper
 from gateway.hub import Frame, Hub, Row, Subscriber
@@ -177,6 +178,8 @@ class Session:
     write_started: float | None = None
     sub: Subscriber | None = None
     last_write: float = 0.0
+    #: Analytics observations of this process (first-event and resume latency, cut-offs).
+    recorder: Recorder | None = None
 
     def __hash__(self) -> int:
         return id(self)
@@ -251,6 +254,7 @@ class Session:
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
+    began = asyncio.get_running_loop().time()
     info, context = await _resolve(session, position)
     session.info = info
     changes = session.experiments.changes(info.experiments)
@@ -309,6 +313,9 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
             head.append(session.take(first[0]))
+        if session.recorder is not None:
+            session.recorder.served(session, resumed=position is not None,
+                                    source=None if first is None else first[1], began=began)
         await session.write(b"".join(head))
         if position is not None and first is not None:
             session.metrics.resume_source[first[1]].observe(
@@ -433,6 +440,8 @@ async def _keep_up(session: Session, start: int) -> bool:
 
 async def _cut_off(session: Session) -> None:
     session.metrics.cutoffs.inc()
+    if session.recorder is not None:
+        session.recorder.cutoff(session)
     await session.write(CUT_OFF_REASON)
 
 
