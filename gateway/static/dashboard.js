@@ -208,6 +208,9 @@
     $("fig-connections").textContent = count(doc.active.connections);
     $("fig-cutoffs").textContent = count(w.cutoffs);
     $("fig-as-of").textContent = clock(doc.as_of);
+    // How far the newest folded record trails the document: a few intervals when all is well.
+    $("fig-data-age").textContent = doc.as_of === null || doc.as_of === undefined ? dash
+      : ((doc.generated_at - doc.as_of) / 1000).toFixed(1) + " s";
 
     history.push({t: doc.generated_at, w: w});
     if (history.length > HISTORY_MAX) {
@@ -282,6 +285,8 @@
         width: Math.max(el.clientWidth, 300),
         height: 200,
         scales: {x: {time: true}},
+        // The axes in UTC, as every time written on the page.
+        tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
         legend: {live: false},
         series: [{}, ...labels.map((label, i) => ({
           label: label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,

@@ -1,0 +1,332 @@
+"""The /dashboard page in headless Chromium (Debian's /usr/bin/chromium through Playwright)
+against a real broker, gateway and worker: it shows the figures GET /v1/analytics answers,
+draws its charts, follows the live feed without a reload, lists the real stream ids, says
+so when the token is refused, and axe-core finds no accessibility violation.
+
+Screenshots go to ``test-artifacts/dashboard/`` (git ignores it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import BrowserContext, Page, async_playwright
+
+from tests import sse_client
+from tests.conftest import Cluster
+from tests.procs import REPO, token
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
+SHOTS = REPO / "test-artifacts" / "dashboard"
+#: Analytics published and the live document sent this often (seconds).
+INTERVAL = "0.5"
+#: What the page writes for a figure that is null (no stream ended, no sample).
+DASH = "\u2014"
+
+#: Stroke colours of each chart's first series (gateway/static/dashboard.js, COLORS).
+FIRST_COLOR = (0x1F, 0x5F, 0xBF)
+SECOND_COLOR = (0x1A, 0x7A, 0x43)
+
+
+def _count(n: Any) -> str:
+    return DASH if n is None else str(n)
+
+
+def _rate(r: Any) -> str:
+    return DASH if r is None else f"{r * 100:.1f} %"
+
+
+def _ms(v: Any) -> str:
+    return DASH if v is None else f"{v:.1f} ms"
+
+
+def expected_figures(doc: dict[str, Any], window: str = "5m") -> dict[str, str]:
+    """What the page must show for ``doc`` (the same formatting as dashboard.js)."""
+    w = doc["windows"][window]
+    s, fe = w["streams"], w["first_event_ms"]
+    return {
+        "created": _count(s["created"]), "completed": _count(s["completed"]),
+        "failed": _count(s["failed"]), "cancelled": _count(s["cancelled"]),
+        "success-rate": _rate(s["success_rate"]), "failure-rate": _rate(s["failure_rate"]),
+        "first-p50": _ms(fe["p50"]), "first-p99": _ms(fe["p99"]),
+        "cutoffs": _count(w["cutoffs"]),
+    }
+
+
+def expected_resume_rows(doc: dict[str, Any], window: str = "5m") -> list[list[str]]:
+    resume = doc["windows"][window]["resume_ms"]
+    return [[src, _count(r["count"]), _ms(r["p50"]), _ms(r["p90"]), _ms(r["p99"])]
+            for src, r in sorted(resume.items())]
+
+
+async def page_figures(page: Page) -> dict[str, str]:
+    figures: dict[str, str] = await page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('dd[id^="fig-"]')]
+               .map(el => [el.id.slice(4), el.textContent]))""")
+    return figures
+
+
+async def table_rows(page: Page, table: str) -> list[list[str]]:
+    rows: list[list[str]] = await page.evaluate(
+        """(id) => [...document.getElementById(id).tBodies[0].rows]
+               .map(tr => [...tr.cells].map(td => td.textContent))""", table)
+    return rows
+
+
+async def analytics(base: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession(headers=headers) as session, \
+            session.get(f"{base}/v1/analytics?window=5m") as resp:
+        assert resp.status == 200, await resp.text()
+        doc: dict[str, Any] = await resp.json()
+    return doc
+
+
+ADMIN = token(sub="operator", scope="admin")
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
+    """``check()`` once it returns something true (polled), else fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout}s (last: {last!r})")
+
+
+async def create(http: aiohttp.ClientSession, base: str, **options: Any) -> str:
+    body = {"query": "dashboard test", "options": {"tokens": 4, "tokens_per_second": 200,
+                                                     **options}}
+    async with http.post(f"{base}/v1/streams", json=body) as resp:
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["stream_id"])
+
+
+async def read_whole(http: aiohttp.ClientSession, base: str, sid: str) -> sse_client.Reply:
+    reply = await sse_client.read(http, f"{base}/v1/streams/{sid}/events")
+    assert reply.ended_by_server and reply.stream_events[-1].event in sse_client.TERMINAL
+    return reply
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    """Chromium with a fresh profile; nothing is downloaded (no `playwright install`)."""
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            tmp_path / "chromium-profile", executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1280, "height": 900})
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+class Watched:
+    """A page whose script errors and CSP violations are collected."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: self.errors.append(f"console: {msg.text}")
+                if msg.type == "error" and "Content Security Policy" in msg.text else None)
+
+
+async def open_page(context: BrowserContext, url: str) -> Watched:
+    watched = Watched(await context.new_page())
+    await watched.page.goto(url)
+    return watched
+
+
+async def axe_violations(context: BrowserContext, url: str,
+                         ready: Callable[[Page], Awaitable[None]]) -> list[dict[str, Any]]:
+    """axe-core's violations on the page at ``url`` once ``ready``. axe is injected as an
+    inline script, which the page's CSP refuses, so this page (only) bypasses the CSP, as
+    Playwright's ``bypass_csp`` does, through the DevTools protocol."""
+    page = await context.new_page()
+    cdp = await context.new_cdp_session(page)
+    await cdp.send("Page.setBypassCSP", {"enabled": True})
+    await page.goto(url)
+    await ready(page)
+    await page.add_script_tag(path=str(AXE))
+    result: dict[str, Any] = await page.evaluate("axe.run()")
+    await page.close()
+    violations: list[dict[str, Any]] = [
+        {"id": v["id"], "impact": v["impact"],
+         "nodes": [n["target"] for n in v["nodes"]]} for v in result["violations"]]
+    return violations
+
+
+async def chart_pixels(page: Page, chart: str, rgb: tuple[int, int, int]) -> int:
+    """Pixels of ``chart``'s canvas near colour ``rgb`` (a series' stroke)."""
+    n: int = await page.evaluate(
+        """([id, rgb]) => {
+             const c = document.querySelector('#' + id + ' canvas');
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             let n = 0;
+             for (let i = 0; i < d.length; i += 4) {
+               if (d[i + 3] > 200 && Math.abs(d[i] - rgb[0]) + Math.abs(d[i + 1] - rgb[1])
+                   + Math.abs(d[i + 2] - rgb[2]) < 40) n++;
+             }
+             return n;
+           }""", [chart, list(rgb)])
+    return n
+
+
+async def test_the_dashboard_shows_live_analytics_of_real_streams(
+        cluster: Cluster, http: aiohttp.ClientSession, browser: BrowserContext) -> None:
+    cluster.env.update(TIDEMARK_ANALYTICS_INTERVAL=INTERVAL,
+                       TIDEMARK_ANALYTICS_LIVE_INTERVAL=INTERVAL)
+    cluster.worker()
+    base = await cluster.gateway()
+
+    # Streams that complete, fail and get cancelled, each read by a client (first-event
+    # latency), the cancelled one resumed with Last-Event-ID (a resume from memory).
+    completed = [await create(http, base) for _ in range(3)]
+    failed = [await create(http, base, fail_at_seq=3) for _ in range(2)]
+    cancelled = await create(http, base, tokens=400, tokens_per_second=10)
+    for sid in completed + failed:
+        await read_whole(http, base, sid)
+    url = f"{base}/v1/streams/{cancelled}/events"
+    head = await sse_client.read(http, url, max_events=3)
+    async with http.post(f"{base}/v1/streams/{cancelled}/cancel") as resp:
+        assert resp.status == 202
+    rest = await sse_client.read(http, url, last_event_id=head.last_id)
+    assert rest.stream_events[-1].event == "cancelled"
+
+    async def counted() -> dict[str, Any] | None:
+        doc = await analytics(base)
+        s = doc["windows"]["5m"]["streams"]
+        done = (s["created"], s["completed"], s["failed"], s["cancelled"]) == (6, 3, 2, 1)
+        return doc if done else None
+
+    await until(counted, "GET /v1/analytics counted the streams")
+
+    dashboard = f"{base}/dashboard#token={ADMIN}"
+    watched = await open_page(browser, dashboard)
+    page = watched.page
+    # The token left the address bar; the browser sends it to the analytics routes only.
+    assert "#token" not in page.url
+    cookies = await browser.cookies(base)
+    assert [(c["name"], c["path"], c["sameSite"]) for c in cookies] == \
+        [("tidemark_token", "/v1/analytics", "Strict")]
+
+    # The page's figures are the document's (polled: both move with each publish).
+    async def same_figures() -> bool:
+        doc = await analytics(base)
+        shown = await page_figures(page)
+        want = expected_figures(doc)
+        return ({k: shown.get(k) for k in want} == want
+                and await table_rows(page, "resume-table") == expected_resume_rows(doc))
+
+    await until(same_figures, "the page showed GET /v1/analytics's figures")
+    shown = await page_figures(page)
+    assert (shown["created"], shown["completed"], shown["failed"], shown["cancelled"]) == \
+        ("6", "3", "2", "1")
+    assert shown["success-rate"] == "50.0 %" and shown["failure-rate"] == "33.3 %"
+    assert shown["first-p50"].endswith(" ms") and shown["first-p99"].endswith(" ms")
+    assert [row[:2] for row in await table_rows(page, "resume-table")] == [["memory", "1"]]
+    assert "Live" in await page.inner_text("#connection")
+
+    # Every chart exists and is drawn with its series.
+    charts = await page.eval_on_selector_all(
+        ".chart", "els => els.map(e => [e.id, e.dataset.series, Number(e.dataset.points),"
+                  " e.querySelectorAll('canvas').length])")
+    by_id = {c[0]: c[1:] for c in charts}
+    assert by_id["chart-streams"][0] == "created,completed,failed,cancelled"
+    assert by_id["chart-first"][0] == "p50,p99"
+    assert by_id["chart-active"][0] == "active streams,connections"
+    assert by_id["chart-resume"][0] == "memory p50,memory p99"
+    assert set(by_id) == {"chart-streams", "chart-success", "chart-first", "chart-active",
+                          "chart-resume", "chart-cutoffs", "chart-variants"}
+    assert all(points >= 1 and canvases == 1 for _, points, canvases in by_id.values()), by_id
+    for chart in ("chart-streams", "chart-success", "chart-first", "chart-resume"):
+        assert await chart_pixels(page, chart, FIRST_COLOR) > 10, f"{chart}: no series drawn"
+    assert await chart_pixels(page, "chart-streams", SECOND_COLOR) > 10
+
+    # Recent streams and errors list the real ids.
+    recent = {row[0]: row[1] for row in await table_rows(page, "recent-streams")}
+    assert {sid: recent.get(sid) for sid in completed + failed + [cancelled]} == {
+        **dict.fromkeys(completed, "completed"), **dict.fromkeys(failed, "failed"),
+        cancelled: "cancelled"}
+    errors = await table_rows(page, "recent-errors")
+    assert sorted(row[1] for row in errors) == sorted(failed)
+    assert {row[3] for row in errors} == {"demo_failure"}
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SHOTS / "dashboard.png", full_page=True)
+
+    # Live: more streams, and the figures change without a reload.
+    await page.evaluate("window.tidemarkTestMark = 'same page'")
+    more = [await create(http, base) for _ in range(2)]
+    for sid in more:
+        await read_whole(http, base, sid)
+
+    async def updated() -> bool:
+        return (await page_figures(page))["created"] == "8"
+
+    await until(updated, "the page's figures followed the live feed")
+    assert await page.evaluate("window.tidemarkTestMark") == "same page"
+    recent = {row[0]: row[1] for row in await table_rows(page, "recent-streams")}
+    assert all(recent.get(sid) == "completed" for sid in more), recent
+    await until(same_figures, "the page showed GET /v1/analytics's newer figures")
+    await page.screenshot(path=SHOTS / "dashboard-updated.png", full_page=True)
+    assert watched.errors == []
+
+    async def board_ready(p: Page) -> None:
+        await p.wait_for_selector("#board:not([hidden])")
+        await p.wait_for_function(
+            "document.getElementById('fig-created').textContent === '8'")
+
+    assert await axe_violations(browser, dashboard, board_ready) == []
+
+
+async def test_a_refused_token_says_why_on_the_page(
+        cluster: Cluster, browser: BrowserContext) -> None:
+    base = await cluster.gateway()
+    cases = [
+        ("not.a-token.really", "401", "refused the token"),
+        (token(sub="reader"), "403", "admin scope"),  # valid, but without admin
+    ]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for n, (bad, status, words) in enumerate(cases):
+        watched = await open_page(browser, f"{base}/dashboard#token={bad}")
+        page = watched.page
+        await page.wait_for_selector("#auth-error:not([hidden])")
+        text = await page.inner_text("#auth-error")
+        assert status in text and words in text, text
+        assert await page.is_visible("#token"), "the paste field is offered again"
+        assert not await page.is_visible("#board")
+        assert await page.evaluate("sessionStorage.length") == 0, "a refused token is kept"
+        assert watched.errors == []
+        await page.screenshot(path=SHOTS / f"refused-{status}.png", full_page=True)
+        await page.close()
+
+        async def error_shown(p: Page) -> None:
+            await p.wait_for_selector("#auth-error:not([hidden])")
+
+        assert await axe_violations(browser, f"{base}/dashboard#token={bad}",
+                                    error_shown) == [], n
+
+    # The paste field: a good token from it connects.
+    watched = await open_page(browser, f"{base}/dashboard")
+    page = watched.page
+    assert await page.inner_text("#connection") == "Not connected."
+    await page.fill("#token", ADMIN)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#board:not([hidden])")
+    assert not await page.is_visible("#auth-error")
+    assert await page.evaluate("sessionStorage.getItem('tidemark.dashboard.token')") == ADMIN
