@@ -263,6 +263,33 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnalyticsSettings:
+    interval_s: float = _env(
+        "ANALYTICS_INTERVAL", 5.0, "how often each gateway publishes what it observed to "
+        "the analytics topic (seconds)")
+    live_interval_s: float = _env(
+        "ANALYTICS_LIVE_INTERVAL", 5.0, "how often GET /v1/analytics/live sends a new "
+        "document (seconds)")
+    operator_tenant: str = _env(
+        "OPERATOR_TENANT", "", "the tenant whose admins see every tenant's analytics "
+        "(unset: TIDEMARK_DEFAULT_TENANT)")
+    recent: int = _env(
+        "ANALYTICS_RECENT", 20, "newest streams and errors listed in the analytics document")
+    top_users: int = _env(
+        "ANALYTICS_TOP_USERS", 20, "users listed per window (the top ones by streams)")
+
+    def __post_init__(self) -> None:
+        if not (0.05 <= self.interval_s <= 3600 and 0.05 <= self.live_interval_s <= 3600):
+            raise ConfigError("TIDEMARK_ANALYTICS_INTERVAL and TIDEMARK_ANALYTICS_LIVE_INTERVAL "
+                              "must be from 0.05 to 3600 seconds")
+        if self.operator_tenant and not re.match(TENANT_PATTERN, self.operator_tenant):
+            raise ConfigError(f"TIDEMARK_OPERATOR_TENANT must match {TENANT_PATTERN}")
+        if not (1 <= self.recent <= 1000 and 1 <= self.top_users <= 1000):
+            raise ConfigError("TIDEMARK_ANALYTICS_RECENT and TIDEMARK_ANALYTICS_TOP_USERS "
+                              "must be from 1 to 1000")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -270,6 +297,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
 
@@ -322,7 +350,7 @@ def env_names() -> dict[str, str]:
     """Every variable Tidemark reads, with its help text (for docs and `--help`)."""
     out: dict[str, str] = {}
     for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, AuthSettings,
-                LimitSettings, Settings):
+                LimitSettings, AnalyticsSettings, Settings):
         for f in dataclasses.fields(cls):
             if "env" in f.metadata:
                 out[f.metadata["env"]] = f.metadata["help"]
@@ -338,9 +366,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     worker = _section(WorkerSettings, environ, known)
     auth = _section(AuthSettings, environ, known)
     limits = _section(LimitSettings, environ, known)
+    analytics = _section(AnalyticsSettings, environ, known)
     top = _section(Settings, environ, known)
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
     for name in unknown:
         log.warning("unknown setting %s is ignored", name)
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
-                               worker=worker, auth=auth, limits=limits)
+                               worker=worker, auth=auth, limits=limits,
+                               analytics=analytics)

@@ -40,6 +40,16 @@ def jobs_topics(namespace: str) -> tuple[str, str]:
     return jobs_topic(namespace, priority=True), jobs_topic(namespace)
 
 
+def analytics_topic(namespace: str) -> str:
+    """Each gateway's periodic analytics report (``gateway.analytics_feed``); key = the
+    reporting process. Kept a little longer than the longest analytics window."""
+    return f"tidemark.{namespace}.analytics"
+
+
+#: Retention of the analytics topic: the longest analytics window (24 h) and one hour.
+ANALYTICS_RETENTION_MS: Final = 25 * 3_600_000
+
+
 def stream_topic(namespace: str, stream_id: str) -> str:
     """The topic of one stream under ``topic-per-stream`` placement (benchmark mode)."""
     return f"tidemark.{namespace}.stream.{stream_id}"
@@ -79,6 +89,12 @@ def namespace_topics(settings: LogSettings, *, brokers: int = 1) -> list[NewTopi
             "retention.ms": str(max(settings.retention_ms, 7 * 86_400_000)),
             **isr,
         }) for topic in jobs_topics(settings.namespace)),
+        NewTopic(analytics_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(ANALYTICS_RETENTION_MS),
+            "segment.ms": str(segment_ms(ANALYTICS_RETENTION_MS)),
+            **isr,
+        }),
         NewTopic(STREAMS_TOPIC, partitions, rf, topic_configs={
             "cleanup.policy": "compact",
             "min.compaction.lag.ms": "60000",

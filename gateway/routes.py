@@ -212,7 +212,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
-        closing=services.closing, registry=services.sessions, prefs=prefs)
+        closing=services.closing, registry=services.sessions, prefs=prefs,
+        recorder=services.recorder)
     return await streaming.serve(session, position)
 
 

@@ -18,7 +18,15 @@ from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, StreamCreator
-from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
+from eventlog.topics import (
+    STREAMS_TOPIC,
+    analytics_topic,
+    ensure_topics,
+    events_topic,
+    wait_for_topics,
+)
+from gateway.analytics_feed import AnalyticsFeed
+from gateway.analytics_recorder import Recorder, tenant_of
 from gateway.breaker import CircuitBreaker
 from gateway.hub import Hub
 from gateway.limits import Limits
@@ -61,6 +69,10 @@ class Services:
     store: Store | None = None
     limits: Limits | None = None
     user_sessions: Sessions | None = None
+    #: Analytics: what this process observes (hot paths), and the fold of every
+    #: process's reports and the stream index (``gateway.analytics_feed``).
+    recorder: Recorder = field(default_factory=Recorder)
+    analytics: AnalyticsFeed | None = None
 
     async def connect(self) -> None:
         s = self.settings
@@ -68,7 +80,8 @@ class Services:
             lambda: make_admin(s.kafka, role="gateway-admin"), s.kafka, "admin start")
         await ensure_topics(admin, s.log)
         topic = events_topic(s.log.namespace)
-        await wait_for_topics(admin._client, [topic, STREAMS_TOPIC])
+        await wait_for_topics(admin._client, [topic, STREAMS_TOPIC,
+                                              analytics_topic(s.log.namespace)])
         self.producer = await started(lambda: make_producer(s.kafka, role="gateway"),
                                       s.kafka, "producer start")
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
@@ -82,6 +95,10 @@ class Services:
         # Ids name a floor below their first event: how far this gateway's hub has read.
         self.creator = StreamCreator(s.log, self.producer, floor=self.hub.floor, admin=admin)
         self.appender = Appender(self.producer, self.reader)
+        self.analytics = AnalyticsFeed(
+            s, producer=self.producer, reader=self.reader, recorder=self.recorder,
+            process=self.instance, connections=lambda: map(tenant_of, self.sessions))
+        await self.analytics.start()
 
     def _open_limits(self) -> None:
         """Limits and session lists need no Kafka: they are there from the start (the
@@ -120,6 +137,8 @@ class Services:
                 tg.create_task(self.hub.run(), name="hub")
                 tg.create_task(self.pace(), name="pace")
                 tg.create_task(self.watch_kafka(), name="watch-kafka")
+                assert self.analytics is not None
+                tg.create_task(self.analytics.run(), name="analytics")
                 if self.limits is not None:
                     tg.create_task(self.limits.run(), name="limits-ended")
         except asyncio.CancelledError:
@@ -182,6 +201,7 @@ class Services:
                     log.info("dropping a client of stream %s: no write accepted for %.0fs",
                              session.stream_id, now - started)
                     self.metrics.cutoffs.inc()
+                    self.recorder.cutoff(session)
                     session.drop_stuck(gw.client_write_timeout_s)
 
     async def close(self) -> None:
@@ -194,7 +214,7 @@ class Services:
         self.store = self.limits = self.user_sessions = None
 
     async def _close_clients(self) -> None:
-        for closer in (self.lookup, self.hub):
+        for closer in (self.analytics, self.lookup, self.hub):
             if closer is not None:
                 await closer.stop()
         if self.reader is not None:
@@ -203,6 +223,7 @@ class Services:
             if client is not None:
                 await stop_client(client)
         self.hub = self.lookup = self.reader = self.producer = self.admin = None
+        self.analytics = None
 
 
 SERVICES = web.AppKey("services", Services)

@@ -27,6 +27,7 @@ from aiokafka import TopicPartition
 from eventlog.index import StreamInfo
 from eventlog.reader import LogReader
 from gateway import resume, sse
+from gateway.analytics_recorder import Recorder
 from gateway.catchup import backlog
 from gateway.delivery import Delivery, Shaper
 from gateway.hub import Frame, Hub, Row, Subscriber
@@ -156,6 +157,8 @@ class Session:
     write_started: float | None = None
     sub: Subscriber | None = None
     last_write: float = 0.0
+    #: Analytics observations of this process (first-event and resume latency, cut-offs).
+    recorder: Recorder | None = None
 
     def __hash__(self) -> int:
         return id(self)
@@ -220,6 +223,7 @@ class Session:
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
+    began = asyncio.get_running_loop().time()
     info, context = await _resolve(session, position)
     session.info = info
     session.prefs = session.prefs.resolve(context)
@@ -267,6 +271,9 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
             head.append(session.take(first[0]))
         await session.write(b"".join(head))
+        if session.recorder is not None:
+            session.recorder.served(session, resumed=position is not None,
+                                    source=None if first is None else first[1], began=began)
         async for frames, source in items:
             if session.cursor.ended:
                 break
@@ -385,6 +392,8 @@ async def _keep_up(session: Session, start: int) -> bool:
 
 async def _cut_off(session: Session) -> None:
     session.metrics.cutoffs.inc()
+    if session.recorder is not None:
+        session.recorder.cutoff(session)
     await session.write(CUT_OFF_REASON)
 
 

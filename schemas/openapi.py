@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from schemas import openapi_analytics
 from schemas.validation import load_schema
 
 VERSION: Final = "3.1.0"
@@ -300,6 +301,7 @@ def _components() -> dict[str, Any]:
                                  "subscribers": {"type": "integer", "minimum": 0}}},
     }
     schemas.update(_embedded_components())
+    schemas.update(openapi_analytics.components())
     return {
         "schemas": schemas,
         "responses": _RESPONSES,
@@ -452,6 +454,7 @@ def _paths() -> dict[str, Any]:
                                                "text/css": {"schema": {"type": "string"}}}},
                            **_refs("UriTooLong", "NoSuchFile")}),
         },
+        **openapi_analytics.paths(_PROTECTED),
     }
 
 
