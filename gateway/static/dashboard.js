@@ -30,7 +30,9 @@
   const dash = "\u2014";
   const count = (n) => (n === null || n === undefined ? dash : String(n));
   const rate = (r) => (r === null || r === undefined ? dash : (r * 100).toFixed(1) + " %");
-  const ms = (v) => (v === null || v === undefined ? dash : v.toFixed(1) + " ms");
+  // Milliseconds with three significant digits or so (a memory resume takes a few µs).
+  const ms = (v) => (v === null || v === undefined ? dash
+    : v.toFixed(v >= 100 ? 0 : v >= 1 ? 1 : 2) + " ms");
   const clock = (t) => (t === null || t === undefined ? dash
     : new Date(t).toISOString().slice(11, 19) + " UTC");
 
@@ -284,13 +286,17 @@
       const opts = {
         width: Math.max(el.clientWidth, 300),
         height: 200,
-        scales: {x: {time: true}},
+        // A little room at both ends, so that the newest bucket's point is whole.
+        scales: {x: {time: true, range: (u, min, max) => {
+          const pad = Math.max((max - min) * 0.02, 1);
+          return [min - pad, max + pad];
+        }}},
         // The axes in UTC, as every time written on the page.
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
         legend: {live: false},
         series: [{}, ...labels.map((label, i) => ({
           label: label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
-          points: {show: true, size: 4},
+          points: {show: true, size: 6},
         }))],
         axes: [{stroke: fg, grid: {stroke: "#e4e7ec"}},
                {stroke: fg, grid: {stroke: "#e4e7ec"}, size: 50}],

@@ -34,9 +34,8 @@ INTERVAL = "0.5"
 #: What the page writes for a figure that is null (no stream ended, no sample).
 DASH = "\u2014"
 
-#: Stroke colours of each chart's first series (gateway/static/dashboard.js, COLORS).
-FIRST_COLOR = (0x1F, 0x5F, 0xBF)
-SECOND_COLOR = (0x1A, 0x7A, 0x43)
+#: Stroke colours of each chart's series, in order (gateway/static/dashboard.js, COLORS).
+COLORS = [(0x1F, 0x5F, 0xBF), (0x1A, 0x7A, 0x43), (0xB4, 0x23, 0x18), (0x8A, 0x5A, 0x00)]
 
 
 def _count(n: Any) -> str:
@@ -48,7 +47,9 @@ def _rate(r: Any) -> str:
 
 
 def _ms(v: Any) -> str:
-    return DASH if v is None else f"{v:.1f} ms"
+    if v is None:
+        return DASH
+    return f"{v:.{0 if v >= 100 else 1 if v >= 1 else 2}f} ms"
 
 
 def expected_figures(doc: dict[str, Any], window: str = "5m") -> dict[str, str]:
@@ -61,13 +62,32 @@ def expected_figures(doc: dict[str, Any], window: str = "5m") -> dict[str, str]:
         "success-rate": _rate(s["success_rate"]), "failure-rate": _rate(s["failure_rate"]),
         "first-p50": _ms(fe["p50"]), "first-p99": _ms(fe["p99"]),
         "cutoffs": _count(w["cutoffs"]),
+        "active-streams": _count(doc["active"]["streams"]),
+        "connections": _count(doc["active"]["connections"]),
     }
 
 
-def expected_resume_rows(doc: dict[str, Any], window: str = "5m") -> list[list[str]]:
-    resume = doc["windows"][window]["resume_ms"]
-    return [[src, _count(r["count"]), _ms(r["p50"]), _ms(r["p90"]), _ms(r["p99"])]
-            for src, r in sorted(resume.items())]
+def expected_tables(doc: dict[str, Any], window: str = "5m") -> dict[str, list[list[str]]]:
+    """The rows the page's tables must show for ``doc`` (first columns; times aside)."""
+    w = doc["windows"][window]
+    return {
+        "resume-table": [[src, _count(r["count"]), _ms(r["p50"]), _ms(r["p90"]), _ms(r["p99"])]
+                         for src, r in sorted(w["resume_ms"].items())],
+        "tenants-table": [[u["tenant"], _count(u["streams"]), _count(u["events"])]
+                          for u in w["usage"]["tenants"]],
+        "users-table": [[u["tenant"], u["user"], _count(u["streams"]), _count(u["events"])]
+                        for u in w["usage"]["users"]],
+        "recent-streams": [[s["stream"], s["status"], s["tenant"]]
+                           for s in doc["recent"]["streams"]],
+        "recent-errors": [[e["stream"], e["tenant"], e["code"], e["message"]]
+                          for e in doc["recent"]["errors"]],
+    }
+
+
+#: The columns of each table that :func:`expected_tables` gives.
+_COLUMNS = {"resume-table": slice(0, 5), "tenants-table": slice(0, 3),
+            "users-table": slice(0, 4), "recent-streams": slice(0, 3),
+            "recent-errors": slice(1, 5)}
 
 
 async def page_figures(page: Page) -> dict[str, str]:
@@ -208,10 +228,17 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     rest = await sse_client.read(http, url, last_event_id=head.last_id)
     assert rest.stream_events[-1].event == "cancelled"
 
+    statuses = {**dict.fromkeys(completed, "completed"), **dict.fromkeys(failed, "failed"),
+                cancelled: "cancelled"}
+
     async def counted() -> dict[str, Any] | None:
         doc = await analytics(base)
-        s = doc["windows"]["5m"]["streams"]
-        done = (s["created"], s["completed"], s["failed"], s["cancelled"]) == (6, 3, 2, 1)
+        w = doc["windows"]["5m"]
+        s = w["streams"]
+        recent = {r["stream"]: r["status"] for r in doc["recent"]["streams"]}
+        done = ((s["created"], s["completed"], s["failed"], s["cancelled"]) == (6, 3, 2, 1)
+                and w["first_event_ms"]["count"] == 6 and w["resume_ms"]["memory"]["count"] == 1
+                and recent == statuses)
         return doc if done else None
 
     await until(counted, "GET /v1/analytics counted the streams")
@@ -221,25 +248,34 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     page = watched.page
     # The token left the address bar; the browser sends it to the analytics routes only.
     assert "#token" not in page.url
-    cookies = await browser.cookies(base)
-    assert [(c["name"], c["path"], c["sameSite"]) for c in cookies] == \
-        [("tidemark_token", "/v1/analytics", "Strict")]
+    cookies = await browser.cookies(f"{base}/v1/analytics/live")
+    assert [(c["name"], c["value"], c["path"], c["sameSite"]) for c in cookies] == \
+        [("tidemark_token", ADMIN, "/v1/analytics", "Strict")]
+    assert await browser.cookies(f"{base}/v1/streams") == []
 
     # The page's figures are the document's (polled: both move with each publish).
     async def same_figures() -> bool:
         doc = await analytics(base)
         shown = await page_figures(page)
         want = expected_figures(doc)
-        return ({k: shown.get(k) for k in want} == want
-                and await table_rows(page, "resume-table") == expected_resume_rows(doc))
+        if {k: shown.get(k) for k in want} != want:
+            return False
+        for table, rows in expected_tables(doc).items():
+            cells = [row[_COLUMNS[table]] for row in await table_rows(page, table)]
+            if cells != rows:
+                return False
+        return True
 
     await until(same_figures, "the page showed GET /v1/analytics's figures")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SHOTS / "dashboard.png", full_page=True)
     shown = await page_figures(page)
     assert (shown["created"], shown["completed"], shown["failed"], shown["cancelled"]) == \
         ("6", "3", "2", "1")
     assert shown["success-rate"] == "50.0 %" and shown["failure-rate"] == "33.3 %"
     assert shown["first-p50"].endswith(" ms") and shown["first-p99"].endswith(" ms")
-    assert [row[:2] for row in await table_rows(page, "resume-table")] == [["memory", "1"]]
+    assert [row[:2] for row in await table_rows(page, "resume-table")] == \
+        [["kafka", "0"], ["memory", "1"]]
     assert "Live" in await page.inner_text("#connection")
 
     # Every chart exists and is drawn with its series.
@@ -250,24 +286,26 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     assert by_id["chart-streams"][0] == "created,completed,failed,cancelled"
     assert by_id["chart-first"][0] == "p50,p99"
     assert by_id["chart-active"][0] == "active streams,connections"
-    assert by_id["chart-resume"][0] == "memory p50,memory p99"
+    assert by_id["chart-resume"][0] == "kafka p50,kafka p99,memory p50,memory p99"
     assert set(by_id) == {"chart-streams", "chart-success", "chart-first", "chart-active",
                           "chart-resume", "chart-cutoffs", "chart-variants"}
     assert all(points >= 1 and canvases == 1 for _, points, canvases in by_id.values()), by_id
-    for chart in ("chart-streams", "chart-success", "chart-first", "chart-resume"):
-        assert await chart_pixels(page, chart, FIRST_COLOR) > 10, f"{chart}: no series drawn"
-    assert await chart_pixels(page, "chart-streams", SECOND_COLOR) > 10
+    # Each series with data has its stroke on the canvas (series with equal values overlap:
+    # then one of them). The axes and the grid are drawn in other colours.
+    drawn = {"chart-streams": [[0], [1], [2], [3]], "chart-success": [[0]],
+             "chart-first": [[0], [1]], "chart-active": [[0, 1]], "chart-resume": [[2, 3]],
+             "chart-cutoffs": [[0]]}
+    for chart, groups in drawn.items():
+        for group in groups:
+            pixels = [await chart_pixels(page, chart, COLORS[i]) for i in group]
+            assert max(pixels) > 10, (chart, group, pixels)
 
     # Recent streams and errors list the real ids.
     recent = {row[0]: row[1] for row in await table_rows(page, "recent-streams")}
-    assert {sid: recent.get(sid) for sid in completed + failed + [cancelled]} == {
-        **dict.fromkeys(completed, "completed"), **dict.fromkeys(failed, "failed"),
-        cancelled: "cancelled"}
+    assert recent == statuses
     errors = await table_rows(page, "recent-errors")
     assert sorted(row[1] for row in errors) == sorted(failed)
     assert {row[3] for row in errors} == {"demo_failure"}
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=SHOTS / "dashboard.png", full_page=True)
 
     # Live: more streams, and the figures change without a reload.
     await page.evaluate("window.tidemarkTestMark = 'same page'")
@@ -276,12 +314,13 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
         await read_whole(http, base, sid)
 
     async def updated() -> bool:
-        return (await page_figures(page))["created"] == "8"
+        shown = await page_figures(page)
+        recent = {row[0]: row[1] for row in await table_rows(page, "recent-streams")}
+        return ((shown["created"], shown["completed"]) == ("8", "5")
+                and all(recent.get(sid) == "completed" for sid in more))
 
-    await until(updated, "the page's figures followed the live feed")
+    await until(updated, "the page's figures and recent streams followed the live feed")
     assert await page.evaluate("window.tidemarkTestMark") == "same page"
-    recent = {row[0]: row[1] for row in await table_rows(page, "recent-streams")}
-    assert all(recent.get(sid) == "completed" for sid in more), recent
     await until(same_figures, "the page showed GET /v1/analytics's newer figures")
     await page.screenshot(path=SHOTS / "dashboard-updated.png", full_page=True)
     assert watched.errors == []
