@@ -13,10 +13,11 @@ built, through the gateway's pooled reader, and remembered (a bounded cache).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Error details remembered (stream id -> the ``recent.errors`` entry).
 _ERROR_CACHE: Final = 2000
-#: How long reading one error event may take before the entry is given without it.
+#: How long a document waits for error events to be read (entries not read by then
+#: are given without their code and message).
 _ERROR_READ_S: Final = 2.0
 
 
@@ -86,10 +88,22 @@ class AnalyticsFeed:
             self._consumer = None
 
     async def run(self) -> None:
-        """Fold records and publish reports; runs until cancelled."""
+        """Fold records and publish reports; runs until cancelled. Kafka errors are
+        logged and retried: analytics never stops the gateway's streaming."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._consume(), name="analytics-consume")
-            tg.create_task(self._publish(), name="analytics-publish")
+            tg.create_task(self._retrying(self._consume, "read"), name="analytics-consume")
+            tg.create_task(self._retrying(self._publish, "publish"), name="analytics-publish")
+
+    @staticmethod
+    async def _retrying(loop: Callable[[], Awaitable[None]], what: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await loop()
+            except (KafkaError, OSError) as exc:
+                log.warning("analytics could not %s (%s); again in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _consume(self) -> None:
         consumer = self._consumer
@@ -111,7 +125,8 @@ class AnalyticsFeed:
                             report = orjson.loads(rec.value)
                             if isinstance(report, dict):
                                 self.fold.apply_report(report, now=now)
-                    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+                    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError,
+                            AttributeError) as exc:
                         log.warning("unreadable record %s/%s@%s for analytics: %s",
                                     tp.topic, tp.partition, rec.offset, exc)
             if not self.loaded.is_set():
@@ -134,49 +149,54 @@ class AnalyticsFeed:
                 observations, process=self._process, ts=now_ms(),
                 interval_ms=int(interval * 1000), connections=self._connections(),
                 resolve=self.fold.stream, dropped=dropped)
-            try:
-                await self._producer.send(self._topic, orjson.dumps(report),
-                                          key=self._process.encode())
-            except KafkaError as exc:
-                # One interval's figures are lost; the next report carries the next one.
-                log.warning("could not publish the analytics report: %s", exc)
+            # A report that cannot be written is lost (its interval's latencies and
+            # cut-offs); the next one carries the next interval.
+            await (await self._producer.send(self._topic, orjson.dumps(report),
+                                             key=self._process.encode()))
 
     async def document(self, *, selected: str, windows: list[str]) -> dict[str, Any]:
         """The analytics document of tenant ``selected`` (``*``: all) as of now."""
         doc = self.fold.document(selected=selected, windows=windows, now=now_ms())
-        doc["recent"]["errors"] = [await self._error(info)
-                                   for info in self.fold.failed_streams(selected)]
+        failed = self.fold.failed_streams(selected)
+        missing = [i for i in failed if i.stream_id not in self._errors]
+        if missing:
+            # Read the error events not seen yet, all at once (the reader pool bounds
+            # how many reach Kafka together), within one deadline.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(self._fill(i) for i in missing)),
+                                       _ERROR_READ_S)
+        doc["recent"]["errors"] = [self._errors.get(i.stream_id) or self._entry(i)
+                                   for i in failed]
+        while len(self._errors) > _ERROR_CACHE:
+            self._errors.popitem(last=False)
         return doc
 
-    async def _error(self, info: StreamInfo) -> dict[str, Any]:
-        cached = self._errors.get(info.stream_id)
-        if cached is not None:
-            return cached
-        entry: dict[str, Any] = {"stream": info.stream_id,
-                                 "tenant": info.tenant or self.fold.default_tenant,
-                                 "ts": info.updated_at, "code": None, "message": None,
-                                 "retryable": None}
-        if info.terminal_offset is None:
-            return entry
+    def _entry(self, info: StreamInfo) -> dict[str, Any]:
+        return {"stream": info.stream_id, "tenant": info.tenant or self.fold.default_tenant,
+                "ts": info.updated_at, "code": None, "message": None, "retryable": None}
+
+    async def _fill(self, info: StreamInfo) -> None:
+        """Remember the ``recent.errors`` entry of a failed stream, read from its error
+        event (not remembered if Kafka does not answer: the next document tries again)."""
+        entry = self._entry(info)
         try:
-            data = await asyncio.wait_for(self._read_error(info), _ERROR_READ_S)
-        except (TimeoutError, KafkaError, OSError) as exc:
+            data = await self._read_error(info)
+        except (KafkaError, OSError, TimeoutError) as exc:
             log.info("could not read the error event of stream %s: %s", info.stream_id,
                      exc or type(exc).__name__)
-            return entry  # not remembered: the next document tries again
+            return
         if data is not None:
-            entry.update(ts=data.get("ts", info.updated_at))
-            body = data.get("data") or {}
+            entry["ts"] = data.get("ts", info.updated_at)
+            body = data.get("data")
             if isinstance(body, dict):
                 entry.update(code=body.get("code"), message=body.get("message"),
                              retryable=body.get("retryable"))
         self._errors[info.stream_id] = entry
-        while len(self._errors) > _ERROR_CACHE:
-            self._errors.popitem(last=False)
-        return entry
 
     async def _read_error(self, info: StreamInfo) -> dict[str, Any] | None:
-        assert info.terminal_offset is not None
+        """The error event at the stream's terminal offset (None: gone or not one)."""
+        if info.terminal_offset is None:
+            return None
         offset = info.terminal_offset
         log_start, _ = await self._reader.bounds(info.topic, info.partition)
         if offset < log_start:

@@ -48,7 +48,7 @@ MAX_TENANTS: Final = 200
 MAX_VARIANTS: Final = 100
 MAX_USERS: Final = 1000
 #: Streams whose counting this fold remembers (to count each one once).
-MAX_STREAMS: Final = 200_000
+MAX_STREAMS: Final = 100_000
 #: A process that has not reported for this many of its intervals counts 0 connections.
 STALE_INTERVALS: Final = 3
 

@@ -62,6 +62,8 @@ class Histogram:
 
     def merge_json(self, raw: Mapping[str, Any]) -> None:
         """Add counts in the wire form of :meth:`to_json` (bad entries are skipped)."""
+        if not isinstance(raw, Mapping):
+            return
         for key, n in raw.items():
             if not (isinstance(key, str) and key.isdigit() and isinstance(n, int) and n > 0):
                 continue

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import orjson
+
 WINDOW_NAMES: Final = ("1m", "5m", "15m", "1h", "6h", "24h")
 
 _INT: Final = {"type": "integer", "minimum": 0}
@@ -79,6 +81,14 @@ def components() -> dict[str, Any]:
     })
     return {"AnalyticsPercentiles": percentiles, "AnalyticsFigures": figures,
             "AnalyticsWindow": window, "AnalyticsDocument": document}
+
+
+def document_schema() -> dict[str, Any]:
+    """``AnalyticsDocument`` as a standalone JSON Schema (its components as ``$defs``)."""
+    defs = orjson.loads(orjson.dumps(components()).replace(
+        b"#/components/schemas/", b"#/$defs/"))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **defs["AnalyticsDocument"], "$defs": defs}
 
 
 def _parameters() -> list[dict[str, Any]]:
