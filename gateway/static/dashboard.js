@@ -122,7 +122,12 @@
   async function connect() {
     stop();
     setStatus("connecting", "Connecting\u2026");
-    const query = "?window=" + encodeURIComponent(windowName());
+    let query = "?window=" + encodeURIComponent(windowName());
+    // An operator's /dashboard?tenant=<t> (or *) asks for that tenant's figures.
+    const tenant = new URLSearchParams(location.search).get("tenant");
+    if (tenant !== null && tenant !== "") {
+      query += "&tenant=" + encodeURIComponent(tenant);
+    }
     let resp;
     try {
       resp = await fetch("/v1/analytics" + query,

@@ -19,6 +19,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 
 from tests import sse_client
 from tests.conftest import Cluster
+from tests.e2e.test_analytics import Streams
 from tests.procs import REPO, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -81,13 +82,18 @@ def expected_tables(doc: dict[str, Any], window: str = "5m") -> dict[str, list[l
                            for s in doc["recent"]["streams"]],
         "recent-errors": [[e["stream"], e["tenant"], e["code"], e["message"]]
                           for e in doc["recent"]["errors"]],
+        "variants-table": [
+            [exp, v, _count(f["streams"]["created"]), _rate(f["streams"]["success_rate"]),
+             _rate(f["streams"]["failure_rate"]), _ms(f["first_event_ms"]["p50"]),
+             _ms(f["first_event_ms"]["p99"]), _count(f["cutoffs"])]
+            for exp, vs in sorted(w["variants"].items()) for v, f in sorted(vs.items())],
     }
 
 
 #: The columns of each table that :func:`expected_tables` gives.
 _COLUMNS = {"resume-table": slice(0, 5), "tenants-table": slice(0, 3),
             "users-table": slice(0, 4), "recent-streams": slice(0, 3),
-            "recent-errors": slice(1, 5)}
+            "recent-errors": slice(1, 5), "variants-table": slice(0, 8)}
 
 
 async def page_figures(page: Page) -> dict[str, str]:
@@ -215,9 +221,18 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     base = await cluster.gateway()
 
     # Streams that complete, fail and get cancelled, each read by a client (first-event
-    # latency), the cancelled one resumed with Last-Event-ID (a resume from memory).
-    completed = [await create(http, base) for _ in range(3)]
-    failed = [await create(http, base, fail_at_seq=3) for _ in range(2)]
+    # latency), the cancelled one resumed with Last-Event-ID (a resume from memory). Three
+    # carry A/B variants, made as the create path makes them (nothing assigns variants at
+    # POST /v1/streams on this branch).
+    async with Streams(cluster) as streams:
+        variants = {(await streams.create("default", "tester",
+                                          experiments={"coalesce": v})).stream_id: v
+                    for v in ("fast", "fast")}
+        slow = await streams.create("default", "tester", experiments={"coalesce": "slow"},
+                                    fail_at_seq=3)
+    variants[slow.stream_id] = "slow"
+    completed = [await create(http, base), *(sid for sid, v in variants.items() if v == "fast")]
+    failed = [await create(http, base, fail_at_seq=3), slow.stream_id]
     cancelled = await create(http, base, tokens=400, tokens_per_second=10)
     for sid in completed + failed:
         await read_whole(http, base, sid)
@@ -277,6 +292,9 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     assert [row[:2] for row in await table_rows(page, "resume-table")] == \
         [["kafka", "0"], ["memory", "1"]]
     assert "Live" in await page.inner_text("#connection")
+    assert [row[:5] for row in await table_rows(page, "variants-table")] == [
+        ["coalesce", "fast", "2", "100.0 %", "0.0 %"],
+        ["coalesce", "slow", "1", "0.0 %", "100.0 %"]]
 
     # Every chart exists and is drawn with its series.
     charts = await page.eval_on_selector_all(
@@ -287,6 +305,7 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     assert by_id["chart-first"][0] == "p50,p99"
     assert by_id["chart-active"][0] == "active streams,connections"
     assert by_id["chart-resume"][0] == "kafka p50,kafka p99,memory p50,memory p99"
+    assert by_id["chart-variants"][0] == "coalesce=fast,coalesce=slow"
     assert set(by_id) == {"chart-streams", "chart-success", "chart-first", "chart-active",
                           "chart-resume", "chart-cutoffs", "chart-variants"}
     assert all(points >= 1 and canvases == 1 for _, points, canvases in by_id.values()), by_id
@@ -294,15 +313,17 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     # then one of them). The axes and the grid are drawn in other colours.
     drawn = {"chart-streams": [[0], [1], [2], [3]], "chart-success": [[0]],
              "chart-first": [[0], [1]], "chart-active": [[0, 1]], "chart-resume": [[2, 3]],
-             "chart-cutoffs": [[0]]}
+             "chart-cutoffs": [[0]], "chart-variants": [[0], [1]]}
     for chart, groups in drawn.items():
         for group in groups:
             pixels = [await chart_pixels(page, chart, COLORS[i]) for i in group]
             assert max(pixels) > 10, (chart, group, pixels)
 
     # Recent streams and errors list the real ids.
-    recent = {row[0]: row[1] for row in await table_rows(page, "recent-streams")}
-    assert recent == statuses
+    rows = await table_rows(page, "recent-streams")
+    assert {row[0]: row[1] for row in rows} == statuses
+    assert {row[0]: row[7] for row in rows if row[0] in variants} == {
+        sid: f"coalesce={v}" for sid, v in variants.items()}
     errors = await table_rows(page, "recent-errors")
     assert sorted(row[1] for row in errors) == sorted(failed)
     assert {row[3] for row in errors} == {"demo_failure"}
@@ -360,8 +381,9 @@ async def test_a_refused_token_says_why_on_the_page(
         assert await axe_violations(browser, f"{base}/dashboard#token={bad}",
                                     error_shown) == [], n
 
-    # The paste field: a good token from it connects.
-    watched = await open_page(browser, f"{base}/dashboard")
+    # The paste field: a good token from it connects (here an operator's view of every
+    # tenant, /dashboard?tenant=*).
+    watched = await open_page(browser, f"{base}/dashboard?tenant=*")
     page = watched.page
     assert await page.inner_text("#connection") == "Not connected."
     await page.fill("#token", ADMIN)
@@ -369,3 +391,5 @@ async def test_a_refused_token_says_why_on_the_page(
     await page.wait_for_selector("#board:not([hidden])")
     assert not await page.is_visible("#auth-error")
     assert await page.evaluate("sessionStorage.getItem('tidemark.dashboard.token')") == ADMIN
+    assert await page.inner_text("#scope") == "(tenant all, last 5m)"
+    assert watched.errors == []
