@@ -63,7 +63,8 @@ class Recorder:
 
     def served(self, session: _Served, *, resumed: bool, source: str | None,
                began: float) -> None:
-        """An SSE response wrote its first bytes (retry line and first backlog batch).
+        """An SSE response is about to write its first bytes (its headers, retry line
+        and first backlog batch, in one write).
 
         A new subscription (no position) whose first event was in the log counts as a
         first-event latency; a resume counts by where its backlog came from (none: from

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from typing import Final
 
@@ -106,7 +107,7 @@ async def analytics_live(request: web.Request) -> web.StreamResponse:
                                                        "Tidemark-Gateway": services.instance})
     await response.prepare(request)
     loop = asyncio.get_running_loop()
-    began = loop.time()
+    deadline = loop.time() + gw.max_response_s if gw.max_response_s else math.inf
     head = sse.frame_retry(gw.retry_ms)
     try:
         while not services.closing.is_set():
@@ -114,16 +115,17 @@ async def analytics_live(request: web.Request) -> web.StreamResponse:
             await response.write(head + sse.frame_event(orjson.dumps(doc), event=EVENT))
             head = b""
             next_doc = loop.time() + every
-            while (wait := next_doc - loop.time()) > 0:
-                if gw.max_response_s and loop.time() - began >= gw.max_response_s:
+            while (now := loop.time()) < next_doc:
+                if now >= deadline:
                     await response.write(sse.frame_comment(
                         "closing: response lifetime reached; reconnect"))
                     return await _end(response)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(services.closing.wait(), min(wait, ping))
+                    await asyncio.wait_for(services.closing.wait(),
+                                           min(next_doc, deadline, now + ping) - now)
                 if services.closing.is_set():
                     break
-                if next_doc - loop.time() > 0:
+                if loop.time() < min(next_doc, deadline):
                     await response.write(sse.PING)
         await response.write(sse.frame_comment("closing: gateway shutting down; reconnect"))
         return await _end(response)

@@ -18,13 +18,7 @@ from eventlog.clients import make_admin, make_producer, started, stop_client
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import Appender, StreamCreator
-from eventlog.topics import (
-    STREAMS_TOPIC,
-    analytics_topic,
-    ensure_topics,
-    events_topic,
-    wait_for_topics,
-)
+from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for_topics
 from gateway.analytics_feed import AnalyticsFeed
 from gateway.analytics_recorder import Recorder, tenant_of
 from gateway.breaker import CircuitBreaker
@@ -80,8 +74,7 @@ class Services:
             lambda: make_admin(s.kafka, role="gateway-admin"), s.kafka, "admin start")
         await ensure_topics(admin, s.log)
         topic = events_topic(s.log.namespace)
-        await wait_for_topics(admin._client, [topic, STREAMS_TOPIC,
-                                              analytics_topic(s.log.namespace)])
+        await wait_for_topics(admin._client, [topic, STREAMS_TOPIC])
         self.producer = await started(lambda: make_producer(s.kafka, role="gateway"),
                                       s.kafka, "producer start")
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")

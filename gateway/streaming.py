@@ -270,10 +270,10 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
             head.append(session.take(first[0]))
-        await session.write(b"".join(head))
         if session.recorder is not None:
             session.recorder.served(session, resumed=position is not None,
                                     source=None if first is None else first[1], began=began)
+        await session.write(b"".join(head))
         async for frames, source in items:
             if session.cursor.ended:
                 break

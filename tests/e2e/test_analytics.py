@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from gateway.analytics_hist import RELATIVE_ERROR
 from schemas.openapi_analytics import document_schema
 from tests import sse_client
 from tests.conftest import Cluster
+from tests.e2e.test_slow_client import metric, produce
 from tests.procs import auth_headers
 from tests.sse_client import Reply
 
@@ -212,8 +214,8 @@ async def test_two_gateways_answer_the_same_exact_figures_per_tenant_and_variant
         assert sum(p["created"] for p in w["series"]) == 5
         assert sum(p["failed"] for p in w["series"]) == 1
     # Each reported percentile is at most the client's own figure (the gateway's clock
-    # starts after the client's and stops before the client sees the head), plus the
-    # bucket error.
+    # starts after the client sent the request and stops before the head is written),
+    # plus the bucket error.
     first = doc["windows"]["1h"]["first_event_ms"]
     for p, name in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
         assert 0 < first[name] <= nearest_rank(head_ms, p) * (1 + RELATIVE_ERROR), (
@@ -265,7 +267,7 @@ async def test_two_gateways_answer_the_same_exact_figures_per_tenant_and_variant
 
 async def test_analytics_needs_an_admin_token_and_known_windows(
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
-    base = await cluster.gateway(**SETTINGS)
+    base = await cluster.gateway(**SETTINGS, TIDEMARK_MAX_RESPONSE_SECONDS="2")
     for path in ("/v1/analytics", "/v1/analytics/live"):
         async with aiohttp.ClientSession() as anonymous, anonymous.get(base + path) as resp:
             assert resp.status == 401
@@ -285,6 +287,16 @@ async def test_analytics_needs_an_admin_token_and_known_windows(
                                                       "p99": None}
     assert len(doc["windows"]["5m"]["series"]) == 30
     assert len(doc["windows"]["1h"]["series"]) == 60
+    # The live feed's lifetime is bounded like every SSE response's.
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    reply = await sse_client.read(http, f"{base}/v1/analytics/live", headers=admin("acme"),
+                                  idle_timeout=5)
+    assert reply.ended_by_server and 1.9 < loop.time() - began < 8
+    assert reply.retry == 500 and reply.first_field == "retry"
+    assert reply.comments[-1] == "closing: response lifetime reached; reconnect"
+    assert len(reply.events) >= 3 and {e.event for e in reply.events} == {"analytics"}
+    assert all(e.id is None for e in reply.events)
 
 
 async def test_the_live_feed_sends_the_document_and_then_an_updated_one(
@@ -300,7 +312,7 @@ async def test_the_live_feed_sends_the_document_and_then_an_updated_one(
         docs: list[dict[str, Any]] = []
         reader = asyncio.create_task(_documents(resp, docs))
         try:
-            for _ in range(200):
+            for _ in range(600):
                 if docs:
                     break
                 await asyncio.sleep(0.05)
@@ -309,7 +321,7 @@ async def test_the_live_feed_sends_the_document_and_then_an_updated_one(
             assert docs[0]["windows"]["1m"]["streams"]["created"] == 0
             async with Streams(cluster) as streams:
                 info = await streams.create("acme", "alice")
-            for _ in range(200):
+            for _ in range(600):
                 if docs[-1]["windows"]["1m"]["streams"]["created"] == 1:
                     break
                 await asyncio.sleep(0.05)
@@ -348,3 +360,41 @@ async def _documents(resp: aiohttp.ClientResponse, docs: list[dict[str, Any]]) -
                 assert line == "event: analytics"
             elif name == "data":
                 docs.append(json.loads(line.removeprefix("data: ")))
+
+
+async def test_a_slow_client_cut_off_is_counted_once_for_its_tenant_and_variant(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway(**SETTINGS, TIDEMARK_CLIENT_BUFFER_BYTES="65536",
+                                 TIDEMARK_TAIL_BYTES="1048576",
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
+    async with Streams(cluster) as streams:
+        info = await streams.creator.create(
+            generator="external", query=None, options=None, with_job=False, tenant="acme",
+            owner="alice", experiments={"coalesce": "slow"})
+    # A client with a tiny receive buffer that reads nothing.
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base.removeprefix("http://").split(":")
+    slow.connect((host, int(port)))
+    bearer = user("acme", "alice")["Authorization"]
+    slow.sendall(f"GET /v1/streams/{info.stream_id}/events HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: {bearer}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    try:
+        await until(http, base, admin("acme"), lambda d: d["active"]["connections"] == 1)
+        await produce(cluster, [info.stream_id], 5000, payload=1000, end=True)
+        for _ in range(300):
+            if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the slow client was never cut off")
+        cutoffs = await metric(http, base, "tidemark_slow_client_cutoffs_total")
+        doc = await until(http, base, admin("acme"),
+                          lambda d: d["windows"]["1h"]["cutoffs"] >= cutoffs)
+    finally:
+        slow.close()
+    w = doc["windows"]["1h"]
+    assert w["cutoffs"] == cutoffs == 1
+    assert w["variants"]["coalesce"]["slow"]["cutoffs"] == 1
+    other = await analytics(http, base, admin("globex"))
+    assert other["windows"]["1h"]["cutoffs"] == 0
