@@ -155,7 +155,13 @@
     render(await resp.json());
     source = new EventSource("/v1/analytics/live" + query);
     source.addEventListener("analytics", (e) => render(JSON.parse(e.data)));
-    source.addEventListener("open", () => liveStatus());
+    source.addEventListener("open", () => {
+      // Responses of the feed end after TIDEMARK_MAX_RESPONSE_SECONDS; the browser opens
+      // the next one by itself. Counted, for whoever wonders whether it did.
+      const el = $("connection");
+      el.dataset.opens = String(Number(el.dataset.opens || 0) + 1);
+      liveStatus();
+    });
     source.onerror = () => {
       // A plain Event on connection loss; the browser reconnects by itself unless the
       // answer was not an event stream (then readyState is CLOSED): ask again to see why.

@@ -32,6 +32,8 @@ AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
 SHOTS = REPO / "test-artifacts" / "dashboard"
 #: Analytics published and the live document sent this often (seconds).
 INTERVAL = "0.5"
+#: Each SSE response (the analytics feed's too) ends after this long.
+FEED_RESPONSE_S = 4
 #: What the page writes for a figure that is null (no stream ended, no sample).
 DASH = "\u2014"
 
@@ -218,7 +220,8 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     cluster.env.update(TIDEMARK_ANALYTICS_INTERVAL=INTERVAL,
                        TIDEMARK_ANALYTICS_LIVE_INTERVAL=INTERVAL)
     cluster.worker()
-    base = await cluster.gateway()
+    # Short feed responses: the page must follow the feed across the browser's reconnects.
+    base = await cluster.gateway(TIDEMARK_MAX_RESPONSE_SECONDS=str(FEED_RESPONSE_S))
 
     # Streams that complete, fail and get cancelled, each read by a client (first-event
     # latency), the cancelled one resumed with Last-Event-ID (a resume from memory). Three
@@ -328,8 +331,14 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     assert sorted(row[1] for row in errors) == sorted(failed)
     assert {row[3] for row in errors} == {"demo_failure"}
 
-    # Live: more streams, and the figures change without a reload.
+    # Live: more streams, and the figures change without a reload, after the feed's first
+    # response has ended and the browser has opened the next.
     await page.evaluate("window.tidemarkTestMark = 'same page'")
+    async def reopened() -> bool:
+        opens = await page.get_attribute("#connection", "data-opens")
+        return int(opens or 0) >= 2
+
+    await until(reopened, "the browser reopened the feed", timeout=FEED_RESPONSE_S + 5)
     more = [await create(http, base) for _ in range(2)]
     for sid in more:
         await read_whole(http, base, sid)
