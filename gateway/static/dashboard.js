@@ -25,6 +25,7 @@
   let retryTimer = null;
   let history = [];          // [{t, doc-window}] of the chosen window, newest last
   let lastDoc = null;
+  let generation = 0;        // of connect(): a newer call makes an older one give up
 
   // --- formatting (the e2e test reads these texts) ---------------------------------------
   const dash = "\u2014";
@@ -121,6 +122,7 @@
   // this request can, and its answer fills the page at once.
   async function connect() {
     stop();
+    const gen = ++generation;
     setStatus("connecting", "Connecting\u2026");
     let query = "?window=" + encodeURIComponent(windowName());
     // An operator's /dashboard?tenant=<t> (or *) asks for that tenant's figures.
@@ -133,8 +135,13 @@
       resp = await fetch("/v1/analytics" + query,
                          {credentials: "same-origin", cache: "no-store"});
     } catch (err) {
-      retryLater("The gateway did not answer.");
+      if (gen === generation) {
+        retryLater("The gateway did not answer.");
+      }
       return;
+    }
+    if (gen !== generation) {
+      return;  // the window changed, or the token, meanwhile
     }
     if (resp.status === 401 || resp.status === 403) {
       const detail = await problemDetail(resp);
@@ -152,7 +159,11 @@
     $("auth-error").hidden = true;
     $("auth").hidden = true;
     $("disconnect").hidden = false;
-    render(await resp.json());
+    const doc = await resp.json();
+    if (gen !== generation) {
+      return;
+    }
+    render(doc);
     source = new EventSource("/v1/analytics/live" + query);
     source.addEventListener("analytics", (e) => render(JSON.parse(e.data)));
     source.addEventListener("open", () => {
@@ -166,7 +177,9 @@
       // A plain Event on connection loss; the browser reconnects by itself unless the
       // answer was not an event stream (then readyState is CLOSED): ask again to see why.
       if (source !== null && source.readyState === EventSource.CLOSED) {
-        connect();
+        stop();
+        setStatus("connecting", "The live feed closed; asking again\u2026");
+        retryTimer = setTimeout(connect, 1000);
       } else {
         setStatus("connecting", "Connection lost; reconnecting\u2026");
       }
