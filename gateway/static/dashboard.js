@@ -332,6 +332,29 @@
     }
     el.dataset.series = labels.join(",");
     el.dataset.points = String(data[0].length);
+    describe(el, labels, data);
+  }
+
+  // The chart in words, for screen readers: each series' newest value.
+  function describe(el, labels, data) {
+    let desc = document.getElementById(el.id + "-desc");
+    if (desc === null) {
+      desc = document.createElement("p");
+      desc.id = el.id + "-desc";
+      desc.className = "sr-only";
+      el.after(desc);
+      el.setAttribute("aria-describedby", desc.id);
+    }
+    if (labels.length === 0 || data[0].length === 0) {
+      desc.textContent = "No data yet.";
+      return;
+    }
+    const newest = labels.map((label, i) => {
+      const values = data[i + 1].filter((v) => v !== null && v !== undefined);
+      const v = values.length ? values[values.length - 1] : null;
+      return label + " " + (v === null ? "none" : Number(v.toFixed(2)));
+    });
+    desc.textContent = data[0].length + " points; newest: " + newest.join(", ") + ".";
   }
 
   function row(cells) {

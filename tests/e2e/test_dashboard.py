@@ -312,6 +312,12 @@ async def test_the_dashboard_shows_live_analytics_of_real_streams(
     assert set(by_id) == {"chart-streams", "chart-success", "chart-first", "chart-active",
                           "chart-resume", "chart-cutoffs", "chart-variants"}
     assert all(points >= 1 and canvases == 1 for _, points, canvases in by_id.values()), by_id
+    # ... and described in words for screen readers.
+    described = await page.eval_on_selector(
+        "#chart-streams", "el => document.getElementById("
+                          "el.getAttribute('aria-describedby')).textContent")
+    assert described.startswith(f"{by_id['chart-streams'][1]} points; newest: created "), \
+        described
     # Each series with data has its stroke on the canvas (series with equal values overlap:
     # then one of them). The axes and the grid are drawn in other colours.
     drawn = {"chart-streams": [[0], [1], [2], [3]], "chart-success": [[0]],
