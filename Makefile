@@ -6,16 +6,37 @@ KAFKA_LIB := .cache/kafka/libs
 INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
+NODE_STAMP := node_modules/.installed
 
-.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz
+.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz chromium
 
-setup: $(INSTALLED) $(FETCHED) haproxy redis
+setup: $(INSTALLED) $(FETCHED) haproxy redis chromium $(NODE_STAMP)
 
 # The load balancer of the multi-gateway tests (Debian's haproxy).
 haproxy:
 	@command -v haproxy >/dev/null || { \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy >/dev/null; }
+
+# The dashboard's browser tests (tests/e2e/test_dashboard.py): Debian's chromium, driven by
+# Playwright at /usr/bin/chromium (no browser is downloaded).
+chromium:
+	@command -v chromium >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The dashboard's npm packages, pinned by package-lock.json: uPlot (its dist file is vendored
+# in gateway/static/vendor/; a test checks they are equal) and axe-core for the tests.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+# Refresh the vendored chart library after a version change in package.json (then commit).
+.PHONY: vendor
+vendor: $(NODE_STAMP)
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css \
+	    gateway/static/vendor/
+	cp node_modules/uplot/LICENSE gateway/static/vendor/uPlot.LICENSE
 
 # The limits' shared store (Debian's redis-server); `tidemark dev` and the tests start it.
 redis:
@@ -64,7 +85,7 @@ kafka: setup
 	$(BIN)/tidemark kafka --data-dir .cache/kafka/data
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache node_modules test-artifacts
 
 # The benchmark (bench/README.md): `make bench`, `make bench ARGS=--full`. Needs Go for
 # the client swarm (bench/sseclient, stdlib only); py-spy (extra `bench`) for its profile.

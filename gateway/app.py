@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from eventlog.settings import Settings
-from gateway import analytics_routes, auth, experiments, hardening, openapi, routes
+from gateway import analytics_routes, auth, dashboard, experiments, hardening, openapi, routes
 from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.metrics import METRICS
@@ -84,6 +84,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     openapi.add_routes(app)
     experiments.add_routes(app)
     analytics_routes.add_routes(app)
+    dashboard.add_routes(app)
     hardening.install(app, settings.gateway)
     install_observability(app)
     if dev and authenticator.can_issue:

@@ -31,6 +31,10 @@ REQUEST_SCHEMAS: Final = {
 SCOPES: Final = ("streams:create", "streams:read", "streams:publish", "streams:cancel",
                  "admin")
 
+#: The files ``GET /dashboard/assets/{name}`` serves (``gateway.dashboard.ASSETS``).
+DASHBOARD_ASSETS: Final = ("dashboard.css", "dashboard.js", "uPlot.iife.min.js",
+                           "uPlot.min.css")
+
 _PROTECTED: Final[list[dict[str, list[str]]]] = [
     {"bearerAuth": []}, {"accessToken": []}, {"tokenCookie": []}]
 _PUBLIC: Final[list[dict[str, list[str]]]] = []
@@ -117,6 +121,7 @@ _RESPONSES: Final[dict[str, Any]] = {
                           "`scope` names it"),
     "NotFound": _problem("no such stream, or one this caller may not see (another "
                          "tenant's stream answers exactly like one that does not exist)"),
+    "NoSuchFile": _problem("the dashboard has no file of that name"),
     "Conflict": _problem("the request conflicts with the stream's state (a seq conflict, "
                          "a stream that has ended, a stream another generator writes)"),
     "Gone": _problem("the stream's events were deleted by retention"),
@@ -138,6 +143,7 @@ def _refs(*names: str) -> dict[str, Any]:
     codes = {"BadRequest": "400", "Unauthorized": "401", "Forbidden": "403",
              "NotFound": "404", "RequestTimeout": "408", "Conflict": "409", "Gone": "410",
              "ContentTooLarge": "413", "UriTooLong": "414", "UnsupportedMediaType": "415",
+             "NoSuchFile": "404",
              "Unprocessable": "422", "TooManyRequests": "429", "Unavailable": "503"}
     return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in names}
 
@@ -521,6 +527,28 @@ def _paths() -> dict[str, Any]:
                 "200": {"description": "an HTML page",
                         "content": {"text/html": {"schema": {"type": "string"}}}},
                 **_refs("UriTooLong")}),
+        },
+        "/dashboard": {
+            "get": _op("dashboardPage", "The live operator dashboard (an HTML page)",
+                       scope=None,
+                       description="Public, holds no data: its script reads an admin token "
+                                   "from the URL fragment (`#token=`) or a paste field and "
+                                   "follows `GET /v1/analytics/live` (docs/operations.md).",
+                       responses={
+                           "200": {"description": "an HTML page",
+                                   "content": {"text/html": {"schema": {"type": "string"}}}},
+                           **_refs("UriTooLong")}),
+        },
+        "/dashboard/assets/{name}": {
+            "get": _op("dashboardAsset", "A file of the dashboard page", scope=None,
+                       parameters=[{"name": "name", "in": "path", "required": True,
+                                    "description": "the file",
+                                    "schema": {"enum": sorted(DASHBOARD_ASSETS)}}],
+                       responses={
+                           "200": {"description": "the file",
+                                   "content": {"text/javascript": {"schema": {"type": "string"}},
+                                               "text/css": {"schema": {"type": "string"}}}},
+                           **_refs("UriTooLong", "NoSuchFile")}),
         },
         **openapi_analytics.paths(_PROTECTED),
     }

@@ -248,6 +248,7 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
     tasks = [asyncio.create_task(supervise(role)) for role in ("worker", "gateway")]
     try:
         _out(f"Demo: http://{settings.gateway.host}:{settings.gateway.port}/")
+        _dev_dashboard(settings, env.get("TIDEMARK_JWT_SECRET", ""))
         await _until_signal(*tasks)
     finally:
         for task in tasks:
@@ -275,6 +276,20 @@ def _gateway_command(settings: Settings, *, supervised: bool, dev: bool = False,
     if supervised or count == 1:
         return run_gateway(settings, supervised=supervised, dev=dev)
     return run_gateways(settings, count)
+
+
+def _dev_dashboard(settings: Settings, secret: str) -> None:
+    """``tidemark dev``: print the dashboard's address with an admin token of the default
+    tenant in its fragment (12 h), when this run's tokens are HS256 with ``secret``."""
+    from gateway.auth import ADMIN, mint_token
+
+    if settings.auth.mode != "jwt" or not secret:
+        return
+    admin = mint_token(secret, sub="dev-operator", tenant=settings.auth.default_tenant,
+                       scope=ADMIN, ttl_s=12 * 3600,
+                       audience=settings.auth.jwt_audience or None)
+    gw = settings.gateway
+    _out(f"Dashboard: http://{gw.host}:{gw.port}/dashboard#token={admin}")
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
