@@ -23,12 +23,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.trace import TracerProvider
 
+from eventlog.settings import load_settings
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create
 from tests.e2e.test_takeover import taken_over
 from tests.procs import free_port
+from workers.publisher import Publisher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -245,6 +248,27 @@ async def test_a_publish_continues_the_callers_trace(
     assert len(published) == 2
     for headers in published:
         assert parse_traceparent(headers["traceparent"]) == (trace_id, publish.span_id)
+
+
+async def test_the_publisher_sdk_continues_the_backend_services_trace(
+        cluster: Cluster) -> None:
+    await cluster.gateway()  # creates the namespace's topics
+    # A backend service with OpenTelemetry of its own (Tidemark's set-up is not used).
+    tracer = TracerProvider().get_tracer("backend-service")
+    async with Publisher(load_settings(cluster.env)) as pub:
+        with tracer.start_as_current_span("answer a question") as span:
+            stream = await pub.create_stream()
+            await stream.partial("Hello", 0)
+            await stream.result({"text": "Hello"})
+        untraced = await pub.create_stream()
+        await untraced.result({"text": "no trace"})
+    ctx = span.get_span_context()
+    records = await records_of(cluster, stream.stream_id)
+    assert sorted(seq for seq, _ in records) == [0, 1, 2]
+    for _, headers in records:
+        assert parse_traceparent(headers["traceparent"]) == (
+            f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+    assert all("traceparent" not in h for _, h in await records_of(cluster, untraced.stream_id))
 
 
 async def test_a_worker_that_takes_a_job_over_continues_the_streams_trace(
