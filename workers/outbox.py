@@ -185,7 +185,8 @@ class Outbox:
             if entry.written is not None and not entry.written.done():
                 entry.written.set_result(None)
 
-    async def _write(self, batch: list[Entry], spans: TransactionSpans | None) -> None:
+    async def _write(self, batch: list[Entry], spans: TransactionSpans | None = None,
+                     ) -> None:
         """The batch's events as one record batch per partition, then index records;
         with ``spans``, traced events carry their transaction span's context."""
         producer = self._producer
