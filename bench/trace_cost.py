@@ -7,8 +7,9 @@ paths, as a ratio to ``Event.headers()`` (the ``tm-type``/``tm-seq`` headers eve
 record gets, measured in the same run):
 
 - ``headers() off``: ``eventlog.tracing.headers()`` with no current span, what a create,
-  an append and (never, with tracing off: the outbox skips it) a transaction call while
-  tracing is off;
+  an append and a publish call while tracing is off;
+- ``transaction_spans() off``: what the worker's outbox adds per transaction with
+  tracing off (per event it adds one ``is not None`` check);
 - ``inject``: ``headers(span)`` for a recording span (once per stream per transaction,
   and once per create or append, with tracing on);
 - ``extract``: ``kafka_context()`` of a record's headers (once per job start, once per
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from eventlog import tracing
 from schemas.events import Event
+from workers.tracing import transaction_spans
 
 
 def best_ns(fn: Callable[[], object], number: int) -> float:
@@ -46,8 +48,13 @@ def main() -> None:
     def one_span() -> None:
         tracer.start_span("tx").end()
 
+    def transaction_off() -> None:
+        with transaction_spans(()) as spans:
+            assert spans is None
+
     rows = [("Event.headers() (reference)", event.headers),
             ("headers() off (no current span)", tracing.headers),
+            ("transaction_spans() off (per transaction)", transaction_off),
             ("inject: headers(span)", lambda: tracing.headers(span)),
             ("extract: kafka_context(record headers)", lambda: tracing.kafka_context(record)),
             ("inject + extract", lambda: tracing.kafka_context(tracing.headers(span))),
