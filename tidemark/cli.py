@@ -327,7 +327,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    variables = "\n".join(f"  {k:34} {v}" for k, v in sorted(
+    variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(
         {**env_names(), **otel_env_names()}.items()))
     parser = argparse.ArgumentParser(
         prog="tidemark", formatter_class=argparse.RawDescriptionHelpFormatter,
