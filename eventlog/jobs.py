@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -11,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from eventlog.index import StreamInfo
 from eventlog.placement import stream_partition
 from eventlog.topics import jobs_topics
+from eventlog.tracing import trace_headers_of
 from schemas.context import StreamContext
 
 GENERATE: Final = "generate"
@@ -30,6 +32,9 @@ class Job:
     priority: bool = False
     #: The stream's per-user context (its ``responseFormat`` is for the generator).
     context: StreamContext | None = None
+    #: The W3C trace-context headers of the job's record (``traceparent``: the span that
+    #: created the stream), for the worker's generation span. Not in the JSON.
+    trace: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def stream_id(self) -> str:
@@ -68,8 +73,10 @@ async def send_cancel(producer: AIOKafkaProducer, namespace: str, stream_id: str
         await fut
 
 
-def parse_job_record(raw: bytes) -> Job | str | None:
-    """A :class:`Job`, the stream id of a cancel record, or None for anything else."""
+def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
+                     ) -> Job | str | None:
+    """A :class:`Job` (with the trace-context ``headers`` of its record), the stream id
+    of a cancel record, or None for anything else."""
     try:
         obj = orjson.loads(raw)
         if obj.get("type") == GENERATE:
@@ -77,7 +84,8 @@ def parse_job_record(raw: bytes) -> Job | str | None:
             return Job(stream=StreamInfo.from_json(obj["stream"].encode()),
                        query=str(obj["query"]), options=dict(obj.get("options") or {}),
                        priority=bool(obj.get("priority", False)),
-                       context=None if context is None else StreamContext.from_json(context))
+                       context=None if context is None else StreamContext.from_json(context),
+                       trace=trace_headers_of(headers))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):

@@ -1,11 +1,18 @@
-"""The log record as Tidemark reads it: a position, a key, and the routing headers."""
+"""The log record as Tidemark reads it: a position, a key, the routing headers and the
+trace context."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Final, NamedTuple
 
-from schemas.events import EVENT_TYPE_PATTERN, HEADER_GENERATOR, HEADER_SEQ, HEADER_TYPE
+from schemas.events import (
+    EVENT_TYPE_PATTERN,
+    HEADER_GENERATOR,
+    HEADER_SEQ,
+    HEADER_TRACEPARENT,
+    HEADER_TYPE,
+)
 
 _TYPE_RE: Final = re.compile(EVENT_TYPE_PATTERN)
 
@@ -22,6 +29,8 @@ class LogRecord(NamedTuple):
     timestamp: int
     #: The ``tm-generator`` header (a stream's first record carries it), else None.
     generator: str | None = None
+    #: The W3C ``traceparent`` header (of the span that wrote it), else None.
+    traceparent: str | None = None
 
     @classmethod
     def from_consumer(cls, record: Any) -> LogRecord | None:
@@ -31,7 +40,7 @@ class LogRecord(NamedTuple):
             return None
         kind = ""
         seq = -1
-        generator = None
+        generator = traceparent = None
         for name, raw in record.headers:
             if name == HEADER_TYPE:
                 kind = raw.decode("ascii", "replace")
@@ -42,7 +51,9 @@ class LogRecord(NamedTuple):
                     return None
             elif name == HEADER_GENERATOR:
                 generator = raw.decode("ascii", "replace")
+            elif name == HEADER_TRACEPARENT:
+                traceparent = raw.decode("ascii", "replace")
         if seq < 0 or _TYPE_RE.search(kind) is None:
             return None
         return cls(record.partition, record.offset, record.key, record.value, kind, seq,
-                   record.timestamp, generator)
+                   record.timestamp, generator, traceparent)

@@ -335,6 +335,57 @@ class Settings:
             raise ConfigError("TIDEMARK_LAG_SAMPLE_SECONDS must be positive")
 
 
+OTEL_EXPORTERS: Final = ("otlp", "none")
+
+
+def _otel(name: str, default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"env": name, "help": help_text})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceSettings:
+    """The standard ``OTEL_*`` variables that Tidemark reads itself (``eventlog.tracing``).
+
+    Tracing is on when an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``), unless ``OTEL_SDK_DISABLED=true`` or
+    ``OTEL_TRACES_EXPORTER=none``. Everything else (``OTEL_RESOURCE_ATTRIBUTES``,
+    ``OTEL_TRACES_SAMPLER[_ARG]``, ``OTEL_BSP_*``, ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS``
+    and ``_TIMEOUT``) the OpenTelemetry SDK and its exporter read themselves. Loaded by
+    :func:`load_trace_settings`, apart from :class:`Settings`: these names are not
+    ``TIDEMARK_*`` ones, and a gateway supervisor's children inherit them as they are.
+    """
+
+    sdk_disabled: bool = _otel("OTEL_SDK_DISABLED", False, "true: no traces whatever else says")
+    exporter: str = _otel(
+        "OTEL_TRACES_EXPORTER", "otlp", "otlp (default) or none (tracing off)")
+    endpoint: str = _otel(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "OTLP/HTTP base URL; spans go to <url>/v1/traces "
+        "(set: tracing on)")
+    traces_endpoint: str = _otel(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "OTLP/HTTP URL of spans, used as it is "
+        "(set: tracing on; wins over OTEL_EXPORTER_OTLP_ENDPOINT)")
+    service_name: str = _otel(
+        "OTEL_SERVICE_NAME", "", "service.name of the spans (default: tidemark-gateway or "
+        "tidemark-worker)")
+
+    def __post_init__(self) -> None:
+        if self.exporter.strip().lower() not in OTEL_EXPORTERS:
+            raise ConfigError("OTEL_TRACES_EXPORTER must be otlp or none (the exporter "
+                              "Tidemark ships is OTLP over HTTP)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint or self.traces_endpoint) and not self.sdk_disabled \
+            and self.exporter.strip().lower() != "none"
+
+    @property
+    def spans_url(self) -> str:
+        """Where spans are sent (OTLP/HTTP), as the OTLP exporter specification says."""
+        if self.traces_endpoint:
+            return self.traces_endpoint
+        return self.endpoint.rstrip("/") + "/v1/traces"
+
+
 _S = TypeVar("_S")
 
 
@@ -397,3 +448,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
                                worker=worker, auth=auth, limits=limits,
                                analytics=analytics)
+
+
+def otel_env_names() -> dict[str, str]:
+    """The ``OTEL_*`` variables Tidemark reads itself, with their help text."""
+    return {f.metadata["env"]: f.metadata["help"] for f in dataclasses.fields(TraceSettings)}
+
+
+def load_trace_settings(environ: Mapping[str, str]) -> TraceSettings:
+    """:class:`TraceSettings` from an environment mapping (an empty value counts as
+    unset, as the OpenTelemetry specification says)."""
+    known: set[str] = set()
+    return _section(TraceSettings, {k: v for k, v in environ.items() if v != ""}, known)

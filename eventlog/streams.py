@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from eventlog import index
+from eventlog import index, tracing
 from eventlog.errors import KafkaUnavailable, SeqConflict, StreamEnded
 from eventlog.index import StreamInfo
 from eventlog.jobs import Job
@@ -42,12 +42,15 @@ def now_ms() -> int:
 async def send_event(producer: AIOKafkaProducer, topic: str, partition: int,
                      event: Event, *, generator: str | None = None,
                      tenant: str | None = None, owner: str | None = None,
+                     trace: Sequence[tuple[str, bytes]] = tracing.NO_HEADERS,
                      ) -> asyncio.Future[Any]:
     """Queue one event on the producer; the returned future resolves to its metadata.
 
     ``generator``, ``tenant`` and ``owner`` go into the ``tm-generator``, ``tm-tenant``
-    and ``tm-owner`` headers (a stream's first event only)."""
+    and ``tm-owner`` headers (a stream's first event only); ``trace`` are W3C trace
+    context headers (``eventlog.tracing.headers``)."""
     headers = event.headers()
+    headers.extend(trace)
     for name, value in ((events.HEADER_GENERATOR, generator),
                         (events.HEADER_TENANT, tenant), (events.HEADER_OWNER, owner)):
         if value is not None:
@@ -121,6 +124,9 @@ Floor = Callable[[str, int], Awaitable[int]]
 class StreamCreator:
     """Creates streams: the first event, then the index record, then the job.
 
+    The first event and the job record carry the current span's W3C trace context
+    (``traceparent``) when there is one, so the stream's trace starts at its creator.
+
     Streams get self-describing ids (``schemas.streamid``): the id names the partition
     and a floor offset at or below the first event, taken before the first event is
     written, from ``floor`` and from this creator's own last write to the partition
@@ -180,8 +186,11 @@ class StreamCreator:
         if experiments:
             first_data["experiments"] = dict(experiments)
         first = Event(stream=stream_id, seq=0, type=events.STATUS, ts=ts, data=first_data)
+        # The current trace (the create request's span), on the first event and the job.
+        trace = tracing.headers()
         meta = await (await send_event(self._producer, topic, partition, first,
-                                       generator=generator, tenant=tenant, owner=owner))
+                                       generator=generator, tenant=tenant, owner=owner,
+                                       trace=trace))
         key = (topic, partition)
         self._written[key] = max(self._written.get(key, 0), meta.offset + 1)
         info = StreamInfo(stream_id=stream_id, namespace=ns, topic=topic, partition=partition,
@@ -196,7 +205,8 @@ class StreamCreator:
                       priority=priority, context=context)
             await (await self._producer.send(
                 jobs_topic(ns, priority=priority), job.to_json(), key=stream_id.encode(),
-                partition=stream_partition(stream_id, self._settings.partitions)))
+                partition=stream_partition(stream_id, self._settings.partitions),
+                headers=list(trace) or None))
         return info
 
 
@@ -223,7 +233,8 @@ class Appender:
     seq, terminal event, how far it has been read); before each append it reads only
     what other writers have added since. A seq at or below the last one is a retry
     and is acknowledged without writing; a seq that leaves a gap is refused. One
-    append per stream runs at a time in this process.
+    append per stream runs at a time in this process. The records carry the current
+    span's W3C trace context (``traceparent``) when there is one.
     """
 
     def __init__(self, producer: AIOKafkaProducer, reader: LogReader, *,
@@ -261,8 +272,9 @@ class Appender:
         state = await scan(self._reader, info, state)
         plan = self._plan(info, state, drafts)
         written: list[tuple[int, int]] = []
-        futures = [await send_event(self._producer, info.topic, info.partition, ev)
-                   for ev in plan]
+        trace = tracing.headers()  # the caller's current span, if any
+        futures = [await send_event(self._producer, info.topic, info.partition, ev,
+                                    trace=trace) for ev in plan]
         for ev, fut in zip(plan, futures, strict=True):
             meta = await fut
             written.append((ev.seq, meta.offset))

@@ -17,7 +17,7 @@ from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import send_cancel
 from eventlog.streams import Draft
-from gateway import auth, streaming
+from gateway import auth, streaming, tracing
 from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
 from gateway.delivery import Delivery
@@ -150,7 +150,8 @@ async def _describe(services: Services, info: StreamInfo, earliest: int) -> dict
     }
 
 
-async def create_stream(request: web.Request) -> web.Response:
+@tracing.server_span(tracing.CREATE)
+async def create_stream(request: web.Request) -> web.StreamResponse:
     identity = await _authorize(request, auth.CREATE)
     services = await _ready(request)
     body = await _json_body(request)
@@ -171,6 +172,8 @@ async def create_stream(request: web.Request) -> web.Response:
         slot.bind(info.stream_id)
     logcontext.bind(stream=info.stream_id, partition=info.partition)
     stream_id = info.stream_id
+    tracing.annotate(stream=stream_id, tenant=identity.tenant, generator=create.generator,
+                     partition=info.partition, offset=info.first_offset)
     session_id = create.context.session_id if create.context is not None else None
     if session_id and services.user_sessions is not None:
         await services.user_sessions.remember(identity, session_id, stream_id,
@@ -221,10 +224,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         gateway_id=services.instance,
         closing=services.closing, registry=services.sessions, prefs=prefs,
         experiments=gw.experiments, recorder=services.recorder)
-    return await streaming.serve(session, position)
+    async with tracing.delivery_span(request, services, stream_id, position) as span:
+        response = await streaming.serve(session, position)
+        tracing.delivered(span, session.info, session.cursor.written, response)
+        return response
 
 
-async def publish(request: web.Request) -> web.Response:
+@tracing.server_span(tracing.PUBLISH)
+async def publish(request: web.Request) -> web.StreamResponse:
     identity, stream_id = await _caller(request, auth.PUBLISH)
     services = await _ready(request)
     body = await _json_body(request)
@@ -243,6 +250,8 @@ async def publish(request: web.Request) -> web.Response:
         result = await services.appender.append(
             info, [Draft(i.type, i.data, i.seq) for i in inputs])
     services.metrics.published.inc(len(result.written))
+    tracing.annotate(stream=stream_id, tenant=identity.tenant, partition=info.partition,
+                     events=len(result.written), last_seq=result.last_seq)
     request.app[AUDIT].record(request, "publish", outcome="ok", stream=stream_id,
                               events=len(result.written), duplicates=result.duplicates)
     epoch = await services.hub.epoch(info.topic)
@@ -342,6 +351,7 @@ async def demo_page(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app[VALIDATORS] = Validators()
+    tracing.install(app)
     # The SSE route first: the router tries routes in order, and a reconnect storm is
     # thousands of these at once.
     app.router.add_get("/v1/streams/{id}/events", stream_events)

@@ -1,7 +1,8 @@
 """The event envelope and the built-in event types.
 
 A Kafka record of a stream carries key = stream id, value = the envelope as orjson
-bytes, and headers ``tm-type`` and ``tm-seq`` (so routers need not decode values).
+bytes, and headers ``tm-type`` and ``tm-seq`` (so routers need not decode values), and,
+when its writer was traced, the W3C ``traceparent`` (see ``eventlog.tracing``).
 """
 
 from __future__ import annotations

@@ -14,13 +14,21 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from eventlog import tracing
 from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
 from eventlog.cluster import ClusterConfig, LocalCluster
-from eventlog.settings import Settings, env_names, load_settings
+from eventlog.settings import (
+    Settings,
+    TraceSettings,
+    env_names,
+    load_settings,
+    load_trace_settings,
+    otel_env_names,
+)
 from schemas.errors import TidemarkError
 from tidemark.logs import setup_logging
 from tidemark.redis_server import LocalRedis
@@ -116,11 +124,30 @@ async def _run_cluster(settings: Settings, data_dir: Path | None, port: int | No
         await cluster.stop()
 
 
+@contextlib.asynccontextmanager
+async def _traced(traces: TraceSettings, service_name: str) -> AsyncIterator[None]:
+    """Tracing on for the block if ``traces`` say so; what is queued is exported at
+    its end (off the event loop)."""
+    if not tracing.setup(traces, service_name=service_name):
+        yield
+        return
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(tracing.shutdown)
+
+
 async def run_gateway(settings: Settings, *, supervised: bool = False,
-                      dev: bool = False) -> int:
+                      dev: bool = False, traces: TraceSettings | None = None) -> int:
     """One gateway process; ``supervised``: a child of :func:`run_gateways`, sharing its
     port with its siblings (``SO_REUSEPORT``); ``dev``: with the demo page's token
-    endpoint (``tidemark dev`` only)."""
+    endpoint (``tidemark dev`` only); ``traces``: the ``OTEL_*`` settings (service name
+    ``tidemark-gateway``)."""
+    async with _traced(traces or TraceSettings(), "tidemark-gateway"):
+        return await _run_gateway(settings, supervised=supervised, dev=dev)
+
+
+async def _run_gateway(settings: Settings, *, supervised: bool, dev: bool) -> int:
     from aiohttp import web
 
     from gateway.app import SERVICES_TASK, create_app
@@ -175,7 +202,13 @@ async def run_gateways(settings: Settings, count: int) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def run_worker(settings: Settings) -> int:
+async def run_worker(settings: Settings, traces: TraceSettings | None = None) -> int:
+    """A worker; ``traces``: the ``OTEL_*`` settings (service name ``tidemark-worker``)."""
+    async with _traced(traces or TraceSettings(), "tidemark-worker"):
+        return await _run_worker(settings)
+
+
+async def _run_worker(settings: Settings) -> int:
     from eventlog.janitor import run_janitor
     from workers.demo import DemoGenerator
     from workers.runner import Worker
@@ -271,10 +304,10 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
 
 
 def _gateway_command(settings: Settings, *, supervised: bool, dev: bool = False,
-                     ) -> Coroutine[Any, Any, int]:
+                     traces: TraceSettings | None = None) -> Coroutine[Any, Any, int]:
     count = settings.gateway.process_count(os.cpu_count())
     if supervised or count == 1:
-        return run_gateway(settings, supervised=supervised, dev=dev)
+        return run_gateway(settings, supervised=supervised, dev=dev, traces=traces)
     return run_gateways(settings, count)
 
 
@@ -312,7 +345,8 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(env_names().items()))
+    variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(
+        {**env_names(), **otel_env_names()}.items()))
     parser = argparse.ArgumentParser(
         prog="tidemark", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Resumable Server-Sent Event streams on Apache Kafka.",
@@ -363,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(os.environ)
+        traces = load_trace_settings(os.environ)
     except TidemarkError as exc:
         sys.stderr.write(f"tidemark: {exc}\n")
         return 2
@@ -384,8 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gateway": lambda: _gateway_command(settings, supervised=args.command == "gateway"
                                             and args.supervised,
                                             dev=args.command == "gateway"
-                                            and args.dev_token_endpoint),
-        "worker": lambda: run_worker(settings),
+                                            and args.dev_token_endpoint, traces=traces),
+        "worker": lambda: run_worker(settings, traces),
         "dev": lambda: run_dev(settings, args.data_dir),
     }
     try:

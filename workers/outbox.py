@@ -13,6 +13,9 @@ with this writer's ``transactional.id`` as the offset's metadata: the next owner
 partition reads it and fences this writer), so a job is either finished and committed
 or will be redone, never both. A worker that dies mid-transaction leaves it to abort;
 readers use read_committed and never see it.
+
+Traced streams (``workers.tracing``) get a ``tidemark.transaction`` span per stream and
+transaction; their records carry its ``traceparent``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from opentelemetry.trace import Span
 
 from eventlog import index
 from eventlog.index import StreamInfo
 from eventlog.streams import now_ms, terminal_status
 from schemas.events import Event
 from workers.metrics import WorkerMetrics
+from workers.tracing import TransactionSpans, transaction_spans
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ class Entry:
     done_offset: int | None = None
     #: Set once the transaction that carries the entry committed (only when asked for).
     written: asyncio.Future[None] | None = None
+    #: The stream's generation span (tracing on): the event's record carries the trace
+    #: context of a ``tidemark.transaction`` span under it (``workers.tracing``).
+    span: Span | None = None
 
 
 class OffsetTracker:
@@ -161,12 +169,13 @@ class Outbox:
             return
         began = self._loop.time()
         producer = self._producer
-        async with producer.transaction():
-            await self._write(batch)
-            offsets = {tp: OffsetAndMetadata(t.watermark(), self._writer_id)
-                       for tp, t in self._trackers.items() if t.watermark() > t.committed}
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self._group_id)
+        with transaction_spans(batch) as spans:
+            async with producer.transaction():
+                await self._write(batch, spans)
+                offsets = {tp: OffsetAndMetadata(t.watermark(), self._writer_id)
+                           for tp, t in self._trackers.items() if t.watermark() > t.committed}
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, self._group_id)
         for tp, om in offsets.items():
             tracker = self._trackers.get(tp)
             if tracker is not None:
@@ -185,8 +194,10 @@ class Outbox:
             if entry.written is not None and not entry.written.done():
                 entry.written.set_result(None)
 
-    async def _write(self, batch: list[Entry]) -> None:
-        """The batch's events as one record batch per partition, then index records."""
+    async def _write(self, batch: list[Entry], spans: TransactionSpans | None = None,
+                     ) -> None:
+        """The batch's events as one record batch per partition, then index records;
+        with ``spans``, traced events carry their transaction span's context."""
         producer = self._producer
         builders: dict[tuple[str, int], Any] = {}
         acks: dict[int, asyncio.Future[Any]] = {}  # id(builder) -> its batch's metadata
@@ -202,6 +213,8 @@ class Outbox:
             if builder is None:
                 builder = builders[key] = producer.create_batch()
             value, stream_key, headers = ev.to_json(), ev.stream.encode(), ev.headers()
+            if spans is not None:
+                headers.extend(spans.headers(entry))
             meta = builder.append(timestamp=None, key=stream_key, value=value, headers=headers)
             if meta is None:  # full: send it and start the partition's next batch
                 builder.close()

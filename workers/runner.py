@@ -32,6 +32,9 @@ next owner of a jobs partition finds it, and that owner fences it before it writ
 A writer's id is new for every assignment (eager rebalancing revokes everything first,
 so a worker never reuses a writer across assignments), and every offset its
 transactions commit carries it too.
+
+Traces (when on): each job's generation is a span continuing the trace of the job
+record's ``traceparent``, with a span per transaction under it (``workers.tracing``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
+from opentelemetry.trace import Span
 
 from eventlog import index, logcontext
 from eventlog.clients import (
@@ -73,6 +77,7 @@ from workers.generators import Draft, Generator
 from workers.lag import JobsLag
 from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
+from workers.tracing import generation_span, note_end, note_start
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +423,9 @@ class Worker:
         try:
             writer = self._writer
             assert writer is not None
-            await self._generate(stream, writer.outbox)
+            with generation_span(stream.job, jobs_partition=stream.tp.partition,
+                                 jobs_offset=stream.offset) as span:
+                await self._generate(stream, writer.outbox, span)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -432,7 +439,10 @@ class Worker:
             logcontext.reset(context)
             self.pump()  # a slot is free
 
-    async def _generate(self, stream: _Stream, outbox: Outbox) -> None:
+    async def _generate(self, stream: _Stream, outbox: Outbox, span: Span | None = None,
+                        ) -> None:
+        """Write the job's events from the first seq the log lacks; ``span``: the
+        generation span (tracing on), whose trace the events' records carry."""
         job = stream.job
         state = await scan_from_start(self.reader, job.stream)
         if state.terminal is not None:
@@ -441,6 +451,7 @@ class Worker:
         info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
         log.debug("stream %s: generating from seq %s", job.stream_id, state.last_seq + 1)
         seq = state.last_seq + 1
+        note_start(span, start_seq=seq)
         if seq > 1:
             # Another worker wrote part of this stream: a takeover.
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
@@ -467,12 +478,13 @@ class Worker:
                 if ev.terminal:
                     await outbox.put_and_wait(Entry(event=ev, info=info, snapshot=first,
                                                     jobs_tp=stream.tp,
-                                                    done_offset=stream.offset))
+                                                    done_offset=stream.offset, span=span))
+                    note_end(span, ev)
                     self.metrics.count_stream(terminal_status(ev.type), job.stream.tenant)
                     log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
                              ev.seq)
                     return
-                await outbox.put(Entry(event=ev, info=info, snapshot=first))
+                await outbox.put(Entry(event=ev, info=info, snapshot=first, span=span))
                 first = False
                 seq += 1
         finally:
@@ -544,7 +556,8 @@ class Worker:
                     consumer.seek(tp, records[0].offset)
                     continue
                 pj.backlog.extend(
-                    (rec.offset, parse_job_record(rec.value) if rec.value is not None else None)
+                    (rec.offset, parse_job_record(rec.value, rec.headers)
+                     if rec.value is not None else None)
                     for rec in records)
             self.pump()
             await self._lag.maybe_sample(consumer)
