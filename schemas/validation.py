@@ -70,7 +70,7 @@ class Validators:
     """The compiled validators of every request body and event type."""
 
     def __init__(self) -> None:
-        names = ["create_stream", "event_input", "publish", "envelope", "reset",
+        names = ["create_stream", "event_input", "publish", "envelope", "reset", "input_request",
                  *sorted(events.BUILTIN_TYPES)]
         self._schemas = {name: load_schema(name) for name in names}
         registry: Registry[Any] = Registry().with_resources(
