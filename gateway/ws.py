@@ -1,9 +1,12 @@
 """``GET /v1/streams/{id}/ws``: a stream's events over a WebSocket, by the SSE route's
 resume rules (``gateway.streaming`` serves it; this module is its transport).
 
-The upgrade is accepted before anything is checked, so that every refusal reaches the
-client as a close code with a reason (a browser sees nothing of a refused upgrade but
-1006). Frames and codes (docs/transports.md):
+An upgrade request is accepted before anything is checked, so that every refusal
+reaches the client as a close code with a reason (a browser sees nothing of a refused
+upgrade but 1006). A request that is not an upgrade gets HTTP answers: the token's
+problems (401, 403, 404 for an id that is not the caller's), else 426.
+
+Frames and codes (docs/transports.md):
 
 - server -> client: one text frame per event, ``{"id", "event", "data"}``, ``data``
   the envelope object (byte for byte the SSE ``data:`` line); a ``reset`` notice has
@@ -28,8 +31,9 @@ from typing import Final
 import orjson
 from aiohttp import WSMsgType, web
 
-from gateway import follow, items, streaming, talkback
+from gateway import auth, follow, items, streaming, talkback
 from gateway.problems import Problem, problem_middleware
+from gateway.routes import _caller
 from gateway.services import SERVICES
 
 log = logging.getLogger(__name__)
@@ -186,6 +190,8 @@ async def stream_ws(request: web.Request) -> web.StreamResponse:
     gw = request.app[SERVICES].settings.gateway
     ws = web.WebSocketResponse(max_msg_size=gw.input_max_bytes + 1024)
     if not ws.can_prepare(request).ok:
+        # Not an upgrade: an HTTP answer, as any route would give (auth first).
+        await _caller(request, auth.READ)
         raise Problem(426, "this route speaks WebSocket: send an Upgrade: websocket request "
                       "(or read the stream from /events or /poll)",
                       headers={"Upgrade": "websocket"})

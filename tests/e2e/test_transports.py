@@ -301,3 +301,84 @@ async def test_long_poll_waits_for_the_next_event_or_answers_empty(
         async with http.get(url, params={"wait": bad}) as resp:
             assert resp.status == 400
             assert resp.content_type == "application/problem+json"
+
+
+def ws_frames(raw: bytes) -> tuple[list[dict[str, Any]], int | None, str]:
+    """Parse what a server sent on a WebSocket (unmasked frames): the text frames'
+    JSON, the close code and reason (None if no close frame came whole)."""
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i + 2 <= len(raw):
+        opcode, size = raw[i] & 0x0F, raw[i + 1] & 0x7F
+        head = 2
+        if size == 126:
+            size, head = int.from_bytes(raw[i + 2:i + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(raw[i + 2:i + 10], "big"), 10
+        payload = raw[i + head:i + head + size]
+        if len(payload) < size:
+            break
+        if opcode == 1:
+            out.append(json.loads(payload))
+        elif opcode == 8:
+            return out, int.from_bytes(payload[:2], "big"), payload[2:].decode()
+        i += head + size
+    return out, None, ""
+
+
+async def test_a_websocket_client_that_stops_reading_is_closed_1013_and_resumes(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    import base64
+    import os
+    import socket
+
+    from tests.e2e.test_slow_client import metric, produce
+    from tests.procs import token
+
+    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
+                                 TIDEMARK_TAIL_BYTES="1048576",
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
+    sid = await create(http, base, generator="external")
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base.removeprefix("http://").split(":")
+    slow.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    slow.sendall(f"GET /v1/streams/{sid}/ws HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: Bearer {token()}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    follower = asyncio.create_task(tc.read(http, base, sid, "ws", timeout=120))
+    await asyncio.sleep(0.5)
+    await produce(cluster, [sid], 20_000, payload=1000, end=True)
+    whole = (await follower).items
+    assert json.loads(whole[-1][2])["type"] == "result"
+    # The slow client's socket has taken nothing for the write timeout: it is dropped.
+    for _ in range(300):
+        if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the slow client was never cut off")
+
+    slow.setblocking(False)
+    received = bytearray()
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(slow, 65536), 10)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        received.extend(chunk)
+    slow.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    seen, code, reason = ws_frames(body)
+    assert code == 1013, (code, reason, len(seen))
+    assert "fell behind" in reason
+    assert seen, "the slow client got nothing at all"
+    rest = await tc.read(http, base, sid, "ws", position=seen[-1]["id"], timeout=60)
+    ids = [i[0] for i in whole]
+    assert [i[0] for i in rest.items] == ids[ids.index(seen[-1]["id"]) + 1:]
