@@ -78,10 +78,15 @@ class PollTransport:
         now = loop.time()
         if self._deadline is None:
             self._deadline = now + self.wait_s
-            if self.wait_s > 0 and session.sub is not None:
-                self._timer = loop.call_at(self._deadline, session.sub.wakeup.set)
+            if self.wait_s > 0:
+                self._timer = loop.call_at(self._deadline, self._wake, session)
         if now >= self._deadline:
             raise Answered
+
+    @staticmethod
+    def _wake(session: streaming.Session) -> None:
+        if session.sub is not None:  # the current one (a catch-up subscribes anew)
+            session.sub.wakeup.set()
 
     def drop_stuck(self, session: streaming.Session, grace_s: float) -> None:
         """A long-poll answer is written once, after the pipeline: nothing to drop."""

@@ -81,7 +81,9 @@ class WsTransport:
         ws = self.ws
         for item in items.decode(data):
             if self.closing:
-                return
+                # Closed by this side (the stream ended, the client was cut off): the
+                # pipeline ends here as it does for a client that went away.
+                raise ConnectionResetError("the WebSocket is closing")
             if isinstance(item, items.Item):
                 await ws.send_frame(items.render(item), WSMsgType.TEXT)
                 if item.terminal:
