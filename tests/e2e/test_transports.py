@@ -382,3 +382,24 @@ async def test_a_websocket_client_that_stops_reading_is_closed_1013_and_resumes(
     rest = await tc.read(http, base, sid, "ws", position=seen[-1]["id"], timeout=60)
     ids = [i[0] for i in whole]
     assert [i[0] for i in rest.items] == ids[ids.index(seen[-1]["id"]) + 1:]
+
+
+async def test_websocket_lifetime_and_shutdown_close_1001_and_the_client_resumes(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    base = await cluster.gateway(TIDEMARK_MAX_RESPONSE_SECONDS="1")
+    sid = await create(http, base, generator="external")
+    lived = await tc.read(http, base, sid, "ws")
+    assert lived.code == 1001 and "lifetime" in lived.reason, lived
+    assert [i[1] for i in lived.items] == ["status"]
+
+    await publish(http, base, sid, {"type": "status", "data": {"state": "running"}})
+    again = await tc.read(http, base, sid, "ws", position=lived.last_id)
+    assert [i[1] for i in again.items] == ["status"] and again.code == 1001
+
+    other = await cluster.gateway()
+    reader = asyncio.create_task(tc.read(http, other, sid, "ws", position=again.last_id))
+    await asyncio.sleep(0.5)
+    cluster.procs[-1].stop()  # SIGTERM: the gateway drains
+    stopped = await reader
+    assert stopped.code == 1001 and "shutting down" in stopped.reason, stopped
+    assert stopped.items == []
