@@ -172,7 +172,7 @@ class ShapedCursor(Cursor):
 
 @dataclass(slots=True)
 class Session:
-    """Everything one SSE response needs."""
+    """Everything one response needs (on any transport: see ``transport``)."""
 
     request: web.Request
     stream_id: str
