@@ -138,6 +138,8 @@ async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int |
                              len(out.stream_items) >= max_events):
             out.ended = body["ended"]
             return out
+        # The next position goes in the query (a header, which would win, is dropped).
+        headers = {k: v for k, v in headers.items() if k.lower() != "last-event-id"}
         if body["last_event_id"] is not None:
             params["last_event_id"] = body["last_event_id"]
         else:  # only a reset notice: read from the earliest event held

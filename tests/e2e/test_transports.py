@@ -74,8 +74,9 @@ def expected_code(transport: str, status: int) -> int:
     return status
 
 
-CASES = ["start", "mid", "end", "malformed", "unknown", "epoch", "other_tenant", "no_token",
-         "bad_token", "read_token", "other_read_token", "legacy_id", "batched"]
+CASES = ["start", "mid", "mid_by_header", "end", "malformed", "unknown", "epoch",
+         "other_tenant", "no_token", "bad_token", "read_token", "other_read_token",
+         "legacy_id", "batched"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -89,9 +90,12 @@ async def test_every_resume_case_is_the_same_on_sse_websocket_and_long_poll(
     position: str | None = None
     query = ""
     headers: dict[str, str] | None = None
+    per_request: dict[str, str] = {}
     want: int | list[tc.Item] = full
     if case == "mid":
         position, want = full[4][0], full[5:]
+    elif case == "mid_by_header":
+        per_request, want = {"Last-Event-ID": full[4][0] or ""}, full[5:]
     elif case == "end":
         position, want = full[-1][0], 204
     elif case == "malformed":
@@ -139,7 +143,8 @@ async def test_every_resume_case_is_the_same_on_sse_websocket_and_long_poll(
                                      else auth_headers()) as session:
         for transport in tc.TRANSPORTS:
             outcomes[transport] = await tc.read(session, base, sid, transport,
-                                                position=position, query=query)
+                                                position=position, query=query,
+                                                headers=per_request)
     items = assert_same(outcomes)
     if isinstance(want, int):
         for transport, outcome in outcomes.items():
