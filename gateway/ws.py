@@ -142,8 +142,8 @@ class Connection:
             for task in (out, into):
                 task.cancel()
         for task in (out, into):
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     async def _follow(self) -> None:
         try:
