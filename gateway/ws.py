@@ -15,7 +15,8 @@ Frames and codes (docs/transports.md):
   after it; 4000 + the HTTP status of the problem the SSE route would answer (4400,
   4401, 4403, 4404, 4410, 4429, 4503...), the problem's detail as the reason; 1013
   for a client cut off for falling behind, and 1001 when the gateway shuts down or the
-  response reached its lifetime or idle limit: resume from the last id.
+  response reached its lifetime or idle limit: resume from the last id. 1003 for a
+  binary message, 1009 (aiohttp's) for one over ``TIDEMARK_INPUT_MAX_BYTES`` + 1 KiB.
 - client -> server: ``{"op": "input", "data": {...}}`` and ``{"op": "cancel"}``
   (``gateway.talkback``); a refused op is answered with
   ``{"op": "error", "status", "detail"}`` and the stream goes on.

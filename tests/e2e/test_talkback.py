@@ -125,3 +125,14 @@ async def test_input_refusals_are_the_publish_routes_problems(
     # Nothing of that reached the stream.
     await publish(http, base, sid, {"type": "result", "data": {"text": "t"}})
     assert [i[1] for i in (await tc.read(http, base, sid, "sse")).items] == ["status", "result"]
+
+
+async def test_a_websocket_message_over_the_limit_closes_1009(
+        base: str, http: aiohttp.ClientSession) -> None:
+    sid = await create(http, base, generator="external")
+    async with http.ws_connect(tc.url_of(base, sid, "ws")) as ws:
+        assert (await ws.receive_json())["event"] == "status"
+        # TIDEMARK_INPUT_MAX_BYTES=1024 here: a message may be 1 KiB more than that.
+        await ws.send_str(json.dumps({"op": "input", "data": {"x": "y" * 3000}}))
+        closed = await ws.receive()
+        assert closed.type is aiohttp.WSMsgType.CLOSE and closed.data == 1009, closed
