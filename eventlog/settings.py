@@ -100,6 +100,16 @@ class GatewaySettings:
     idle_timeout_s: float = _env(
         "IDLE_TIMEOUT", 600.0,
         "an SSE response with no event this long is ended cleanly (0: never)")
+    poll_max_wait_s: float = _env(
+        "POLL_MAX_WAIT", 30.0, "longest wait of a long-poll request for its next event (s)")
+    poll_max_events: int = _env(
+        "POLL_MAX_EVENTS", 1000, "most events in one long-poll answer")
+    poll_max_bytes: int = _env(
+        "POLL_MAX_BYTES", 1024 * 1024, "most envelope bytes in one long-poll answer (one "
+        "larger event still goes alone)")
+    input_max_bytes: int = _env(
+        "INPUT_MAX_BYTES", 64 * 1024, "largest `data` of an input event (its JSON bytes), "
+        "over HTTP or the WebSocket")
     catchup_readers: int = _env("CATCHUP_READERS", 8, "concurrent catch-up reads from Kafka")
     max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
     request_timeout_s: float = _env(
@@ -140,6 +150,9 @@ class GatewaySettings:
         object.__setattr__(self, "experiments", parse_experiments(self.experiments_json))
         if self.listen_backlog < 1:
             raise ConfigError("TIDEMARK_LISTEN_BACKLOG must be at least 1")
+        if self.poll_max_wait_s < 0 or self.poll_max_events < 1 or self.poll_max_bytes < 1:
+            raise ConfigError("TIDEMARK_POLL_MAX_WAIT must be >= 0, TIDEMARK_POLL_MAX_EVENTS "
+                              "and TIDEMARK_POLL_MAX_BYTES >= 1")
         if self.processes != "auto" and not (
                 self.processes.isdigit() and 1 <= int(self.processes) <= 256):
             raise ConfigError("TIDEMARK_GATEWAY_PROCESSES must be auto or 1 to 256")

@@ -14,7 +14,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from eventlog.settings import Settings
-from gateway import analytics_routes, auth, dashboard, experiments, hardening, openapi, routes
+from gateway import (
+    analytics_routes,
+    auth,
+    dashboard,
+    experiments,
+    hardening,
+    openapi,
+    routes,
+    transports,
+)
 from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.metrics import METRICS
@@ -81,6 +90,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app.cleanup_ctx.append(_audit_ctx)
     app.on_shutdown.append(_on_shutdown)
     routes.add_routes(app)
+    transports.add_routes(app)
     openapi.add_routes(app)
     experiments.add_routes(app)
     analytics_routes.add_routes(app)

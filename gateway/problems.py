@@ -33,7 +33,7 @@ _TITLES: Final = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
     413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
-    422: "Unprocessable Content",
+    422: "Unprocessable Content", 426: "Upgrade Required",
     429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
 }
 

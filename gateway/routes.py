@@ -29,6 +29,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
 from gateway.services import SERVICES, Services
 from gateway.sessions import DEFAULT_PAGE, MAX_PAGE, BadCursor, decode_cursor
+from gateway.urls import transport_urls
 from schemas import events
 from schemas.eventid import encode_event_id, parse_event_id
 from schemas.validation import Validators
@@ -191,6 +192,8 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
         token, expires = authenticator.issue_read_token(identity, stream_id)
         answer.update(events_url=f"{url}?{auth.QUERY}={token}", read_token=token,
                       read_token_expires_at=expires)
+    answer["urls"] = transport_urls(
+        stream_id, f"{auth.QUERY}={answer['read_token']}" if "read_token" in answer else "")
     return _json(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
 
 
@@ -267,12 +270,21 @@ async def publish(request: web.Request) -> web.StreamResponse:
 
 async def cancel(request: web.Request) -> web.Response:
     identity, stream_id = await _caller(request, auth.CANCEL)
+    answer, status = await cancel_stream(request, identity, stream_id)
+    return _json(answer, status=status)
+
+
+async def cancel_stream(request: web.Request, identity: Identity, stream_id: str,
+                        ) -> tuple[dict[str, Any], int]:
+    """Ask the stream's producer to stop (the caller holds ``streams:cancel``): its
+    answer and status, 202, or 200 for a stream that had finished. Also the
+    WebSocket's ``{"op": "cancel"}``."""
     services = await _ready(request)
     found = await _find(request, services, stream_id, identity)
     assert services.lookup is not None
     info = await services.lookup.current(found)
     if info.finished:
-        return _json({"stream_id": stream_id, "status": info.status}, status=200)
+        return {"stream_id": stream_id, "status": info.status}, 200
     assert services.producer is not None and services.appender is not None
     async with _deadline(services):
         if info.generator == EXTERNAL:
@@ -283,7 +295,7 @@ async def cancel(request: web.Request) -> web.Response:
             await send_cancel(services.producer, info.namespace, stream_id,
                               partitions=services.settings.log.partitions)
     request.app[AUDIT].record(request, "cancel", outcome="ok", stream=stream_id)
-    return _json({"stream_id": stream_id, "status": "cancelling"}, status=202)
+    return {"stream_id": stream_id, "status": "cancelling"}, 202
 
 
 async def list_streams(request: web.Request) -> web.Response:

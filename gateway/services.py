@@ -49,7 +49,8 @@ class Services:
     creator: StreamCreator | None = None
     appender: Appender | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Open SSE responses (for the write watchdog).
+    #: Open responses of every transport: SSE, WebSocket, long-poll (for the write
+    #: watchdog).
     sessions: set[Session] = field(default_factory=set)
     failure: BaseException | None = None
     #: This process, in the ``Tidemark-Gateway`` header of SSE responses (for operators:

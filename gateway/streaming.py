@@ -14,6 +14,14 @@ A/B variants (recorded in its first event) change its delivery as their definiti
 say (``eventlog.experiments``): its default ``updateFrequency``, the batch interval, and
 the ``: ping`` interval (``heartbeatSeconds``; a subscriber whose interval is shorter
 than the pace's wakes itself, see :func:`_wake`).
+
+The same pipeline serves every transport (``gateway.transport``): what it writes is
+always the SSE encoding of the events (made once per event by the hub), and the
+session's :class:`~gateway.transport.Transport` decides how that goes out. The SSE
+route's transport is :data:`SSE` (bytes to the response as they are); the WebSocket
+and long-poll routes decode the frames into ``(id, event, envelope)`` items
+(``gateway.items``), so every transport gets the same events from the same resume
+logic.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from gateway.delivery import Delivery, Shaper
 from gateway.hub import Frame, Hub, Row, Subscriber
 from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
+from gateway.transport import Transport
 from schemas import events
 from schemas.context import StreamContext, context_of_envelope
 from schemas.eventid import EventId, InvalidEventId, encode_event_id
@@ -68,6 +77,40 @@ class _EventStreamResponse(web.StreamResponse):
     headers would simply be sent at once again."""
 
     _send_headers_immediately = False
+
+
+class SseTransport:
+    """The SSE route's transport: the pipeline's bytes go to the response as they are."""
+
+    async def open(self, session: Session) -> web.StreamResponse:
+        response = _EventStreamResponse(
+            status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
+        await response.prepare(session.request)
+        return response
+
+    async def write(self, session: Session, data: bytes) -> None:
+        assert session.response is not None
+        await session.response.write(data)
+
+    def idle(self, session: Session) -> None:
+        """Nothing to do while an SSE response waits."""
+
+    def drop_stuck(self, session: Session, grace_s: float) -> None:
+        """The writer is parked on a full socket with every chunk handed over, so one
+        more whole chunk (the reason) and the last chunk can follow what is queued. The
+        connection then closes once the client reads it all, or is aborted after
+        ``grace_s``, so its buffers are freed either way."""
+        transport = session.request.transport
+        if transport is None or transport.is_closing():
+            return
+        reason = CUT_OFF_REASON
+        transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(reason), reason))
+        transport.close()
+        asyncio.get_running_loop().call_later(grace_s, transport.abort)
+
+
+#: The transport of every SSE response (it holds no state).
+SSE: Final = SseTransport()
 
 
 @dataclass(slots=True)
@@ -141,7 +184,7 @@ class ShapedCursor(Cursor):
 
 @dataclass(slots=True)
 class Session:
-    """Everything one SSE response needs."""
+    """Everything one response needs (on any transport: see ``transport``)."""
 
     request: web.Request
     stream_id: str
@@ -180,6 +223,9 @@ class Session:
     last_write: float = 0.0
     #: Analytics observations of this process (first-event and resume latency, cut-offs).
     recorder: Recorder | None = None
+    #: How what the pipeline writes goes out (see ``gateway.transport``); SSE unless
+    #: the WebSocket or long-poll route says otherwise.
+    transport: Transport = field(default_factory=lambda: SSE)
 
     def __hash__(self) -> int:
         return id(self)
@@ -202,7 +248,7 @@ class Session:
         assert self.response is not None
         now = asyncio.get_running_loop().time()
         self.write_started = now
-        await self.response.write(data)
+        await self.transport.write(self, data)
         self.write_started = None
         self.last_write = now
 
@@ -218,20 +264,9 @@ class Session:
             self.sub = None
 
     def drop_stuck(self, grace_s: float) -> None:
-        """End the response of a client whose socket stopped taking data.
-
-        The writer is parked on a full socket with every chunk handed over, so one more
-        whole chunk (the reason) and the last chunk can follow what is queued. The
-        connection then closes once the client reads it all, or is aborted after
-        ``grace_s``, so its buffers are freed either way.
-        """
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            return
-        reason = CUT_OFF_REASON
-        transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(reason), reason))
-        transport.close()
-        asyncio.get_running_loop().call_later(grace_s, transport.abort)
+        """End the response of a client whose socket stopped taking data (how: the
+        transport's :meth:`~gateway.transport.Transport.drop_stuck`)."""
+        self.transport.drop_stuck(self, grace_s)
 
     def take(self, frames: Iterable[Row]) -> bytes:
         """The bytes of the frames not written yet (see :meth:`Cursor.take`), counted as
@@ -297,9 +332,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
                     session.metrics.request_outcome["ended"].inc()
                     return web.Response(status=204)
                 session.cursor.seq = at.seq
-        session.response = _EventStreamResponse(
-            status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
-        await session.response.prepare(session.request)
+        session.response = await session.transport.open(session)
         session.metrics.request_outcome["resumed" if position is not None else "new"].inc()
         # The first generated event (seq 1) is counted by the response that writes it to
         # a client who asked from the start, while the stream is new.
@@ -489,6 +522,7 @@ async def _live(session: Session) -> None:
             continue
         if loop.time() - session.last_write >= session.heartbeat_s / 2:
             await session.write(sse.PING)
+        session.transport.idle(session)
         await _wake(session, sub)
 
 

@@ -20,12 +20,15 @@ METADATA: Final = "metadata"
 RESULT: Final = "result"
 ERROR: Final = "error"
 CANCELLED: Final = "cancelled"
+#: What a client said back mid-stream (``POST /v1/streams/{id}/input``, or the
+#: WebSocket's ``{"op": "input"}``): an event of the log like any other.
+INPUT: Final = "input"
 #: In-band notice from a gateway that it could not resume at the asked position.
 #: Never stored in the log, never publishable.
 RESET: Final = "reset"
 
 BUILTIN_TYPES: Final = frozenset(
-    {STATUS, PROGRESS, PARTIAL_RESULT, METADATA, RESULT, ERROR, CANCELLED}
+    {STATUS, PROGRESS, PARTIAL_RESULT, METADATA, RESULT, ERROR, CANCELLED, INPUT}
 )
 TERMINAL_TYPES: Final = frozenset({RESULT, ERROR, CANCELLED})
 RESERVED_TYPES: Final = frozenset({RESET, "message"})

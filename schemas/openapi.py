@@ -25,6 +25,7 @@ REQUEST_SCHEMAS: Final = {
     "LogLevelsRequest": "log_levels",
     "CreateStreamRequest": "create_stream",
     "PublishRequest": "publish",
+    "InputRequest": "input_request",
 }
 
 #: Every scope a token may carry (``gateway.auth.SCOPES``; ``admin`` holds them all).
@@ -130,6 +131,10 @@ _RESPONSES: Final[dict[str, Any]] = {
     "ContentTooLarge": _problem("the body is larger than TIDEMARK_MAX_BODY_BYTES"),
     "UriTooLong": _problem("the request target is longer than TIDEMARK_MAX_URL_BYTES"),
     "UnsupportedMediaType": _problem("the body is not sent as application/json"),
+    "UpgradeRequired": _problem("not a WebSocket upgrade request (such a request gets "
+                                "the token's problems first: 401, 403, 404)",
+                                {"Upgrade": {"required": True,
+                                             "schema": {"const": "websocket"}}}),
     "Unprocessable": _problem("the body does not match its JSON Schema; the body's "
                               "`field` is a JSON Pointer to the failing value"),
     "TooManyRequests": _problem("a limit is reached (the body's `limit` names it)",
@@ -144,7 +149,8 @@ def _refs(*names: str) -> dict[str, Any]:
              "NotFound": "404", "RequestTimeout": "408", "Conflict": "409", "Gone": "410",
              "ContentTooLarge": "413", "UriTooLong": "414", "UnsupportedMediaType": "415",
              "NoSuchFile": "404",
-             "Unprocessable": "422", "TooManyRequests": "429", "Unavailable": "503"}
+             "Unprocessable": "422", "UpgradeRequired": "426", "TooManyRequests": "429",
+             "Unavailable": "503"}
     return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in names}
 
 
@@ -175,6 +181,10 @@ _STREAM_LINKS: Final = {
     "Publish": {"operationId": "publish", "parameters": {"id": "$response.body#/stream_id"}},
     "CancelStream": {"operationId": "cancelStream",
                      "parameters": {"id": "$response.body#/stream_id"}},
+    "StreamPoll": {"operationId": "streamPoll",
+                   "parameters": {"id": "$response.body#/stream_id"}},
+    "StreamInput": {"operationId": "streamInput",
+                    "parameters": {"id": "$response.body#/stream_id"}},
 }
 
 
@@ -288,7 +298,48 @@ def _components() -> dict[str, Any]:
                 "read_token_expires_at": {"type": "integer",
                                           "description": "seconds since the epoch"},
                 "experiments": _schema("Variants"),
+                "urls": _schema("TransportUrls"),
             },
+        },
+        "TransportUrls": {
+            "type": "object", "required": ["sse", "ws", "poll"],
+            "description": "the stream's URL on each transport (each carries the read "
+                           "token when the gateway issues one); docs/transports.md",
+            "properties": {
+                "sse": {"type": "string", "description": "Server-Sent Events (the same as "
+                        "`events_url`)"},
+                "ws": {"type": "string", "description": "WebSocket (GET with Upgrade)"},
+                "poll": {"type": "string", "description": "long-poll"},
+            },
+        },
+        "StreamItem": {
+            "type": "object", "required": ["id", "event", "data"],
+            "description": "one event as the WebSocket and long-poll transports send it: "
+                           "the same id, type and envelope as on SSE",
+            "properties": {
+                "id": {**nullable_string, "description": "its position (resume after it "
+                       "with last_event_id); null for an in-band `reset` notice"},
+                "event": {"type": "string", "description": "the event type"},
+                "data": {"type": "object", "description": "the event envelope "
+                         "(schemas/json/envelope.json) as an object, byte for byte the SSE "
+                         "`data:` line; for `reset`, the reset notice"},
+            },
+        },
+        "PollAnswer": {
+            "type": "object", "required": ["events", "last_event_id", "ended"],
+            "properties": {
+                "events": {"type": "array", "items": _schema("StreamItem"),
+                           "description": "at most TIDEMARK_POLL_MAX_EVENTS events; empty "
+                           "when the wait ended with nothing new"},
+                "last_event_id": {**nullable_string, "description": "poll again with "
+                                  "this; the request's own position when nothing came"},
+                "ended": {"type": "boolean", "description": "the answer holds the "
+                          "stream's terminal event: nothing more will come"},
+            },
+        },
+        "InputResult": {
+            "type": "object", "required": ["seq", "id"],
+            "properties": {"seq": {"type": "integer", "minimum": 1}, "id": string},
         },
         "StreamSummary": {
             "type": "object",
@@ -468,6 +519,60 @@ def _paths() -> dict[str, Any]:
                 "publish", "Append events to an external stream", scope="streams:publish",
                 parameters=[_STREAM_ID], requestBody=_body("PublishRequest"),
                 responses={"200": _json(_schema("PublishResult"), "the events were written"),
+                           **_refs("BadRequest", *_GUARDED, "NotFound", "RequestTimeout",
+                                   "Conflict", "Gone", "ContentTooLarge",
+                                   "UnsupportedMediaType", "Unprocessable", "Unavailable")}),
+        },
+        "/v1/streams/{id}/ws": {
+            "get": _op(
+                "streamWebSocket", "Follow a stream over a WebSocket", scope="streams:read",
+                description="The upgrade is accepted first; then every refusal the SSE "
+                            "route answers with a problem closes the socket with 4000 + its "
+                            "status (4400, 4401, 4403, 4404, 4410, 4429, 4503) and the "
+                            "problem's detail. One text frame per event (StreamItem); close "
+                            "1000 after the terminal event, or at once for a position at or "
+                            "after it; 1013 for a client too slow to keep up and 1001 when "
+                            "the gateway shuts down or the response reaches its lifetime "
+                            "(resume with last_event_id). Client messages: "
+                            '`{"op": "input", "data": {...}}` (streams:publish) and '
+                            '`{"op": "cancel"}` (streams:cancel). See docs/transports.md.',
+                parameters=sse_params,
+                responses={
+                    "101": {"description": "switching to the WebSocket protocol"},
+                    **_refs(*_GUARDED, "NotFound", "UpgradeRequired"),
+                }),
+        },
+        "/v1/streams/{id}/poll": {
+            "get": _op(
+                "streamPoll", "Follow a stream by long-poll", scope="streams:read",
+                description="Answers at once with the events that are due (at most "
+                            "TIDEMARK_POLL_MAX_EVENTS / TIDEMARK_POLL_MAX_BYTES), else "
+                            "waits up to `wait` seconds for the next one. Poll again with "
+                            "the answer's `last_event_id` until `ended`.",
+                parameters=[*sse_params,
+                            {"name": "wait", "in": "query", "required": False,
+                             "description": "seconds to wait for an event when none is "
+                                            "due (default and bound: "
+                                            "TIDEMARK_POLL_MAX_WAIT, 30)",
+                             "schema": {"type": "number", "minimum": 0}}],
+                responses={
+                    "200": _json(_schema("PollAnswer"), "the events due, or none after "
+                                 "the wait"),
+                    "204": {"description": "the stream has ended and last_event_id is its "
+                                           "last event: nothing more will come"},
+                    **_refs("BadRequest", *_GUARDED, "NotFound", "Gone", "Unavailable"),
+                }),
+        },
+        "/v1/streams/{id}/input": {
+            "post": _op(
+                "streamInput", "Talk back: append an input event to one's stream",
+                scope="streams:publish",
+                description="The input goes into the stream's log as an `input` event, in "
+                            "order, with the next seq, and every follower sees it. Only "
+                            "external streams take input for now (others: 409); its data "
+                            "is at most TIDEMARK_INPUT_MAX_BYTES of JSON (413).",
+                parameters=[_STREAM_ID], requestBody=_body("InputRequest"),
+                responses={"200": _json(_schema("InputResult"), "the input was written"),
                            **_refs("BadRequest", *_GUARDED, "NotFound", "RequestTimeout",
                                    "Conflict", "Gone", "ContentTooLarge",
                                    "UnsupportedMediaType", "Unprocessable", "Unavailable")}),

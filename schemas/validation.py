@@ -70,7 +70,7 @@ class Validators:
     """The compiled validators of every request body and event type."""
 
     def __init__(self) -> None:
-        names = ["create_stream", "event_input", "publish", "envelope", "reset",
+        names = ["create_stream", "event_input", "publish", "envelope", "reset", "input_request",
                  *sorted(events.BUILTIN_TYPES)]
         names.append("log_levels")  # the admin endpoints' body (gateways and workers)
         self._schemas = {name: load_schema(name) for name in names}

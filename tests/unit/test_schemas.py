@@ -96,6 +96,7 @@ SAMPLE_DATA: dict[str, dict[str, Any]] = {
     "result": {"text": "done"},
     "error": {"code": "boom", "message": "it broke", "retryable": True},
     "cancelled": {"reason": "user"},
+    "input": {"approved": True, "comment": "go ahead"},
 }
 
 
