@@ -128,6 +128,7 @@ async def run_gateway(settings: Settings, *, supervised: bool = False,
     from tidemark.supervise import LISTENING, READY
 
     app = create_app(settings, dev=dev)
+    _mount_durable(app, settings)
     gw = settings.gateway
     runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None,
                            **server_options(gw))
@@ -157,6 +158,15 @@ async def run_gateway(settings: Settings, *, supervised: bool = False,
         announce.cancel()
         await runner.cleanup()
     return code
+
+
+def _mount_durable(app: Any, settings: Settings) -> None:
+    """The Durable Streams surface on the gateway's app, authorized by the gateway's
+    tokens: ``durable`` and ``gateway`` never import each other; this composes them."""
+    from durable.app import mount
+    from gateway.auth import authorize
+
+    mount(app, settings, lambda request, scope: authorize(request, scope).tenant)
 
 
 async def run_gateways(settings: Settings, count: int) -> int:

@@ -1,0 +1,316 @@
+"""One gateway's view of the Durable Streams log, and its writes to it.
+
+:class:`DsLog` is the only Kafka user of the ``durable`` package:
+
+- a tail consumer (manual assignment, ``read_committed``) over every partition of
+  ``tidemark.<ns>.ds`` from the start, folding each record into the :class:`Registry`
+  and waking the live readers of the stream it changed;
+- :meth:`caught_up`: wait until this view has applied a partition up to its last
+  stable offset as of now, so that a write acknowledged by any gateway is seen here
+  (read-your-writes across gateways);
+- :meth:`write`: the check-then-write of an operation, atomic across gateways with
+  Kafka alone. Partition p has one ``transactional.id``; a gateway that writes to p
+  first initialises it, which fences whichever gateway held it before and aborts its
+  open transaction, then reads p to its end, then checks the request against that
+  state and writes the record in a transaction. While its producer is not fenced no
+  one else has written to p, so the state it checks stays exact and later writes need
+  no new fencing; a fenced producer is dropped and the operation is checked again
+  (bounded tries);
+- :meth:`touch`: a read of a stream with a sliding TTL writes a ``touch`` record (not
+  transactional; at most one per stream and gateway per tenth of its TTL, at most
+  one second apart) so every gateway sees the access;
+- :meth:`load`: bytes the memory budget dropped, read again from Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from durable import records
+from durable.state import Rec, Registry, Stream, now_ms
+from eventlog.clients import (
+    make_admin,
+    make_consumer,
+    make_producer,
+    partitions_of,
+    started,
+    stop_client,
+)
+from eventlog.errors import KafkaUnavailable
+from eventlog.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Tries of one write when its producer is fenced meanwhile.
+WRITE_TRIES = 4
+#: Touch records in flight at once; more are skipped (a touch is an optimisation of
+#: a later expiry, never needed for correctness of the data).
+MAX_TOUCHES_IN_FLIGHT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A record to write: checked against the state of its partition just before."""
+
+    key: str
+    meta: dict[str, Any]
+    value: bytes = b""
+
+
+class _Lease:
+    """The transactional producer of one partition, while this gateway holds it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.producer: AIOKafkaProducer | None = None
+
+
+class DsLog:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = records.ds_topic(settings.log.namespace)
+        self.registry = Registry(cache_bytes=settings.durable.cache_bytes)
+        self.partitions = 0
+        self.ready = asyncio.Event()
+        #: Set at shutdown: live reads answer at once.
+        self.closing = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._fetcher: AIOKafkaConsumer | None = None
+        self._fetch_lock = asyncio.Lock()
+        self._touch: AIOKafkaProducer | None = None
+        self._touches = 0
+        self._touched: dict[str, int] = {}
+        self._applied: dict[int, int] = {}
+        self._progress = asyncio.Condition()
+        self._watchers: dict[str, set[asyncio.Future[None]]] = {}
+        self._leases: dict[int, _Lease] = {}
+
+    # -- start, tail, stop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        kafka = self.settings.kafka
+        admin = await started(lambda: make_admin(kafka, role="ds-admin"), kafka, "ds admin")
+        try:
+            await self._ensure_topic(admin)
+        finally:
+            await stop_client(admin)
+        consumer = self._consumer = await started(
+            lambda: make_consumer(kafka, role="ds-tail", fetch_max_wait_ms=100,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024),
+            kafka, "ds tail consumer")
+        self._fetcher = await started(
+            lambda: make_consumer(kafka, role="ds-fetch", fetch_max_wait_ms=10),
+            kafka, "ds fetcher")
+        self._touch = await started(
+            lambda: make_producer(kafka, role="ds-touch", linger_ms=5), kafka, "ds touch")
+        parts = await partitions_of(consumer, self.topic, timeout=30.0)
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self.partitions = len(parts)
+        self._fetcher.assign(tps)
+        for p in parts:
+            self._applied[p] = 0
+        self.ready.set()
+        log.info("durable streams: tailing %s (%d partitions)", self.topic, len(parts))
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            for tp, batch in batches.items():
+                for msg in batch:
+                    self._apply(tp.partition, msg)
+            for tp in tps:
+                self._applied[tp.partition] = await consumer.position(tp)
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _ensure_topic(self, admin: AIOKafkaAdminClient) -> None:
+        if self.topic in set(await admin.list_topics()):
+            return
+        brokers = len((await admin.describe_cluster())["brokers"])
+        rf, min_isr = self.settings.log.replication(brokers)
+        configs = {"cleanup.policy": "delete",
+                   "retention.ms": str(self.settings.durable.retention_ms)}
+        if min_isr is not None:
+            configs["min.insync.replicas"] = str(min_isr)
+        response = await admin.create_topics(
+            [NewTopic(self.topic, self.settings.log.partitions, rf, topic_configs=configs)])
+        for topic, code, *_ in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise KafkaUnavailable(f"could not create topic {topic}: error code {code}")
+
+    def _apply(self, partition: int, msg: Any) -> None:
+        meta = records.decode(msg.headers)
+        if meta is None or msg.key is None:
+            return
+        key = msg.key.decode()
+        stream = self.registry.apply(partition, msg.offset, key, meta, msg.value or b"")
+        if stream is not None:
+            self._wake(key)
+
+    def _wake(self, key: str) -> None:
+        for fut in self._watchers.pop(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def close(self) -> None:
+        for lease in self._leases.values():
+            if lease.producer is not None:
+                await stop_client(lease.producer)
+        for client in (self._touch, self._fetcher, self._consumer):
+            if client is not None:
+                await stop_client(client)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def partition_of(self, key: str) -> int:
+        return records.partition_of(key, self.partitions)
+
+    async def caught_up(self, *partitions: int) -> None:
+        """Wait until every write acknowledged before this call to ``partitions`` is
+        applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``)."""
+        consumer = self._consumer
+        if consumer is None or not self.ready.is_set():
+            await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
+            consumer = self._consumer
+        assert consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in set(partitions)]
+        try:
+            async with asyncio.timeout(self.settings.durable.catchup_wait_s):
+                ends = await consumer.end_offsets(tps)
+                async with self._progress:
+                    await self._progress.wait_for(
+                        lambda: all(self._applied.get(tp.partition, 0) >= end
+                                    for tp, end in ends.items()))
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable("the Durable Streams log did not answer in time") from exc
+
+    async def changed(self, stream: Stream, version: int, timeout: float) -> bool:
+        """Wait until ``stream`` changes from ``version`` (False: ``timeout`` passed)."""
+        if stream.version != version:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(stream.key, set()).add(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return stream.version != version
+        finally:
+            watchers = self._watchers.get(stream.key)
+            if watchers is not None:
+                watchers.discard(fut)
+                if not watchers:
+                    self._watchers.pop(stream.key, None)
+        return True
+
+    def wake_all(self) -> None:
+        """End every live wait (gateway shutdown)."""
+        for key in list(self._watchers):
+            self._wake(key)
+
+    async def load(self, recs: list[Rec]) -> list[bytes]:
+        """The bytes of ``recs``, from memory or read again from Kafka."""
+        missing = sorted({r.start for r in recs if r.data is None})
+        found: dict[tuple[int, int], bytes] = {}
+        if missing:
+            found = await self._fetch([(m.partition, m.offset) for m in missing])
+        return [r.data if r.data is not None else found[(r.start.partition, r.start.offset)]
+                for r in recs]
+
+    async def _fetch(self, wanted: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        fetcher = self._fetcher
+        assert fetcher is not None
+        out: dict[tuple[int, int], bytes] = {}
+        async with self._fetch_lock, asyncio.timeout(self.settings.durable.catchup_wait_s):
+            by_part: dict[int, list[int]] = {}
+            for p, o in wanted:
+                by_part.setdefault(p, []).append(o)
+            for p, offsets in by_part.items():
+                tp = TopicPartition(self.topic, p)
+                todo = set(offsets)
+                fetcher.seek(tp, min(offsets))
+                while todo:
+                    batch = await fetcher.getmany(tp, timeout_ms=500, max_records=500)
+                    for msg in batch.get(tp, []):
+                        if msg.offset in todo:
+                            out[(p, msg.offset)] = msg.value or b""
+                            todo.discard(msg.offset)
+                    if todo and await fetcher.position(tp) > max(todo):
+                        raise KafkaUnavailable(f"records {sorted(todo)} of {tp} are gone")
+        return out
+
+    def touch(self, stream: Stream) -> None:
+        """Reset a sliding TTL for every gateway (see the module's docstring)."""
+        if stream.ttl_s is None or self._touch is None:
+            return
+        at = now_ms()
+        gap = min(1000, stream.ttl_s * 100)
+        if at - self._touched.get(stream.key, 0) < gap or self._touches >= MAX_TOUCHES_IN_FLIGHT:
+            return
+        if len(self._touched) > 100_000:
+            self._touched.clear()
+        self._touched[stream.key] = at
+        stream.last_access_ms = max(stream.last_access_ms, at)
+        self._touches += 1
+        task = asyncio.ensure_future(self._touch.send_and_wait(
+            self.topic, b"", key=stream.key.encode(), partition=stream.partition,
+            headers=records.encode({"op": "touch", "ts": at})))
+        task.add_done_callback(self._touch_done)
+
+    def _touch_done(self, task: asyncio.Future[Any]) -> None:
+        self._touches -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("durable streams: a touch record failed: %s", task.exception())
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def write(self, partition: int, decide: Callable[[], Write | Any],
+                    *, also: tuple[int, ...] = ()) -> tuple[Any, int | None]:
+        """Check and write under partition ``partition``'s lease.
+
+        ``decide`` runs on this view once it has read the partition (and ``also``) to
+        its end while holding the lease; it returns a :class:`Write` or an answer.
+        Returns ``(what decide returned, the record's Kafka offset or None)``; the record
+        is applied to this view before this returns.
+        """
+        lease = self._leases.setdefault(partition, _Lease())
+        kafka = self.settings.kafka
+        tid = f"{self.topic}.p{partition}"
+        async with lease.lock, asyncio.timeout(self.settings.gateway.request_timeout_s):
+            for attempt in range(WRITE_TRIES):
+                if lease.producer is None:
+                    lease.producer = await started(
+                        lambda: make_producer(kafka, role="ds-writer", transactional_id=tid,
+                                              linger_ms=0), kafka, "ds writer")
+                await self.caught_up(partition, *also)
+                plan = decide()
+                if not isinstance(plan, Write):
+                    return plan, None
+                producer = lease.producer
+                try:
+                    async with producer.transaction():
+                        meta = await producer.send_and_wait(
+                            self.topic, plan.value, key=plan.key.encode(), partition=partition,
+                            headers=records.encode(plan.meta))
+                except KafkaError as exc:
+                    log.info("durable streams: writer of partition %d lost its lease (%s); "
+                             "try %d", partition, exc, attempt + 1)
+                    lease.producer = None
+                    with contextlib.suppress(KafkaError):
+                        await stop_client(producer)
+                    continue
+                await self._applied_past(partition, meta.offset)
+                return plan, meta.offset
+        raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
+
+    async def _applied_past(self, partition: int, offset: int) -> None:
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._applied.get(partition, 0) > offset)
