@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz
+.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz conformance
 
 setup: $(INSTALLED) $(FETCHED) haproxy redis
 
@@ -55,6 +55,12 @@ chaos: setup
 FUZZ_ARGS ?= --requests 10000
 fuzz: setup
 	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
+# The Durable Streams conformance run (docs/durable-streams.md): the official suite, pinned in
+# conformance/package.json, against two gateways behind HAProxy, then against the reference
+# Node server side by side; prints both pass counts and names every failing test.
+conformance: setup
+	$(BIN)/python -m tests.conformance
 
 lint: setup
 	$(BIN)/ruff check .

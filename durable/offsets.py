@@ -43,6 +43,9 @@ def parse(token: str) -> Position | None:
     """The position a token names; None when it is not one this server mints."""
     match = _TOKEN.match(token)
     if match is None:
+        # Any all-zero token (other servers' "before any data") is the origin.
+        if token and "0" in token and not token.strip("0_"):
+            return ORIGIN
         return None
     depth, partition, offset = (int(g) for g in match.groups())
     return Position(depth, partition, offset)

@@ -166,7 +166,7 @@ def cursor(client: str | None) -> str:
 
 
 def sse_event(kind: str, lines: list[str]) -> bytes:
-    return (f"event: {kind}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+    return (f"event: {kind}\n" + "".join(f"data:{line}\n" for line in lines) + "\n").encode()
 
 
 def sse_data(stream: Stream, chunks: list[bytes]) -> bytes:

@@ -116,8 +116,6 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
     if source_raw is None and (fork_raw is not None or sub_raw is not None):
         raise p.BadRequest("Stream-Fork-Offset needs Stream-Forked-From")
     sub = p.uint(sub_raw.strip(), p.FORK_SUB_OFFSET) if sub_raw is not None else 0
-    if sub:
-        raise p.BadRequest("Stream-Fork-Sub-Offset other than 0 is not supported")
     fork_at: Position | None = None
     if fork_raw is not None:
         fork_at = parse(fork_raw.strip())
@@ -148,7 +146,7 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
             f_ttl, f_exp = source.ttl_s, source.expires_at_ms
         current = ctx.live()
         if current is not None:
-            return _recreate(current, content_type, f_ttl, f_exp, closed, source, fork_at)
+            return _recreate(current, content_type, f_ttl, f_exp, closed, source, fork_at, sub)
         meta: dict[str, Any] = {"op": "create", "ct": content_type, "ttl": f_ttl,
                                 "exp": f_exp, "closed": closed, "ts": now_ms()}
         if source is not None:
@@ -159,12 +157,41 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
             if at > source.tail:
                 return _answer(400, text="Stream-Fork-Offset is past the source's tail")
             meta.update(src=source.key, srcgen=list(source.gen), fo=list(at),
-                        depth=source.depth + 1)
+                        depth=source.depth + 1, sub=sub)
+            prefixes.clear()
+            if sub:
+                anchor = source.segments(at)
+                if not anchor:
+                    return _answer(400, text="Stream-Fork-Sub-Offset is past the source's tail")
+                prefixes.append((source, anchor[0]))
         value, count = _initial(content_type, body)
         meta["n"] = count
         return Write(ctx.key, meta, value)
 
-    plan, _ = await ctx.ds.write(ctx.partition, decide, also=also)
+    prefixes: list[tuple[Stream, Rec]] = []
+    if source_key is not None and sub:
+        # The inherited part of the anchor record goes into the fork's create record;
+        # its bytes may have to be read from Kafka, which decide() cannot do.
+        await ctx.ds.caught_up(*also)
+        decide()
+        if prefixes:
+            await ctx.ds.load([prefixes[0][1]])
+
+    def decide_with_prefix() -> Write | web.Response:
+        plan = decide()
+        if not isinstance(plan, Write) or not sub:
+            return plan
+        source, rec = prefixes[0]
+        data = rec.data
+        if data is None:
+            return _answer(503, {hdrs.RETRY_AFTER: "1"}, text="try again")
+        prefix, count = _prefix(source, data, rec.messages, sub)
+        if prefix is None:
+            return _answer(400, text="Stream-Fork-Sub-Offset is past the next data boundary")
+        plan.meta.update(pre=len(prefix), pren=count)
+        return Write(plan.key, plan.meta, prefix + plan.value)
+
+    plan, _ = await ctx.ds.write(ctx.partition, decide_with_prefix, also=also)
     if isinstance(plan, web.StreamResponse):
         return plan
     stream = ctx.ds.registry.get(ctx.key)
@@ -183,13 +210,26 @@ def _initial(content_type: str, body: bytes) -> tuple[bytes, int]:
     return b",".join(messages), len(messages)
 
 
+def _prefix(source: Stream, data: bytes, messages: int, sub: int) -> tuple[bytes | None, int]:
+    """The first ``sub`` bytes (JSON: messages) of a record, or None if it is shorter."""
+    if not source.is_json:
+        return (data[:sub], 0) if sub <= len(data) else (None, 0)
+    if sub > messages:
+        return None, 0
+    items = json.loads(b"[" + data + b"]")[:sub]
+    return b",".join(json.dumps(i, ensure_ascii=False, separators=(",", ":")).encode()
+                     for i in items), sub
+
+
 def _recreate(current: Stream, content_type: str, ttl: int | None, expires: int | None,
-              closed: bool, source: Stream | None, fork_at: Position | None) -> web.Response:
+              closed: bool, source: Stream | None, fork_at: Position | None,
+              sub: int) -> web.Response:
     same = (p.media_type(content_type) == p.media_type(current.content_type)
             and ttl == current.ttl_s and expires == current.expires_at_ms
             and closed == current.closed
             and (current.source is source or (source is None and current.source is None))
-            and (fork_at is None or fork_at == current.fork_offset))
+            and (fork_at is None or fork_at == current.fork_offset)
+            and sub == current.fork_sub)
     if not same:
         return _answer(409, text="the stream exists with another configuration")
     return _answer(200, _meta_headers(current))
@@ -254,7 +294,8 @@ async def append(ctx: _Ctx) -> web.StreamResponse:
     if producer is not None:
         out[p.PRODUCER_EPOCH] = str(producer.epoch)
         out[p.PRODUCER_SEQ] = str(producer.seq)
-        return _answer(200, out)
+        # A close-only request appends nothing: 204 even with producer headers.
+        return _answer(200 if body else 204, out)
     return _answer(204, out)
 
 

@@ -37,6 +37,10 @@ class Rec:
     data: bytes | None
     #: JSON messages in ``data`` (application/json streams), else 0.
     messages: int
+    #: Bytes of the Kafka record's value before ``data`` (a fork's inherited prefix).
+    skip: int = 0
+    #: Bytes held outside the memory budget (never dropped).
+    pinned: bool = False
 
     @property
     def end(self) -> Position:
@@ -56,6 +60,9 @@ class Stream:
     closed_by: tuple[str, int, int] | None = None
     source: Stream | None = None
     fork_offset: Position | None = None
+    #: Stream-Fork-Sub-Offset: how much of the record at the fork offset is inherited
+    #: (its bytes are the first record of the fork's own, at the fork offset).
+    fork_sub: int = 0
     records: list[Rec] = field(default_factory=list)
     starts: list[Position] = field(default_factory=list)
     tail: Position = ORIGIN
@@ -176,12 +183,19 @@ class Registry:
             stream.depth = int(meta.get("depth", 0))
             stream.fork_offset = Position(*meta["fo"])
             stream.tail = stream.fork_offset
+            stream.fork_sub = int(meta.get("sub", 0))
             source.forks += 1
         else:
             stream.tail = Position(0, partition, offset + 1)
+        pre = int(meta.get("pre", 0))
+        if stream.fork_sub and stream.fork_offset is not None:
+            part = self._add(stream, stream.fork_offset, value[:pre], int(meta.get("pren", 0)),
+                             pinned=True)
+            stream.tail = part.end
+            value = value[pre:]
         if value:
             self._add(stream, Position(stream.depth, partition, offset), value,
-                      int(meta.get("n", 0)))
+                      int(meta.get("n", 0))).skip = pre
             stream.tail = Position(stream.depth, partition, offset + 1)
         stream.closed = bool(meta.get("closed"))
         self.streams[key] = stream
@@ -201,7 +215,7 @@ class Registry:
             del self.streams[stream.key]
         self._by_gen.pop(stream.gen, None)
         for rec in stream.records:
-            if rec.data is not None:
+            if rec.data is not None and not rec.pinned:
                 self._held -= rec.size
                 rec.data = None
         source = stream.source
@@ -210,10 +224,16 @@ class Registry:
             if source.soft_deleted and source.forks <= 0:
                 self._drop(source)
 
-    def _add(self, stream: Stream, start: Position, data: bytes, messages: int) -> None:
+    def _add(self, stream: Stream, start: Position, data: bytes, messages: int, *,
+             pinned: bool = False) -> Rec:
+        """Add a record; ``pinned``: its bytes are not at its position in Kafka (a fork's
+        inherited prefix), so they are never dropped from memory."""
         rec = Rec(start=start, size=len(data), data=data, messages=messages)
         stream.records.append(rec)
         stream.starts.append(start)
+        if pinned:
+            rec.pinned = True
+            return rec
         self._held += rec.size
         self._held_recs.append(rec)
         while self._held > self._cache_bytes and self._held_recs:
@@ -221,3 +241,4 @@ class Registry:
             if old.data is not None:
                 old.data = None
                 self._held -= old.size
+        return rec

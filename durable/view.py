@@ -72,6 +72,9 @@ class _Lease:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.producer: AIOKafkaProducer | None = None
+        #: This view has applied every write to the partition since the producer was
+        #: initialised (set by the first catch-up under it; cleared when fenced).
+        self.exact = False
 
 
 class DsLog:
@@ -86,11 +89,15 @@ class DsLog:
         self._consumer: AIOKafkaConsumer | None = None
         self._fetcher: AIOKafkaConsumer | None = None
         self._fetch_lock = asyncio.Lock()
+        self._catcher: AIOKafkaConsumer | None = None
+        #: Asks partition ends only: a consumer with a fetch waiting on the broker would
+        #: have its ListOffsets answered after that fetch (one connection, in order).
+        self._probe: AIOKafkaConsumer | None = None
+        self._catch_lock = asyncio.Lock()
         self._touch: AIOKafkaProducer | None = None
         self._touches = 0
         self._touched: dict[str, int] = {}
         self._applied: dict[int, int] = {}
-        self._progress = asyncio.Condition()
         self._watchers: dict[str, set[asyncio.Future[None]]] = {}
         self._leases: dict[int, _Lease] = {}
 
@@ -110,6 +117,12 @@ class DsLog:
         self._fetcher = await started(
             lambda: make_consumer(kafka, role="ds-fetch", fetch_max_wait_ms=10),
             kafka, "ds fetcher")
+        self._catcher = await started(
+            lambda: make_consumer(kafka, role="ds-catchup", fetch_max_wait_ms=1,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024),
+            kafka, "ds catch-up reader")
+        self._probe = await started(
+            lambda: make_consumer(kafka, role="ds-probe"), kafka, "ds end probe")
         self._touch = await started(
             lambda: make_producer(kafka, role="ds-touch", linger_ms=5), kafka, "ds touch")
         parts = await partitions_of(consumer, self.topic, timeout=30.0)
@@ -118,19 +131,20 @@ class DsLog:
         await consumer.seek_to_beginning(*tps)
         self.partitions = len(parts)
         self._fetcher.assign(tps)
+        self._catcher.assign(tps)
+        self._catcher.pause(*tps)
         for p in parts:
             self._applied[p] = 0
         self.ready.set()
         log.info("durable streams: tailing %s (%d partitions)", self.topic, len(parts))
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            batches = await consumer.getmany(timeout_ms=10, max_records=2000)
             for tp, batch in batches.items():
                 for msg in batch:
                     self._apply(tp.partition, msg)
             for tp in tps:
-                self._applied[tp.partition] = await consumer.position(tp)
-            async with self._progress:
-                self._progress.notify_all()
+                self._applied[tp.partition] = max(self._applied[tp.partition],
+                                                  await consumer.position(tp))
 
     async def _ensure_topic(self, admin: AIOKafkaAdminClient) -> None:
         if self.topic in set(await admin.list_topics()):
@@ -148,6 +162,11 @@ class DsLog:
                 raise KafkaUnavailable(f"could not create topic {topic}: error code {code}")
 
     def _apply(self, partition: int, msg: Any) -> None:
+        """Apply a record once: the tail consumer and :meth:`_fill` both read every
+        partition in order, and whichever is ahead applies it."""
+        if msg.offset < self._applied[partition]:
+            return
+        self._applied[partition] = msg.offset + 1
         meta = records.decode(msg.headers)
         if meta is None or msg.key is None:
             return
@@ -165,7 +184,8 @@ class DsLog:
         for lease in self._leases.values():
             if lease.producer is not None:
                 await stop_client(lease.producer)
-        for client in (self._touch, self._fetcher, self._consumer):
+        for client in (self._touch, self._fetcher, self._catcher, self._probe,
+                       self._consumer):
             if client is not None:
                 await stop_client(client)
 
@@ -177,21 +197,42 @@ class DsLog:
     async def caught_up(self, *partitions: int) -> None:
         """Wait until every write acknowledged before this call to ``partitions`` is
         applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``)."""
-        consumer = self._consumer
-        if consumer is None or not self.ready.is_set():
+        if not self.ready.is_set():
             await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
-            consumer = self._consumer
+        consumer = self._probe
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in set(partitions)]
         try:
             async with asyncio.timeout(self.settings.durable.catchup_wait_s):
                 ends = await consumer.end_offsets(tps)
-                async with self._progress:
-                    await self._progress.wait_for(
-                        lambda: all(self._applied.get(tp.partition, 0) >= end
-                                    for tp, end in ends.items()))
+                for tp, end in ends.items():
+                    await self._fill(tp.partition, end)
         except (TimeoutError, KafkaError) as exc:
             raise KafkaUnavailable("the Durable Streams log did not answer in time") from exc
+
+    async def _fill(self, partition: int, end: int) -> None:
+        """Apply partition ``partition`` up to ``end`` now, reading it with the catch-up
+        reader rather than waiting for the tail consumer (whose fetch may be waiting on
+        the broker for up to its ``fetch_max_wait_ms``)."""
+        if self._applied[partition] >= end:
+            return
+        catcher = self._catcher
+        assert catcher is not None
+        tp = TopicPartition(self.topic, partition)
+        async with self._catch_lock:
+            if self._applied[partition] >= end:
+                return
+            catcher.seek(tp, self._applied[partition])
+            catcher.resume(tp)
+            try:
+                while self._applied[partition] < end:
+                    batch = await catcher.getmany(tp, timeout_ms=2, max_records=2000)
+                    for msg in batch.get(tp, []):
+                        self._apply(partition, msg)
+                    self._applied[partition] = max(self._applied[partition],
+                                                   await catcher.position(tp))
+            finally:
+                catcher.pause(tp)
 
     async def changed(self, stream: Stream, version: int, timeout: float) -> bool:
         """Wait until ``stream`` changes from ``version`` (False: ``timeout`` passed)."""
@@ -222,8 +263,8 @@ class DsLog:
         found: dict[tuple[int, int], bytes] = {}
         if missing:
             found = await self._fetch([(m.partition, m.offset) for m in missing])
-        return [r.data if r.data is not None else found[(r.start.partition, r.start.offset)]
-                for r in recs]
+        return [r.data if r.data is not None
+                else found[(r.start.partition, r.start.offset)][r.skip:] for r in recs]
 
     async def _fetch(self, wanted: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         fetcher = self._fetcher
@@ -290,7 +331,12 @@ class DsLog:
                     lease.producer = await started(
                         lambda: make_producer(kafka, role="ds-writer", transactional_id=tid,
                                               linger_ms=0), kafka, "ds writer")
-                await self.caught_up(partition, *also)
+                if lease.exact:
+                    if also:
+                        await self.caught_up(*also)
+                else:
+                    await self.caught_up(partition, *also)
+                    lease.exact = True
                 plan = decide()
                 if not isinstance(plan, Write):
                     return plan, None
@@ -304,13 +350,10 @@ class DsLog:
                     log.info("durable streams: writer of partition %d lost its lease (%s); "
                              "try %d", partition, exc, attempt + 1)
                     lease.producer = None
+                    lease.exact = False
                     with contextlib.suppress(KafkaError):
                         await stop_client(producer)
                     continue
-                await self._applied_past(partition, meta.offset)
+                await self._fill(partition, meta.offset + 1)
                 return plan, meta.offset
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
-
-    async def _applied_past(self, partition: int, offset: int) -> None:
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._applied.get(partition, 0) > offset)
