@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import hdrs, web
@@ -41,9 +42,13 @@ MAX_PATH: Final = 1024
 
 
 def _answer(status: int, headers: dict[str, str] | None = None, text: str = "") -> web.Response:
+    """An answer; ``text``: an error, as RFC 9457 problem details like the typed API's."""
     out = {"Cross-Origin-Resource-Policy": "cross-origin", **(headers or {})}
     if text:
-        return web.Response(status=status, text=text, headers=out)
+        out[hdrs.CONTENT_TYPE] = "application/problem+json"
+        body = json.dumps({"type": "about:blank", "title": HTTPStatus(status).phrase,
+                           "status": status, "detail": text})
+        return web.Response(status=status, text=body, headers=out)
     return web.Response(status=status, headers=out)
 
 

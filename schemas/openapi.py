@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from schemas.openapi_ds import ds_paths
 from schemas.validation import load_schema
 
 VERSION: Final = "3.1.0"
@@ -424,6 +425,7 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/html": {"schema": {"type": "string"}}}},
                 **_refs("UriTooLong")}),
         },
+        **ds_paths(_op, _refs, _GUARDED),
     }
 
 
