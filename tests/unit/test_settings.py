@@ -11,6 +11,7 @@ import pytest
 from eventlog.errors import ConfigError
 from eventlog.settings import (
     AuthSettings,
+    DurableSettings,
     GatewaySettings,
     KafkaSettings,
     LimitSettings,
@@ -145,16 +146,16 @@ def test_env_names_include_the_documented_variables() -> None:
 def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
     out: list[tuple[object, dataclasses.Field[object]]] = []
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
-                     AuthSettings(), LimitSettings(), Settings()):
+                     AuthSettings(), LimitSettings(), DurableSettings(), Settings()):
         out.extend((instance, f) for f in dataclasses.fields(instance) if f.metadata)
     return out
 
 
 def test_every_setting_has_a_listed_variable() -> None:
     names = env_names()
-    section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits"}
+    section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits", "durable"}
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
-                     AuthSettings(), LimitSettings(), Settings()):
+                     AuthSettings(), LimitSettings(), DurableSettings(), Settings()):
         for f in dataclasses.fields(instance):
             if (isinstance(instance, Settings) and f.name in section_fields) or not f.init:
                 continue
