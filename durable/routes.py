@@ -482,6 +482,9 @@ async def _sse(ctx: _Ctx, stream: Stream, frm: Position) -> web.StreamResponse:
                "Cross-Origin-Resource-Policy": "cross-origin", "X-Accel-Buffering": "no"}
     if not p.is_text(stream.content_type):
         headers[p.SSE_ENCODING] = "base64"
+    if hdrs.ORIGIN in ctx.request.headers:
+        headers["Access-Control-Allow-Origin"] = "*"
+        headers["Access-Control-Expose-Headers"] = ", ".join(p.RESPONSE_HEADERS)
     response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(ctx.request)
     loop = asyncio.get_running_loop()

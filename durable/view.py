@@ -198,7 +198,10 @@ class DsLog:
         """Wait until every write acknowledged before this call to ``partitions`` is
         applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``)."""
         if not self.ready.is_set():
-            await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
+            try:
+                await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
+            except TimeoutError as exc:
+                raise KafkaUnavailable("the Durable Streams log is not read yet") from exc
         consumer = self._probe
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in set(partitions)]

@@ -148,6 +148,14 @@ async def test_another_tenants_path_answers_as_if_it_did_not_exist(
         assert r.status == 401
     async with http.get(url, headers=auth_headers(tenant="acme", scope="streams:create")) as r:
         assert r.status == 403
+    # The cookie reads, but does not write (a cross-site form post would carry it).
+    cookie = {"Cookie": "tidemark_token=" + acme["Authorization"].split()[1]}
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(url, headers=cookie) as r:
+            assert await r.text() == "secret"
+        async with browser.post(url, data=b"csrf", headers={
+                **cookie, "Content-Type": "text/plain"}) as r:
+            assert r.status == 401
 
 
 async def test_a_stream_expires_after_its_ttl_without_access_on_every_gateway(
