@@ -91,9 +91,22 @@ def _wrap(handler: Callable[[_Ctx], Any], scope: str) -> Any:
             response: web.StreamResponse = await handler(ctx)
         except p.BadRequest as exc:
             return _answer(400, text=str(exc))
+        except _TooLarge:
+            return _answer(413, text="the body is larger than TIDEMARK_DS_MAX_APPEND_BYTES")
         return response
 
     return route
+
+
+class _TooLarge(Exception):
+    """The body is larger than one record may be: 413."""
+
+
+async def _body_of(ctx: _Ctx) -> bytes:
+    body = await ctx.request.read()
+    if len(body) > ctx.ds.settings.durable.max_append_bytes:
+        raise _TooLarge
+    return body
 
 
 # -- PUT: create or fork -------------------------------------------------------------
@@ -126,7 +139,7 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
         fork_at = parse(fork_raw.strip())
         if fork_at is None:
             raise p.BadRequest("malformed Stream-Fork-Offset")
-    body = await ctx.request.read()
+    body = await _body_of(ctx)
     source_key = None if source_raw is None else stream_key(
         ctx.tenant, _fork_source(ctx.request.app[DS_PREFIX], source_raw))
     if source_key == ctx.key:
@@ -255,7 +268,7 @@ async def append(ctx: _Ctx) -> web.StreamResponse:
     close = p.flag(headers.get(p.STREAM_CLOSED))
     producer = p.producer_of(headers)
     seq = headers.get(p.STREAM_SEQ)
-    body = await ctx.request.read()
+    body = await _body_of(ctx)
     raw_type = headers.get(hdrs.CONTENT_TYPE)
     if not body and not close:
         raise p.BadRequest("an append needs a body (or Stream-Closed: true)")

@@ -282,6 +282,9 @@ class DurableSettings:
     retention_ms: int = _env(
         "DS_RETENTION_MS", -1, "retention.ms of the tidemark.<ns>.ds topic (-1: forever; "
         "the log is the store of every stream's bytes and metadata)")
+    max_append_bytes: int = _env(
+        "DS_MAX_APPEND_BYTES", 1_000_000, "largest body of one create or append (413 "
+        "above); one Kafka record, so below the broker's message.max.bytes")
     catchup_wait_s: float = _env(
         "DS_CATCHUP_WAIT", 5.0, "how long a request waits for this gateway to read a "
         "partition up to its end (read-your-writes) before it answers 503")
