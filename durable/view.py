@@ -100,6 +100,7 @@ class DsLog:
         self._applied: dict[int, int] = {}
         self._watchers: dict[str, set[asyncio.Future[None]]] = {}
         self._leases: dict[int, _Lease] = {}
+        self._closing_tasks: set[asyncio.Future[None]] = set()
 
     # -- start, tail, stop -------------------------------------------------------------
 
@@ -326,37 +327,53 @@ class DsLog:
         is applied to this view before this returns.
         """
         lease = self._leases.setdefault(partition, _Lease())
+        try:
+            async with lease.lock, asyncio.timeout(self.settings.gateway.request_timeout_s):
+                return await self._write(lease, partition, decide, also)
+        except TimeoutError as exc:
+            raise KafkaUnavailable(f"a write to partition {partition} did not finish within "
+                                   "TIDEMARK_REQUEST_TIMEOUT") from exc
+
+    async def _write(self, lease: _Lease, partition: int, decide: Callable[[], Write | Any],
+                     also: tuple[int, ...]) -> tuple[Any, int | None]:
         kafka = self.settings.kafka
         tid = f"{self.topic}.p{partition}"
-        async with lease.lock, asyncio.timeout(self.settings.gateway.request_timeout_s):
-            for attempt in range(WRITE_TRIES):
-                if lease.producer is None:
-                    lease.producer = await started(
-                        lambda: make_producer(kafka, role="ds-writer", transactional_id=tid,
-                                              linger_ms=0), kafka, "ds writer")
-                if lease.exact:
-                    if also:
-                        await self.caught_up(*also)
-                else:
-                    await self.caught_up(partition, *also)
-                    lease.exact = True
-                plan = decide()
-                if not isinstance(plan, Write):
-                    return plan, None
-                producer = lease.producer
-                try:
-                    async with producer.transaction():
-                        meta = await producer.send_and_wait(
-                            self.topic, plan.value, key=plan.key.encode(), partition=partition,
-                            headers=records.encode(plan.meta))
-                except KafkaError as exc:
-                    log.info("durable streams: writer of partition %d lost its lease (%s); "
-                             "try %d", partition, exc, attempt + 1)
-                    lease.producer = None
-                    lease.exact = False
-                    with contextlib.suppress(KafkaError):
-                        await stop_client(producer)
-                    continue
-                await self._fill(partition, meta.offset + 1)
-                return plan, meta.offset
+        for attempt in range(WRITE_TRIES):
+            if lease.producer is None:
+                lease.producer = await started(
+                    lambda: make_producer(kafka, role="ds-writer", transactional_id=tid,
+                                          linger_ms=0), kafka, "ds writer")
+            if lease.exact:
+                if also:
+                    await self.caught_up(*also)
+            else:
+                await self.caught_up(partition, *also)
+                lease.exact = True
+            plan = decide()
+            if not isinstance(plan, Write):
+                return plan, None
+            producer = lease.producer
+            try:
+                async with producer.transaction():
+                    meta = await producer.send_and_wait(
+                        self.topic, plan.value, key=plan.key.encode(), partition=partition,
+                        headers=records.encode(plan.meta))
+            except KafkaError as exc:
+                log.info("durable streams: writer of partition %d lost its lease (%s); "
+                         "try %d", partition, exc, attempt + 1)
+                lease.producer = None
+                lease.exact = False
+                with contextlib.suppress(KafkaError):
+                    await stop_client(producer)
+                continue
+            except BaseException:
+                # Cancelled or timed out mid-transaction: its outcome is unknown, so this
+                # producer's view of the partition is no longer trusted.
+                lease.producer = None
+                lease.exact = False
+                self._closing_tasks.add(task := asyncio.ensure_future(stop_client(producer)))
+                task.add_done_callback(self._closing_tasks.discard)
+                raise
+            await self._fill(partition, meta.offset + 1)
+            return plan, meta.offset
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
