@@ -271,3 +271,27 @@ async def test_delete_is_seen_by_the_other_gateway_and_the_path_can_be_reused(
         assert r.status == 201
     async with http.get(b) as r:
         assert await r.text() == "new"
+
+
+async def test_bytes_dropped_from_memory_are_read_again_from_kafka(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    gw = await cluster.gateway(TIDEMARK_DS_CACHE_BYTES="2048",
+                               TIDEMARK_DS_MAX_CHUNK_BYTES="1024")
+    url = f"{gw}/ds/v1/stream/{_path('budget')}"
+    parts = [bytes([65 + i]) * 600 for i in range(10)]
+    async with http.put(url, headers={"Content-Type": "application/octet-stream"}) as r:
+        assert r.status == 201
+    for part in parts:
+        async with http.post(url, data=part,
+                             headers={"Content-Type": "application/octet-stream"}) as r:
+            assert r.status == 204
+    got, offset, reads = b"", "-1", 0
+    while True:
+        async with http.get(url, params={"offset": offset}) as r:
+            got += await r.read()
+            offset = r.headers["Stream-Next-Offset"]
+            reads += 1
+            if r.headers.get("Stream-Up-To-Date") == "true":
+                break
+    assert got == b"".join(parts)
+    assert reads >= 5  # at most 1024 bytes (one 600-byte record) per answer
