@@ -5,17 +5,21 @@
 - a tail consumer (manual assignment, ``read_committed``) over every partition of
   ``tidemark.<ns>.ds`` from the start, folding each record into the :class:`Registry`
   and waking the live readers of the stream it changed;
-- :meth:`caught_up`: wait until this view has applied a partition up to its last
-  stable offset as of now, so that a write acknowledged by any gateway is seen here
-  (read-your-writes across gateways);
+- :meth:`caught_up`: ask a partition's last stable offset (a consumer that never
+  fetches, so nothing queues before its ListOffsets) and apply the partition up to it
+  now with a paused catch-up reader, so that a write acknowledged by any gateway is seen
+  here (read-your-writes across gateways); the tail consumer and the catch-up reader
+  apply each record once, in order, whichever reads it first;
 - :meth:`write`: the check-then-write of an operation, atomic across gateways with
   Kafka alone. Partition p has one ``transactional.id``; a gateway that writes to p
   first initialises it, which fences whichever gateway held it before and aborts its
   open transaction, then reads p to its end, then checks the request against that
   state and writes the record in a transaction. While its producer is not fenced no
-  one else has written to p, so the state it checks stays exact and later writes need
-  no new fencing; a fenced producer is dropped and the operation is checked again
-  (bounded tries);
+  one else has written to p, so a write checked on its state commits only if that state
+  was exact, and later writes need no new catch-up; a fenced producer is dropped and the
+  operation is checked again (bounded tries). An answer that writes nothing (a refusal, a
+  duplicate) is not checked by a commit, so it is given only from state read to the
+  partition's end;
 - :meth:`touch`: a read of a stream with a sliding TTL writes a ``touch`` record (not
   transactional; at most one per stream and gateway per tenth of its TTL, at most
   one second apart) so every gateway sees the access;
@@ -343,13 +347,19 @@ class DsLog:
                 lease.producer = await started(
                     lambda: make_producer(kafka, role="ds-writer", transactional_id=tid,
                                           linger_ms=0), kafka, "ds writer")
-            if lease.exact:
+            skipped = lease.exact
+            if skipped:
                 if also:
                     await self.caught_up(*also)
             else:
                 await self.caught_up(partition, *also)
                 lease.exact = True
             plan = decide()
+            if not isinstance(plan, Write) and skipped:
+                # An answer that writes nothing is not checked by a commit: another gateway
+                # may have taken the lease and written meanwhile. Read to the end first.
+                await self.caught_up(partition)
+                plan = decide()
             if not isinstance(plan, Write):
                 return plan, None
             producer = lease.producer

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -295,3 +296,33 @@ async def test_bytes_dropped_from_memory_are_read_again_from_kafka(
                 break
     assert got == b"".join(parts)
     assert reads >= 5  # at most 1024 bytes (one 600-byte record) per answer
+
+
+async def test_idempotent_appends_through_a_gateway_sigkill_land_once_each(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    gw = [await cluster.gateway(), await cluster.gateway()]
+    haproxy, lb = start_haproxy(gw, cluster.logdir)
+    try:
+        url = f"{lb}/ds/v1/stream/{_path('kill')}"
+        async with http.put(url, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 201
+        retries = 0
+        for seq in range(60):
+            if seq == 20:
+                cluster.proc("gateway0").stop(signal.SIGKILL)
+            while True:  # a client's retry loop: the same (id, epoch, seq) until answered
+                try:
+                    async with http.post(url, data=json.dumps({"seq": seq}), headers={
+                            "Content-Type": "application/json", "Producer-Id": "killer",
+                            "Producer-Epoch": "0", "Producer-Seq": str(seq)}) as r:
+                        if r.status in (200, 204):
+                            break
+                        assert r.status in (502, 503), (seq, r.status, await r.text())
+                except aiohttp.ClientError:
+                    pass
+                retries += 1
+                await asyncio.sleep(0.1)
+        async with http.get(url, params={"offset": "-1"}) as r:
+            assert await r.json() == [{"seq": seq} for seq in range(60)]
+    finally:
+        haproxy.stop()
