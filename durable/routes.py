@@ -86,6 +86,7 @@ class _Ctx:
 
 def _wrap(handler: Callable[[_Ctx], Any], scope: str) -> Any:
     async def route(request: web.Request) -> web.StreamResponse:
+        await request.app[DS_LOG].wait_ready()
         try:
             ctx = _Ctx(request, scope)
             response: web.StreamResponse = await handler(ctx)

@@ -196,17 +196,23 @@ class DsLog:
 
     # -- reading -----------------------------------------------------------------------
 
+    async def wait_ready(self) -> None:
+        """Wait until the clients are up and the partitions known (a starting gateway);
+        :class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``."""
+        if self.ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
+        except TimeoutError as exc:
+            raise KafkaUnavailable("the Durable Streams log is not read yet") from exc
+
     def partition_of(self, key: str) -> int:
         return records.partition_of(key, self.partitions)
 
     async def caught_up(self, *partitions: int) -> None:
         """Wait until every write acknowledged before this call to ``partitions`` is
         applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``)."""
-        if not self.ready.is_set():
-            try:
-                await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
-            except TimeoutError as exc:
-                raise KafkaUnavailable("the Durable Streams log is not read yet") from exc
+        await self.wait_ready()
         consumer = self._probe
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in set(partitions)]
