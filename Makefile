@@ -8,7 +8,7 @@ FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz chromium
+.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz chromium conformance
 
 setup: $(INSTALLED) $(FETCHED) haproxy redis chromium $(NODE_STAMP)
 
@@ -76,6 +76,12 @@ chaos: setup
 FUZZ_ARGS ?= --requests 10000
 fuzz: setup
 	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
+# The Durable Streams conformance run (docs/durable-streams.md): the official suite, pinned in
+# conformance/package.json, against two gateways behind HAProxy, then against the reference
+# Node server side by side; prints both pass counts and names every failing test.
+conformance: setup
+	$(BIN)/python -m tests.conformance
 
 lint: setup
 	$(BIN)/ruff check .

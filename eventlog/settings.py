@@ -310,6 +310,42 @@ class AnalyticsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DurableSettings:
+    """The Durable Streams surface (package ``durable``), mounted on every gateway."""
+
+    base_path: str = _env(
+        "DS_BASE_PATH", "/ds", "where the Durable Streams protocol is mounted: streams are "
+        "<base>/v1/stream/<path> (empty: not mounted)")
+    long_poll_timeout_s: float = _env(
+        "DS_LONG_POLL_TIMEOUT", 20.0, "how long a live=long-poll read waits for data")
+    sse_max_s: float = _env(
+        "DS_SSE_MAX_SECONDS", 60.0, "a live=sse response ends after this long; the client "
+        "resumes from its last streamNextOffset")
+    max_chunk_bytes: int = _env(
+        "DS_MAX_CHUNK_BYTES", 1024 * 1024, "most bytes of stream data in one read response")
+    cache_bytes: int = _env(
+        "DS_CACHE_BYTES", 256 * 1024 * 1024, "stream bytes a gateway keeps in memory; older "
+        "records are read again from Kafka when asked for")
+    retention_ms: int = _env(
+        "DS_RETENTION_MS", -1, "retention.ms of the tidemark.<ns>.ds topic (-1: forever; "
+        "the log is the store of every stream's bytes and metadata)")
+    max_append_bytes: int = _env(
+        "DS_MAX_APPEND_BYTES", 1_000_000, "largest body of one create or append (413 "
+        "above); one Kafka record, so below the broker's message.max.bytes")
+    catchup_wait_s: float = _env(
+        "DS_CATCHUP_WAIT", 5.0, "how long a request waits for this gateway to read a "
+        "partition up to its end (read-your-writes) before it answers 503")
+
+    def __post_init__(self) -> None:
+        if self.base_path and (not self.base_path.startswith("/")
+                               or self.base_path.endswith("/")):
+            raise ConfigError("TIDEMARK_DS_BASE_PATH must start and not end with /")
+        if self.max_chunk_bytes < 1024 or self.cache_bytes < self.max_chunk_bytes:
+            raise ConfigError("TIDEMARK_DS_MAX_CHUNK_BYTES must be >= 1024 and "
+                              "<= TIDEMARK_DS_CACHE_BYTES")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -318,6 +354,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    durable: DurableSettings = field(default_factory=DurableSettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
     log_levels: str = _env(
@@ -437,7 +474,7 @@ def env_names() -> dict[str, str]:
     """Every variable Tidemark reads, with its help text (for docs and `--help`)."""
     out: dict[str, str] = {}
     for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, AuthSettings,
-                LimitSettings, AnalyticsSettings, Settings):
+                LimitSettings, AnalyticsSettings, DurableSettings, Settings):
         for f in dataclasses.fields(cls):
             if "env" in f.metadata:
                 out[f.metadata["env"]] = f.metadata["help"]
@@ -454,13 +491,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     auth = _section(AuthSettings, environ, known)
     limits = _section(LimitSettings, environ, known)
     analytics = _section(AnalyticsSettings, environ, known)
+    durable = _section(DurableSettings, environ, known)
     top = _section(Settings, environ, known)
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
     for name in unknown:
         log.warning("unknown setting %s is ignored", name)
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
                                worker=worker, auth=auth, limits=limits,
-                               analytics=analytics)
+                               analytics=analytics, durable=durable)
 
 
 def otel_env_names() -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any, Final
 import orjson
 
 from schemas import openapi_analytics
+from schemas.openapi_ds import ds_paths
 from schemas.validation import load_schema
 
 VERSION: Final = "3.1.0"
@@ -656,6 +657,7 @@ def _paths() -> dict[str, Any]:
                            **_refs("UriTooLong", "NoSuchFile")}),
         },
         **openapi_analytics.paths(_PROTECTED),
+        **ds_paths(_op, _refs, _GUARDED),
     }
 
 

@@ -156,6 +156,7 @@ async def _run_gateway(settings: Settings, *, supervised: bool, dev: bool) -> in
     from tidemark.supervise import LISTENING, READY
 
     app = create_app(settings, dev=dev)
+    _mount_durable(app, settings)
     gw = settings.gateway
     runner = web.AppRunner(app, shutdown_timeout=gw.shutdown_grace_s, access_log=None,
                            **server_options(gw))
@@ -185,6 +186,26 @@ async def _run_gateway(settings: Settings, *, supervised: bool, dev: bool) -> in
         announce.cancel()
         await runner.cleanup()
     return code
+
+
+def _mount_durable(app: Any, settings: Settings) -> None:
+    """The Durable Streams surface on the gateway's app, authorized by the gateway's
+    tokens: ``durable`` and ``gateway`` never import each other; this composes them."""
+    from aiohttp import web
+
+    from durable.app import mount
+    from gateway.auth import AUTHENTICATOR, QUERY, authorize
+    from gateway.errors import Unauthenticated
+
+    def ds_authorize(request: web.Request, scope: str) -> str:
+        # A Durable Streams write may be a plain cross-site form post (text/plain needs
+        # no CORS preflight): a cookie alone does not authorize one.
+        if (request.app[AUTHENTICATOR].enabled and request.method not in ("GET", "HEAD")
+                and "Authorization" not in request.headers and QUERY not in request.query):
+            raise Unauthenticated("a bearer token is required", error="invalid_request")
+        return authorize(request, scope).tenant
+
+    mount(app, settings, ds_authorize)
 
 
 async def run_gateways(settings: Settings, count: int) -> int:

@@ -14,6 +14,7 @@ from eventlog.settings import AuthSettings, Settings
 from gateway.app import create_app
 from schemas import openapi
 from schemas.validation import InvalidInput, Validators, load_schema
+from tidemark.cli import _mount_durable
 
 METHODS = {"get", "post", "put", "patch", "delete", "options"}
 
@@ -24,7 +25,9 @@ DEV_ONLY = {("GET", "/dev/token")}
 
 def _app_routes(*, dev: bool = False) -> set[tuple[str, str]]:
     secret = "routes-test-secret-of-at-least-32-bytes"
-    app = create_app(Settings(auth=AuthSettings(jwt_secret=secret)), dev=dev)
+    settings = Settings(auth=AuthSettings(jwt_secret=secret))
+    app = create_app(settings, dev=dev)
+    _mount_durable(app, settings)  # as `tidemark gateway` does
     routes = set()
     for route in app.router.routes():
         if route.method == "HEAD":  # aiohttp adds HEAD beside every GET

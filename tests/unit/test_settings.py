@@ -12,6 +12,7 @@ from eventlog.errors import ConfigError
 from eventlog.settings import (
     AnalyticsSettings,
     AuthSettings,
+    DurableSettings,
     GatewaySettings,
     KafkaSettings,
     LimitSettings,
@@ -146,16 +147,18 @@ def test_env_names_include_the_documented_variables() -> None:
 def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
     out: list[tuple[object, dataclasses.Field[object]]] = []
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
-                     AuthSettings(), LimitSettings(), AnalyticsSettings(), Settings()):
+                     AuthSettings(), LimitSettings(), AnalyticsSettings(), DurableSettings(),
+                     Settings()):
         out.extend((instance, f) for f in dataclasses.fields(instance) if f.metadata)
     return out
 
 
 def test_every_setting_has_a_listed_variable() -> None:
     names = env_names()
-    section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits", "analytics"}
+    section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits", "analytics", "durable"}
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
-                     AuthSettings(), LimitSettings(), AnalyticsSettings(), Settings()):
+                     AuthSettings(), LimitSettings(), AnalyticsSettings(), DurableSettings(),
+                     Settings()):
         for f in dataclasses.fields(instance):
             if (isinstance(instance, Settings) and f.name in section_fields) or not f.init:
                 continue

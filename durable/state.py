@@ -1,0 +1,244 @@
+"""What every gateway knows of every stream: the fold of the ``tidemark.<ns>.ds`` records.
+
+:class:`Registry` applies records (:mod:`durable.records`) one at a time, in each
+partition's order, and holds the resulting :class:`Stream` objects; it does no I/O. Two
+gateways that have applied the same records hold the same state. Stream bytes are kept
+in memory up to a budget; a record whose bytes were dropped keeps its place and size
+and is read again from Kafka (:mod:`durable.view`).
+
+A fork holds a reference to its source's :class:`Stream` (found by the position of the
+source's create record, so the order in which partitions are read does not matter).
+A deleted stream that forks still read is soft-deleted: it answers 410 and keeps its
+records until its last fork is deleted, then it goes (and so on up the chain).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from durable.offsets import ORIGIN, Position
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Rec:
+    """One append (or a create's initial bytes) of a stream."""
+
+    start: Position
+    size: int
+    #: None once the memory budget dropped them (read again from Kafka).
+    data: bytes | None
+    #: JSON messages in ``data`` (application/json streams), else 0.
+    messages: int
+    #: Bytes of the Kafka record's value before ``data`` (a fork's inherited prefix).
+    skip: int = 0
+    #: Bytes held outside the memory budget (never dropped).
+    pinned: bool = False
+
+    @property
+    def end(self) -> Position:
+        return Position(self.start.depth, self.start.partition, self.start.offset + 1)
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    key: str
+    #: (partition, offset) of the create record: this incarnation of the key.
+    gen: tuple[int, int]
+    depth: int = 0
+    content_type: str = "application/octet-stream"
+    ttl_s: int | None = None
+    expires_at_ms: int | None = None
+    closed: bool = False
+    closed_by: tuple[str, int, int] | None = None
+    source: Stream | None = None
+    fork_offset: Position | None = None
+    #: Stream-Fork-Sub-Offset: how much of the record at the fork offset is inherited
+    #: (its bytes are the first record of the fork's own, at the fork offset).
+    fork_sub: int = 0
+    records: list[Rec] = field(default_factory=list)
+    starts: list[Position] = field(default_factory=list)
+    tail: Position = ORIGIN
+    producers: dict[str, tuple[int, int]] = field(default_factory=dict)
+    stream_seq: str | None = None
+    last_access_ms: int = 0
+    created: bool = False
+    soft_deleted: bool = False
+    gone: bool = False
+    forks: int = 0
+    #: Bumped by every change; live readers wait for it to move.
+    version: int = 0
+
+    @property
+    def partition(self) -> int:
+        return self.gen[0]
+
+    @property
+    def is_json(self) -> bool:
+        return is_json(self.content_type)
+
+    def expired(self, at_ms: int) -> bool:
+        if self.expires_at_ms is not None and at_ms >= self.expires_at_ms:
+            return True
+        return self.ttl_s is not None and at_ms >= self.last_access_ms + self.ttl_s * 1000
+
+    def own_from(self, frm: Position) -> list[Rec]:
+        """This stream's own records that start at or after ``frm``."""
+        return self.records[bisect.bisect_left(self.starts, frm):]
+
+    def segments(self, frm: Position) -> list[Rec]:
+        """Every record a read from ``frm`` returns, inherited ones first."""
+        out: list[Rec] = []
+        if self.source is not None and self.fork_offset is not None and frm < self.fork_offset:
+            out = [r for r in self.source.segments(frm) if r.start < self.fork_offset]
+        return out + self.own_from(frm)
+
+
+def is_json(content_type: str) -> bool:
+    return media_type(content_type) == "application/json"
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class Registry:
+    """Streams by key and by incarnation, and the bytes they hold in memory."""
+
+    def __init__(self, *, cache_bytes: int) -> None:
+        self.streams: dict[str, Stream] = {}
+        self._by_gen: dict[tuple[int, int], Stream] = {}
+        self._cache_bytes = cache_bytes
+        self._held = 0
+        self._held_recs: deque[Rec] = deque()
+
+    def get(self, key: str) -> Stream | None:
+        return self.streams.get(key)
+
+    def _incarnation(self, gen: tuple[int, int], key: str) -> Stream:
+        stream = self._by_gen.get(gen)
+        if stream is None:
+            stream = self._by_gen[gen] = Stream(key=key, gen=gen)
+        return stream
+
+    def apply(self, partition: int, offset: int, key: str, meta: dict[str, Any],
+              value: bytes) -> Stream | None:
+        """Fold one record; returns the stream it changed (None: nothing changed)."""
+        op = meta.get("op")
+        ts = int(meta.get("ts", 0))
+        if op == "create":
+            return self._create(partition, offset, key, meta, value, ts)
+        stream = self.streams.get(key)
+        if stream is None or stream.gone or stream.partition != partition:
+            return None
+        if op == "append":
+            if value:
+                self._add(stream, Position(stream.depth, partition, offset), value,
+                          int(meta.get("n", 0)))
+            stream.tail = Position(stream.depth, partition, offset + 1) if value \
+                else stream.tail
+            pid = meta.get("pid")
+            if isinstance(pid, str):
+                stream.producers[pid] = (int(meta["ep"]), int(meta["sq"]))
+            if meta.get("sseq") is not None:
+                stream.stream_seq = str(meta["sseq"])
+            if meta.get("close"):
+                stream.closed = True
+                if isinstance(pid, str):
+                    stream.closed_by = (pid, int(meta["ep"]), int(meta["sq"]))
+            stream.last_access_ms = max(stream.last_access_ms, ts)
+        elif op == "touch":
+            stream.last_access_ms = max(stream.last_access_ms, ts)
+        elif op == "delete":
+            self._delete(stream)
+        else:
+            return None
+        stream.version += 1
+        return stream
+
+    def _create(self, partition: int, offset: int, key: str, meta: dict[str, Any],
+                value: bytes, ts: int) -> Stream:
+        old = self.streams.get(key)
+        if old is not None and not old.gone:
+            # A create over a live stream happens only after it expired: drop it.
+            self._delete(old)
+            old.version += 1
+        stream = self._incarnation((partition, offset), key)
+        stream.created = True
+        stream.content_type = str(meta.get("ct") or "application/octet-stream")
+        stream.ttl_s = meta.get("ttl")
+        stream.expires_at_ms = meta.get("exp")
+        stream.last_access_ms = ts
+        src = meta.get("srcgen")
+        if src is not None:
+            source = self._incarnation((int(src[0]), int(src[1])), str(meta.get("src")))
+            stream.source = source
+            stream.depth = int(meta.get("depth", 0))
+            stream.fork_offset = Position(*meta["fo"])
+            stream.tail = stream.fork_offset
+            stream.fork_sub = int(meta.get("sub", 0))
+            source.forks += 1
+        else:
+            stream.tail = Position(0, partition, offset + 1)
+        pre = int(meta.get("pre", 0))
+        if stream.fork_sub and stream.fork_offset is not None:
+            part = self._add(stream, stream.fork_offset, value[:pre], int(meta.get("pren", 0)),
+                             pinned=True)
+            stream.tail = part.end
+            value = value[pre:]
+        if value:
+            self._add(stream, Position(stream.depth, partition, offset), value,
+                      int(meta.get("n", 0))).skip = pre
+            stream.tail = Position(stream.depth, partition, offset + 1)
+        stream.closed = bool(meta.get("closed"))
+        self.streams[key] = stream
+        stream.version += 1
+        return stream
+
+    def _delete(self, stream: Stream) -> None:
+        if stream.forks > 0:
+            stream.soft_deleted = True
+            return
+        self._drop(stream)
+
+    def _drop(self, stream: Stream) -> None:
+        """Forget a stream whose forks are all gone; then its source may go too."""
+        stream.gone = True
+        if self.streams.get(stream.key) is stream:
+            del self.streams[stream.key]
+        self._by_gen.pop(stream.gen, None)
+        for rec in stream.records:
+            if rec.data is not None and not rec.pinned:
+                self._held -= rec.size
+                rec.data = None
+        source = stream.source
+        if source is not None:
+            source.forks -= 1
+            if source.soft_deleted and source.forks <= 0:
+                self._drop(source)
+
+    def _add(self, stream: Stream, start: Position, data: bytes, messages: int, *,
+             pinned: bool = False) -> Rec:
+        """Add a record; ``pinned``: its bytes are not at its position in Kafka (a fork's
+        inherited prefix), so they are never dropped from memory."""
+        rec = Rec(start=start, size=len(data), data=data, messages=messages)
+        stream.records.append(rec)
+        stream.starts.append(start)
+        if pinned:
+            rec.pinned = True
+            return rec
+        self._held += rec.size
+        self._held_recs.append(rec)
+        while self._held > self._cache_bytes and self._held_recs:
+            old = self._held_recs.popleft()
+            if old.data is not None:
+                old.data = None
+                self._held -= old.size
+        return rec

@@ -1,0 +1,395 @@
+"""One gateway's view of the Durable Streams log, and its writes to it.
+
+:class:`DsLog` is the only Kafka user of the ``durable`` package:
+
+- a tail consumer (manual assignment, ``read_committed``) over every partition of
+  ``tidemark.<ns>.ds`` from the start, folding each record into the :class:`Registry`
+  and waking the live readers of the stream it changed;
+- :meth:`caught_up`: ask a partition's last stable offset (a consumer that never
+  fetches, so nothing queues before its ListOffsets) and apply the partition up to it
+  now with a paused catch-up reader, so that a write acknowledged by any gateway is seen
+  here (read-your-writes across gateways); the tail consumer and the catch-up reader
+  apply each record once, in order, whichever reads it first;
+- :meth:`write`: the check-then-write of an operation, atomic across gateways with
+  Kafka alone. Partition p has one ``transactional.id``; a gateway that writes to p
+  first initialises it, which fences whichever gateway held it before and aborts its
+  open transaction, then reads p to its end, then checks the request against that
+  state and writes the record in a transaction. While its producer is not fenced no
+  one else has written to p, so a write checked on its state commits only if that state
+  was exact, and later writes need no new catch-up; a fenced producer is dropped and the
+  operation is checked again (bounded tries). An answer that writes nothing (a refusal, a
+  duplicate) is not checked by a commit, so it is given only from state read to the
+  partition's end;
+- :meth:`touch`: a read of a stream with a sliding TTL writes a ``touch`` record (not
+  transactional; at most one per stream and gateway per tenth of its TTL, at most
+  one second apart) so every gateway sees the access;
+- :meth:`load`: bytes the memory budget dropped, read again from Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from durable import records
+from durable.state import Rec, Registry, Stream, now_ms
+from eventlog.clients import (
+    make_admin,
+    make_consumer,
+    make_producer,
+    partitions_of,
+    started,
+    stop_client,
+)
+from eventlog.errors import KafkaUnavailable
+from eventlog.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Tries of one write when its producer is fenced meanwhile.
+WRITE_TRIES = 4
+#: Touch records in flight at once; more are skipped (a touch is an optimisation of
+#: a later expiry, never needed for correctness of the data).
+MAX_TOUCHES_IN_FLIGHT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A record to write: checked against the state of its partition just before."""
+
+    key: str
+    meta: dict[str, Any]
+    value: bytes = b""
+
+
+class _Lease:
+    """The transactional producer of one partition, while this gateway holds it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.producer: AIOKafkaProducer | None = None
+        #: This view has applied every write to the partition since the producer was
+        #: initialised (set by the first catch-up under it; cleared when fenced).
+        self.exact = False
+
+
+class DsLog:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = records.ds_topic(settings.log.namespace)
+        self.registry = Registry(cache_bytes=settings.durable.cache_bytes)
+        self.partitions = 0
+        self.ready = asyncio.Event()
+        #: Set at shutdown: live reads answer at once.
+        self.closing = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._fetcher: AIOKafkaConsumer | None = None
+        self._fetch_lock = asyncio.Lock()
+        self._catcher: AIOKafkaConsumer | None = None
+        #: Asks partition ends only: a consumer with a fetch waiting on the broker would
+        #: have its ListOffsets answered after that fetch (one connection, in order).
+        self._probe: AIOKafkaConsumer | None = None
+        self._catch_lock = asyncio.Lock()
+        self._touch: AIOKafkaProducer | None = None
+        self._touches = 0
+        self._touched: dict[str, int] = {}
+        self._applied: dict[int, int] = {}
+        self._watchers: dict[str, set[asyncio.Future[None]]] = {}
+        self._leases: dict[int, _Lease] = {}
+        self._closing_tasks: set[asyncio.Future[None]] = set()
+
+    # -- start, tail, stop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        kafka = self.settings.kafka
+        admin = await started(lambda: make_admin(kafka, role="ds-admin"), kafka, "ds admin")
+        try:
+            await self._ensure_topic(admin)
+        finally:
+            await stop_client(admin)
+        consumer = self._consumer = await started(
+            lambda: make_consumer(kafka, role="ds-tail", fetch_max_wait_ms=100,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024),
+            kafka, "ds tail consumer")
+        self._fetcher = await started(
+            lambda: make_consumer(kafka, role="ds-fetch", fetch_max_wait_ms=10),
+            kafka, "ds fetcher")
+        self._catcher = await started(
+            lambda: make_consumer(kafka, role="ds-catchup", fetch_max_wait_ms=1,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024),
+            kafka, "ds catch-up reader")
+        self._probe = await started(
+            lambda: make_consumer(kafka, role="ds-probe"), kafka, "ds end probe")
+        self._touch = await started(
+            lambda: make_producer(kafka, role="ds-touch", linger_ms=5), kafka, "ds touch")
+        parts = await partitions_of(consumer, self.topic, timeout=30.0)
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self.partitions = len(parts)
+        self._fetcher.assign(tps)
+        self._catcher.assign(tps)
+        self._catcher.pause(*tps)
+        for p in parts:
+            self._applied[p] = 0
+        self.ready.set()
+        log.info("durable streams: tailing %s (%d partitions)", self.topic, len(parts))
+        while True:
+            batches = await consumer.getmany(timeout_ms=10, max_records=2000)
+            for tp, batch in batches.items():
+                for msg in batch:
+                    self._apply(tp.partition, msg)
+            for tp in tps:
+                self._applied[tp.partition] = max(self._applied[tp.partition],
+                                                  await consumer.position(tp))
+
+    async def _ensure_topic(self, admin: AIOKafkaAdminClient) -> None:
+        if self.topic in set(await admin.list_topics()):
+            return
+        brokers = len((await admin.describe_cluster())["brokers"])
+        rf, min_isr = self.settings.log.replication(brokers)
+        configs = {"cleanup.policy": "delete",
+                   "retention.ms": str(self.settings.durable.retention_ms)}
+        if min_isr is not None:
+            configs["min.insync.replicas"] = str(min_isr)
+        response = await admin.create_topics(
+            [NewTopic(self.topic, self.settings.log.partitions, rf, topic_configs=configs)])
+        for topic, code, *_ in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise KafkaUnavailable(f"could not create topic {topic}: error code {code}")
+
+    def _apply(self, partition: int, msg: Any) -> None:
+        """Apply a record once: the tail consumer and :meth:`_fill` both read every
+        partition in order, and whichever is ahead applies it."""
+        if msg.offset < self._applied[partition]:
+            return
+        self._applied[partition] = msg.offset + 1
+        meta = records.decode(msg.headers)
+        if meta is None or msg.key is None:
+            return
+        key = msg.key.decode()
+        stream = self.registry.apply(partition, msg.offset, key, meta, msg.value or b"")
+        if stream is not None:
+            self._wake(key)
+
+    def _wake(self, key: str) -> None:
+        for fut in self._watchers.pop(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def close(self) -> None:
+        for lease in self._leases.values():
+            if lease.producer is not None:
+                await stop_client(lease.producer)
+        for client in (self._touch, self._fetcher, self._catcher, self._probe,
+                       self._consumer):
+            if client is not None:
+                await stop_client(client)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def wait_ready(self) -> None:
+        """Wait until the clients are up and the partitions known (a starting gateway);
+        :class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``."""
+        if self.ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
+        except TimeoutError as exc:
+            raise KafkaUnavailable("the Durable Streams log is not read yet") from exc
+
+    def partition_of(self, key: str) -> int:
+        return records.partition_of(key, self.partitions)
+
+    async def caught_up(self, *partitions: int) -> None:
+        """Wait until every write acknowledged before this call to ``partitions`` is
+        applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``)."""
+        await self.wait_ready()
+        consumer = self._probe
+        assert consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in set(partitions)]
+        try:
+            async with asyncio.timeout(self.settings.durable.catchup_wait_s):
+                ends = await consumer.end_offsets(tps)
+                for tp, end in ends.items():
+                    await self._fill(tp.partition, end)
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable("the Durable Streams log did not answer in time") from exc
+
+    async def _fill(self, partition: int, end: int) -> None:
+        """Apply partition ``partition`` up to ``end`` now, reading it with the catch-up
+        reader rather than waiting for the tail consumer (whose fetch may be waiting on
+        the broker for up to its ``fetch_max_wait_ms``)."""
+        if self._applied[partition] >= end:
+            return
+        catcher = self._catcher
+        assert catcher is not None
+        tp = TopicPartition(self.topic, partition)
+        async with self._catch_lock:
+            if self._applied[partition] >= end:
+                return
+            catcher.seek(tp, self._applied[partition])
+            catcher.resume(tp)
+            try:
+                while self._applied[partition] < end:
+                    batch = await catcher.getmany(tp, timeout_ms=2, max_records=2000)
+                    for msg in batch.get(tp, []):
+                        self._apply(partition, msg)
+                    self._applied[partition] = max(self._applied[partition],
+                                                   await catcher.position(tp))
+            finally:
+                catcher.pause(tp)
+
+    async def changed(self, stream: Stream, version: int, timeout: float) -> bool:
+        """Wait until ``stream`` changes from ``version`` (False: ``timeout`` passed)."""
+        if stream.version != version:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(stream.key, set()).add(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return stream.version != version
+        finally:
+            watchers = self._watchers.get(stream.key)
+            if watchers is not None:
+                watchers.discard(fut)
+                if not watchers:
+                    self._watchers.pop(stream.key, None)
+        return True
+
+    def wake_all(self) -> None:
+        """End every live wait (gateway shutdown)."""
+        for key in list(self._watchers):
+            self._wake(key)
+
+    async def load(self, recs: list[Rec]) -> list[bytes]:
+        """The bytes of ``recs``, from memory or read again from Kafka."""
+        missing = sorted({r.start for r in recs if r.data is None})
+        found: dict[tuple[int, int], bytes] = {}
+        if missing:
+            found = await self._fetch([(m.partition, m.offset) for m in missing])
+        return [r.data if r.data is not None
+                else found[(r.start.partition, r.start.offset)][r.skip:] for r in recs]
+
+    async def _fetch(self, wanted: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        fetcher = self._fetcher
+        assert fetcher is not None
+        out: dict[tuple[int, int], bytes] = {}
+        async with self._fetch_lock, asyncio.timeout(self.settings.durable.catchup_wait_s):
+            by_part: dict[int, list[int]] = {}
+            for p, o in wanted:
+                by_part.setdefault(p, []).append(o)
+            for p, offsets in by_part.items():
+                tp = TopicPartition(self.topic, p)
+                todo = set(offsets)
+                fetcher.seek(tp, min(offsets))
+                while todo:
+                    batch = await fetcher.getmany(tp, timeout_ms=500, max_records=500)
+                    for msg in batch.get(tp, []):
+                        if msg.offset in todo:
+                            out[(p, msg.offset)] = msg.value or b""
+                            todo.discard(msg.offset)
+                    if todo and await fetcher.position(tp) > max(todo):
+                        raise KafkaUnavailable(f"records {sorted(todo)} of {tp} are gone")
+        return out
+
+    def touch(self, stream: Stream) -> None:
+        """Reset a sliding TTL for every gateway (see the module's docstring)."""
+        if stream.ttl_s is None or self._touch is None:
+            return
+        at = now_ms()
+        gap = min(1000, stream.ttl_s * 100)
+        if at - self._touched.get(stream.key, 0) < gap or self._touches >= MAX_TOUCHES_IN_FLIGHT:
+            return
+        if len(self._touched) > 100_000:
+            self._touched.clear()
+        self._touched[stream.key] = at
+        stream.last_access_ms = max(stream.last_access_ms, at)
+        self._touches += 1
+        task = asyncio.ensure_future(self._touch.send_and_wait(
+            self.topic, b"", key=stream.key.encode(), partition=stream.partition,
+            headers=records.encode({"op": "touch", "ts": at})))
+        task.add_done_callback(self._touch_done)
+
+    def _touch_done(self, task: asyncio.Future[Any]) -> None:
+        self._touches -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("durable streams: a touch record failed: %s", task.exception())
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def write(self, partition: int, decide: Callable[[], Write | Any],
+                    *, also: tuple[int, ...] = ()) -> tuple[Any, int | None]:
+        """Check and write under partition ``partition``'s lease.
+
+        ``decide`` runs on this view once it has read the partition (and ``also``) to
+        its end while holding the lease; it returns a :class:`Write` or an answer.
+        Returns ``(what decide returned, the record's Kafka offset or None)``; the record
+        is applied to this view before this returns.
+        """
+        lease = self._leases.setdefault(partition, _Lease())
+        try:
+            async with lease.lock, asyncio.timeout(self.settings.gateway.request_timeout_s):
+                return await self._write(lease, partition, decide, also)
+        except TimeoutError as exc:
+            raise KafkaUnavailable(f"a write to partition {partition} did not finish within "
+                                   "TIDEMARK_REQUEST_TIMEOUT") from exc
+
+    async def _write(self, lease: _Lease, partition: int, decide: Callable[[], Write | Any],
+                     also: tuple[int, ...]) -> tuple[Any, int | None]:
+        kafka = self.settings.kafka
+        tid = f"{self.topic}.p{partition}"
+        for attempt in range(WRITE_TRIES):
+            if lease.producer is None:
+                lease.producer = await started(
+                    lambda: make_producer(kafka, role="ds-writer", transactional_id=tid,
+                                          linger_ms=0), kafka, "ds writer")
+            skipped = lease.exact
+            if skipped:
+                if also:
+                    await self.caught_up(*also)
+            else:
+                await self.caught_up(partition, *also)
+                lease.exact = True
+            plan = decide()
+            if not isinstance(plan, Write) and skipped:
+                # An answer that writes nothing is not checked by a commit: another gateway
+                # may have taken the lease and written meanwhile. Read to the end first.
+                await self.caught_up(partition)
+                plan = decide()
+            if not isinstance(plan, Write):
+                return plan, None
+            producer = lease.producer
+            try:
+                async with producer.transaction():
+                    meta = await producer.send_and_wait(
+                        self.topic, plan.value, key=plan.key.encode(), partition=partition,
+                        headers=records.encode(plan.meta))
+            except KafkaError as exc:
+                log.info("durable streams: writer of partition %d lost its lease (%s); "
+                         "try %d", partition, exc, attempt + 1)
+                lease.producer = None
+                lease.exact = False
+                with contextlib.suppress(KafkaError):
+                    await stop_client(producer)
+                continue
+            except BaseException:
+                # Cancelled or timed out mid-transaction: its outcome is unknown, so this
+                # producer's view of the partition is no longer trusted.
+                lease.producer = None
+                lease.exact = False
+                self._closing_tasks.add(task := asyncio.ensure_future(stop_client(producer)))
+                task.add_done_callback(self._closing_tasks.discard)
+                raise
+            await self._fill(partition, meta.offset + 1)
+            return plan, meta.offset
+        raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")

@@ -1,0 +1,108 @@
+"""The Durable Streams pieces free of I/O: offset tokens, the protocol's header rules, and
+the fold of records into stream state (durable/offsets.py, protocol.py, state.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from durable import protocol as p
+from durable.offsets import ORIGIN, Position, parse
+from durable.state import Registry
+
+
+def test_offset_tokens_sort_as_their_positions_and_round_trip() -> None:
+    positions = [Position(d, part, o) for d, part, o in itertools.product(
+        (0, 1, 12), (0, 3, 11, 99999), (0, 1, 9, 10, 123456789012))]
+    for a, b in itertools.combinations(positions, 2):
+        assert (a.token() < b.token()) == (a < b)
+    for pos in positions:
+        assert parse(pos.token()) == pos
+        assert not set(",&=?/") & set(pos.token())
+    assert parse("now") is None and parse("-1") is None and parse("12_x") is None
+    assert parse("0000000000000000_0000000000000000") == ORIGIN
+
+
+def test_header_rules() -> None:
+    assert p.flag("true") and p.flag("TRUE") and not p.flag("yes") and not p.flag(None)
+    assert p.ttl_of("3600") == 3600
+    for bad in ("+3600", "03600", "3600.0", "3.6e3", "-1", ""):
+        with pytest.raises(p.BadRequest):
+            p.ttl_of(bad)
+    assert p.expires_of("2030-01-01T00:00:00Z") == 1893456000000
+    with pytest.raises(p.BadRequest):
+        p.expires_of("tomorrow")
+    assert p.producer_of({}) is None
+    assert p.producer_of({"Producer-Id": "a", "Producer-Epoch": "1", "Producer-Seq": "2"}) \
+        == p.Producer("a", 1, 2)
+    for headers in ({"Producer-Id": "a"}, {"Producer-Id": "", "Producer-Epoch": "0",
+                                           "Producer-Seq": "0"},
+                    {"Producer-Id": "a", "Producer-Epoch": str(2**53), "Producer-Seq": "0"}):
+        with pytest.raises(p.BadRequest):
+            p.producer_of(headers)
+
+
+def test_json_mode_flattens_one_level_and_refuses_empty_appends() -> None:
+    assert p.json_messages(b'{"a": 1}', allow_empty=False) == [b'{"a":1}']
+    assert p.json_messages(b"[[1,2],[3]]", allow_empty=False) == [b"[1,2]", b"[3]"]
+    assert p.json_messages(b"[]", allow_empty=True) == []
+    for bad in (b"[]", b"{", b"NaN"):
+        with pytest.raises(p.BadRequest):
+            p.json_messages(bad, allow_empty=False)
+
+
+def test_a_cursor_the_client_echoes_moves_forward() -> None:
+    now = int(p.cursor(None))
+    assert int(p.cursor(str(now))) > now
+    assert int(p.cursor(str(now + 500))) > now + 500
+    assert p.cursor("1") == str(now)
+
+
+def _create(reg: Registry, part: int, off: int, key: str, **meta: object) -> None:
+    reg.apply(part, off, key, {"op": "create", "ct": "text/plain", "ts": 1, **meta}, b"")
+
+
+def test_fold_of_appends_forks_and_a_soft_deleted_source() -> None:
+    reg = Registry(cache_bytes=1 << 20)
+    _create(reg, 2, 10, "t/src")
+    reg.apply(2, 11, "t/src", {"op": "append", "ts": 2}, b"A")
+    reg.apply(2, 12, "t/src", {"op": "append", "ts": 3, "pid": "p", "ep": 0, "sq": 0}, b"B")
+    src = reg.get("t/src")
+    assert src is not None and src.tail == Position(0, 2, 13)
+    assert src.producers == {"p": (0, 0)}
+    after_a = Position(0, 2, 12)
+    # A fork in another partition, read before its source's records: still stitched.
+    _create(reg, 0, 5, "t/fork", src="t/src", srcgen=[2, 10], fo=list(after_a), depth=1)
+    reg.apply(0, 6, "t/fork", {"op": "append", "ts": 4}, b"F")
+    fork = reg.get("t/fork")
+    assert fork is not None
+    assert [r.data for r in fork.segments(ORIGIN)] == [b"A", b"F"]
+    assert fork.tail == Position(1, 0, 7) and fork.tail > src.tail
+    assert fork.producers == {}
+    reg.apply(2, 13, "t/src", {"op": "delete", "ts": 5}, b"")
+    assert src.soft_deleted and reg.get("t/src") is src
+    assert [r.data for r in fork.segments(ORIGIN)] == [b"A", b"F"]
+    reg.apply(0, 7, "t/fork", {"op": "delete", "ts": 6}, b"")
+    assert reg.get("t/fork") is None and reg.get("t/src") is None
+
+
+def test_the_memory_budget_drops_the_oldest_bytes_but_keeps_their_place() -> None:
+    reg = Registry(cache_bytes=10)
+    _create(reg, 0, 0, "t/s")
+    for i in range(1, 6):
+        reg.apply(0, i, "t/s", {"op": "append", "ts": i}, b"1234")
+    stream = reg.get("t/s")
+    assert stream is not None
+    assert [r.data for r in stream.records] == [None, None, None, b"1234", b"1234"]
+    assert [r.size for r in stream.records] == [4] * 5
+
+
+def test_ttl_expiry_slides_with_touches() -> None:
+    reg = Registry(cache_bytes=100)
+    _create(reg, 0, 0, "t/s", ttl=2)
+    stream = reg.get("t/s")
+    assert stream is not None
+    assert not stream.expired(1500) and stream.expired(2001)
+    reg.apply(0, 1, "t/s", {"op": "touch", "ts": 1900}, b"")
+    assert not stream.expired(3000) and stream.expired(3900)
