@@ -291,8 +291,8 @@ class AnalyticsSettings:
         "ANALYTICS_LIVE_INTERVAL", 5.0, "how often GET /v1/analytics/live sends a new "
         "document (seconds)")
     operator_tenant: str = _env(
-        "OPERATOR_TENANT", "", "the tenant whose admins see every tenant's analytics "
-        "(unset: TIDEMARK_DEFAULT_TENANT)")
+        "OPERATOR_TENANT", "", "the operators' tenant: its admins see every tenant's "
+        "analytics and set log levels (unset: TIDEMARK_DEFAULT_TENANT)")
     recent: int = _env(
         "ANALYTICS_RECENT", 20, "newest streams and errors listed in the analytics document")
     top_users: int = _env(
@@ -363,6 +363,12 @@ class Settings:
     metrics_tenants: int = _env(
         "METRICS_TENANTS", 20, "tenants that get their own label in per-tenant metrics; "
         "the ones seen after them count as tenant=\"other\"")
+
+    @property
+    def operators_tenant(self) -> str:
+        """The operators' tenant: its admins see every tenant's analytics and set a
+        process's log levels (``TIDEMARK_OPERATOR_TENANT``, else the default tenant)."""
+        return self.analytics.operator_tenant or self.auth.default_tenant
     lag_sample_s: float = _env(
         "LAG_SAMPLE_SECONDS", 5.0, "how often consumer lag per partition is sampled")
 

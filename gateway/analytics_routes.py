@@ -63,9 +63,8 @@ async def _prepare(request: web.Request) -> tuple[Services, str, list[str]]:
     windows = _windows(request)
     services = request.app[SERVICES]
     settings = services.settings
-    operator = settings.analytics.operator_tenant or settings.auth.default_tenant
     selected = selected_tenant(identity, request.query.get("tenant"),
-                               operator_tenant=operator)
+                               operator_tenant=settings.operators_tenant)
     await _loaded(services)
     return services, selected, windows
 

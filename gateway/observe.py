@@ -84,7 +84,7 @@ async def sample_tail_lag(services: Services) -> None:
 
 def _admin(request: web.Request) -> auth.Identity:
     identity = auth.authorize(request, auth.ADMIN)
-    tenant = request.app[SERVICES].settings.auth.default_tenant
+    tenant = request.app[SERVICES].settings.operators_tenant
     if identity.tenant != tenant:
         raise Forbidden(f"log levels belong to the whole process: an admin of tenant "
                         f"{tenant!r} (the operators') sets them", scope=auth.ADMIN)

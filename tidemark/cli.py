@@ -238,6 +238,7 @@ async def _run_worker(settings: Settings) -> int:
     ws = settings.worker
     metrics, port = await worker.metrics.serve(
         ws.metrics_host, ws.metrics_port, auth=settings.auth,
+        operators=settings.operators_tenant,
         instance=f"{socket.gethostname()}:{os.getpid()}")
     task = asyncio.create_task(worker.run(), name="worker")
     # Tombstones in the stream index for streams retention has deleted: swept by the

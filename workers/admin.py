@@ -3,9 +3,10 @@
 
 A request needs a bearer token (``Authorization: Bearer``) verified with the same
 settings as the gateways' (``eventlog.tokens``) that carries the ``admin`` scope and the
-operators' tenant (``TIDEMARK_DEFAULT_TENANT``); with ``TIDEMARK_AUTH=none`` anyone may,
-as on a gateway. Errors are ``application/problem+json``; each change (and each
-refusal) is an audit line on the logger ``tidemark.audit``.
+operators' tenant (``TIDEMARK_OPERATOR_TENANT``, else ``TIDEMARK_DEFAULT_TENANT``); with
+``TIDEMARK_AUTH=none`` anyone may, as on a gateway. Errors are
+``application/problem+json``; each change (and each refusal) is an audit line on the
+logger ``tidemark.audit``.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def _problem(status: int, detail: str, **extra: Any) -> web.Response:
 
 
 class _Guard:
-    def __init__(self, auth: AuthSettings) -> None:
+    def __init__(self, auth: AuthSettings, operators: str) -> None:
         self._enabled = auth.mode == "jwt"
-        self._tenant = auth.default_tenant
+        self._tenant = operators
         self._verifier = TokenVerifier(auth)
         self.validators = Validators()
 
@@ -87,8 +88,10 @@ def _record(request: web.Request, outcome: str, **extra: Any) -> None:
     audit.info("audit %s", orjson.dumps(entry).decode())
 
 
-def add_routes(app: web.Application, auth: AuthSettings, *, instance: str) -> None:
-    guard = _Guard(auth)
+def add_routes(app: web.Application, auth: AuthSettings, *, operators: str,
+               instance: str) -> None:
+    """``operators``: the tenant whose admins may (``Settings.operators_tenant``)."""
+    guard = _Guard(auth, operators)
 
     def answer() -> web.Response:
         body = {"process": instance, **loglevels.LOG_LEVELS.current()}

@@ -98,9 +98,10 @@ class WorkerMetrics:
         self.streams.labels(outcome, self.tenant_label(tenant or self.default_tenant)).inc()
 
     async def serve(self, host: str, port: int, *, auth: AuthSettings | None = None,
-                    instance: str = "") -> tuple[web.AppRunner, int]:
+                    operators: str = "", instance: str = "") -> tuple[web.AppRunner, int]:
         """Serve ``GET /metrics`` (and, given ``auth``, the admin endpoints of
-        ``workers.admin``); return the runner and the bound port."""
+        ``workers.admin``, for admins of tenant ``operators``, by default the default
+        tenant); return the runner and the bound port."""
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.registry),
@@ -109,7 +110,8 @@ class WorkerMetrics:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         if auth is not None:
-            admin.add_routes(app, auth, instance=instance)
+            admin.add_routes(app, auth, operators=operators or auth.default_tenant,
+                             instance=instance)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

@@ -252,3 +252,21 @@ async def test_log_levels_change_what_a_running_process_logs(
     after = await a_stream()
     await asyncio.sleep(0.5)
     assert f"stream {after}: {marker}" not in proc.err.read_text(errors="replace")
+
+
+async def test_log_levels_belong_to_the_operator_tenant_when_one_is_set(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """``TIDEMARK_OPERATOR_TENANT`` names the operators, as for analytics: its admins set
+    log levels on a gateway and a worker, and the default tenant's admins no longer may."""
+    operators = {"TIDEMARK_OPERATOR_TENANT": "ops"}
+    worker = cluster.worker(**operators)
+    base = await cluster.gateway(**operators)
+    ops_admin = {"Authorization": f"Bearer {token(scope='admin', tenant='ops')}"}
+    for url in (f"{base}/v1/admin/log-levels",
+                worker.metrics_url.replace("/metrics", "/v1/admin/log-levels")):
+        status, ctype, body = await _levels(http, url, headers=ADMIN)
+        assert (status, ctype) == (403, "application/problem+json"), body
+        assert "'ops'" in body["detail"]
+        status, _, body = await _levels(http, url, method="PUT", headers=ops_admin,
+                                        body={"levels": {"gateway.hub": "DEBUG"}})
+        assert status == 200 and body["levels"] == {"gateway.hub": "DEBUG"}, body
