@@ -657,7 +657,7 @@ def _paths() -> dict[str, Any]:
                            **_refs("UriTooLong", "NoSuchFile")}),
         },
         **openapi_analytics.paths(_PROTECTED),
-        **ds_paths(_op, _refs, _GUARDED),
+        **ds_paths(_op, _refs, _GUARDED, _RESPONSES),
     }
 
 

@@ -3,6 +3,11 @@
 
 The protocol's own document is PROTOCOL.md of github.com/durable-streams/durable-streams;
 this describes how Tidemark serves it: headers in, headers out, and the statuses.
+
+Content types: a stream's bytes go out in the stream's own content type (any media type,
+``*/*``; SSE reads ``text/event-stream``); the answers of a create or an append have no body
+and name the stream's type in ``Content-Type``; errors are ``application/problem+json``
+like the rest of the API, except on ``HEAD``, whose answers never have a body.
 """
 
 from __future__ import annotations
@@ -12,9 +17,22 @@ from typing import Any, Final
 #: The default base path the document describes.
 BASE: Final = "/ds"
 
+#: The gateway serves paths of up to 1024 characters whose request target fits
+#: ``TIDEMARK_MAX_URL_BYTES`` (4096 bytes: 414 above, and aiohttp's parser answers a
+#: request line over ``TIDEMARK_MAX_HEADER_BYTES`` with a plain 400); the document promises
+#: 256, which fits even when every character takes 12 bytes percent-encoded (as stream ids).
 _PATH: Final = {"name": "path", "in": "path", "required": True,
-                "description": "the stream's path (its tenant is the token's)",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 1024}}
+                "description": "the stream's path (its tenant is the token's); up to 1024 "
+                               "characters are served while the request target fits "
+                               "TIDEMARK_MAX_URL_BYTES (414 above)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 256}}
+
+
+#: From a created stream to the operations on it (the fuzzer's stateful phase follows them).
+_STREAM_LINKS: Final = {
+    name: {"operationId": op, "parameters": {"path": "$request.path.path"}}
+    for name, op in (("Append", "dsAppend"), ("Read", "dsRead"), ("Head", "dsHead"),
+                     ("Delete", "dsDelete"))}
 
 
 def _header(name: str, description: str) -> dict[str, Any]:
@@ -32,18 +50,31 @@ def _out(description: str, *headers: str) -> dict[str, Any]:
             "headers": {h: {"schema": {"type": "string"}} for h in headers}}
 
 
-def ds_paths(op: Any, refs: Any, guarded: tuple[str, ...]) -> dict[str, Any]:
+def _bodiless(errors: dict[str, Any], responses: dict[str, Any]) -> dict[str, Any]:
+    """``errors`` (status -> ``$ref`` of a response component) as answers to ``HEAD``:
+    the component's description and headers, no content."""
+    out = {}
+    for status, ref in errors.items():
+        answer = responses[ref["$ref"].rsplit("/", 1)[1]]
+        out[status] = {k: v for k, v in answer.items() if k != "content"}
+    return out
+
+
+def ds_paths(op: Any, refs: Any, guarded: tuple[str, ...],
+             responses: dict[str, Any]) -> dict[str, Any]:
     """The path item of ``<base>/v1/stream/{path}`` (``op``, ``refs``: the document's
-    builders of operations and of error answers)."""
+    builders of operations and of error answers; ``responses``: its response
+    components by name)."""
+    typed = ("Content-Type", "Stream-Next-Offset")
     offsets = ("Stream-Next-Offset", "Stream-Up-To-Date", "Stream-Closed", "Stream-Cursor",
                "ETag", "Cache-Control")
     read_params = [
         _PATH,
         _query("offset", "where to read from: -1 (the start), now (the tail) or a "
-                         "Stream-Next-Offset"),
+                         "Stream-Next-Offset", maxLength=64),
         _query("live", "long-poll or sse (absent: a catch-up read)",
                enum=["long-poll", "sse"]),
-        _query("cursor", "the last Stream-Cursor (CDN collapsing)"),
+        _query("cursor", "the last Stream-Cursor (CDN collapsing)", maxLength=64),
         _header("If-None-Match", "an ETag of an earlier read: 304 when unchanged"),
     ]
     producer = [_header("Producer-Id", "idempotent producer (with the next two)"),
@@ -60,8 +91,11 @@ def ds_paths(op: Any, refs: Any, guarded: tuple[str, ...]) -> dict[str, Any]:
                         _header("Stream-Fork-Offset", "fork at this offset (default: tail)"),
                         _header("Stream-Fork-Sub-Offset", "bytes or JSON messages past it")],
             requestBody={"required": False, "content": {"*/*": {"schema": {}}}},
-            responses={"201": _out("created", "Location", "Stream-Next-Offset"),
-                       "200": _out("it exists with this configuration", "Stream-Next-Offset"),
+            responses={"201": {**_out("created (no body; Content-Type: the stream's)",
+                                      "Location", *typed, "Stream-Closed"),
+                               "links": _STREAM_LINKS},
+                       "200": _out("it exists with this configuration (no body)", *typed,
+                                   "Stream-Closed"),
                        **refs("BadRequest", *guarded, "NotFound", "Conflict",
                               "ContentTooLarge", "Unavailable")}),
         "post": op(
@@ -88,12 +122,13 @@ def ds_paths(op: Any, refs: Any, guarded: tuple[str, ...]) -> dict[str, Any]:
         "head": op(
             "dsHead", "Durable Streams: the stream's metadata", scope="streams:read",
             parameters=[_PATH],
-            responses={"200": _out("metadata", "Stream-Next-Offset", "Stream-TTL",
-                                   "Stream-Expires-At", "Stream-Closed", "Content-Type"),
-                       **refs(*guarded, "NotFound", "Gone", "Unavailable")}),
+            responses={"200": _out("metadata (no body)", *typed, "Stream-TTL",
+                                   "Stream-Expires-At", "Stream-Closed", "Cache-Control"),
+                       **_bodiless(refs("BadRequest", *guarded, "NotFound", "Gone",
+                                        "Unavailable"), responses)}),
         "delete": op(
             "dsDelete", "Durable Streams: delete a stream", scope="streams:create",
             parameters=[_PATH],
             responses={"204": {"description": "deleted (soft-deleted while forks read it)"},
-                       **refs(*guarded, "NotFound", "Gone", "Unavailable")}),
+                       **refs("BadRequest", *guarded, "NotFound", "Gone", "Unavailable")}),
     }}

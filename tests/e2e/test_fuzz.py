@@ -22,8 +22,10 @@ async def test_fuzzing_the_contract_finds_no_server_error_and_no_broken_answer(
     assert report.server_errors == 0, summary
     assert report.failures == [] and report.errors == [], summary
     assert report.ok, summary
-    # It reached past validation: streams were created, read, published to and cancelled.
+    # It reached past validation: streams were created, read, published to and cancelled,
+    # and Durable Streams created.
     statuses = report.by_status
     for reached in ("POST /v1/streams 201", "GET /v1/streams/{id} 200",
-                    "GET /v1/streams/{id}/events 200", "POST /v1/streams/{id}/cancel 202"):
+                    "GET /v1/streams/{id}/events 200", "POST /v1/streams/{id}/cancel 202",
+                    "PUT /ds/v1/stream/{path} 201"):
         assert statuses.get(reached, 0) > 0, (reached, summary)
