@@ -23,7 +23,7 @@ from durable import protocol as p
 from durable.offsets import Position, parse
 from durable.records import stream_key
 from durable.state import Rec, Stream, now_ms
-from durable.view import DsLog, Write
+from durable.view import Claim, DsLog, Write
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,9 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
         plan.meta.update(pre=len(prefix), pren=count)
         return Write(plan.key, plan.meta, prefix + plan.value)
 
-    plan, _ = await ctx.ds.write(ctx.partition, decide_with_prefix, also=also)
+    claims = (Claim(ctx.key, exclusive=True),) + (
+        () if source_key is None else (Claim(source_key, exclusive=True),))
+    plan, _ = await ctx.ds.write(ctx.partition, decide_with_prefix, also=also, claims=claims)
     if isinstance(plan, web.StreamResponse):
         return plan
     stream = ctx.ds.registry.get(ctx.key)
@@ -302,13 +304,21 @@ async def append(ctx: _Ctx) -> web.StreamResponse:
             meta.update(pid=producer.id, ep=producer.epoch, sq=producer.seq)
         return Write(ctx.key, meta, value)
 
-    plan, _ = await ctx.ds.write(ctx.partition, decide)
+    # Appends that cannot change each other's answer share a transaction: plain ones,
+    # other producers'; a close, or another append with this producer or a Stream-Seq,
+    # waits for the next (view.Claim).
+    parts = frozenset(() if producer is None else (f"producer:{producer.id}",)) | (
+        frozenset(("seq",)) if seq is not None else frozenset())
+    plan, offset = await ctx.ds.write(
+        ctx.partition, decide, claims=(Claim(ctx.key, parts, exclusive=close),))
     if isinstance(plan, web.StreamResponse):
         return plan
     stream = ctx.ds.registry.get(ctx.key)
-    assert stream is not None
-    out = {p.STREAM_NEXT_OFFSET: stream.tail.token()}
-    if stream.closed:
+    assert stream is not None and offset is not None
+    # This append's own end (appends after it in the same batch moved the tail on).
+    own_end = Position(stream.depth, ctx.partition, offset + 1) if plan.value else stream.tail
+    out = {p.STREAM_NEXT_OFFSET: own_end.token()}
+    if close:
         out[p.STREAM_CLOSED] = "true"
     if producer is not None:
         out[p.PRODUCER_EPOCH] = str(producer.epoch)
@@ -368,7 +378,8 @@ async def delete(ctx: _Ctx) -> web.StreamResponse:
         return Write(ctx.key, {"op": "delete", "ts": now_ms()})
 
     # Forks of this stream may live in any partition: read them all to their end.
-    plan, _ = await ctx.ds.write(ctx.partition, decide, also=tuple(range(ctx.ds.partitions)))
+    plan, _ = await ctx.ds.write(ctx.partition, decide, also=tuple(range(ctx.ds.partitions)),
+                                 claims=(Claim(ctx.key, exclusive=True),))
     if isinstance(plan, web.StreamResponse):
         return plan
     return _answer(204)

@@ -20,6 +20,13 @@
   operation is checked again (bounded tries). An answer that writes nothing (a refusal, a
   duplicate) is not checked by a commit, so it is given only from state read to the
   partition's end;
+- group commit: one committer task per partition takes the writes waiting for it (at
+  most ``TIDEMARK_DS_WRITE_BATCH``, :data:`MAX_BATCH_BYTES`, after
+  ``TIDEMARK_DS_WRITE_LINGER_MS``), checks each on the partition's state and writes them
+  all in one transaction. Only writes that cannot change each other's answer share a
+  batch (their :class:`Claim` s do not conflict: plain appends to one stream, appends of
+  different producers, writes to different streams); the next write that would conflict
+  starts the next batch, so writes to one stream are still checked in arrival order;
 - :meth:`touch`: a read of a stream with a sliding TTL writes a ``touch`` record (not
   transactional; at most one per stream and gateway per tenth of its TTL, at most
   one second apart) so every gateway sees the access;
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +69,13 @@ WRITE_TRIES = 4
 MAX_TOUCHES_IN_FLIGHT = 1000
 
 
+#: Most bytes of records in one transaction of a partition's committer (a larger
+#: record goes alone).
+MAX_BATCH_BYTES = 1024 * 1024
+#: Writes waiting for one partition's committer; more answer 503.
+MAX_PENDING_WRITES = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """A record to write: checked against the state of its partition just before."""
@@ -70,15 +85,47 @@ class Write:
     value: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a write reads or changes of one stream. Two writes whose claims conflict are
+    never checked in one batch: an exclusive claim conflicts with every claim on the
+    stream, shared claims with those that name a common part (``producer:<id>``,
+    ``seq``)."""
+
+    key: str
+    parts: frozenset[str] = frozenset()
+    exclusive: bool = False
+
+    def conflicts(self, other: Claim) -> bool:
+        return self.key == other.key and (self.exclusive or other.exclusive
+                                          or bool(self.parts & other.parts))
+
+
+Answer = tuple[Any, int | None]
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """A write waiting for its partition's committer."""
+
+    decide: Callable[[], Write | Any]
+    also: tuple[int, ...]
+    #: None: it conflicts with everything (a batch of its own).
+    claims: tuple[Claim, ...] | None
+    future: asyncio.Future[Answer]
+
+
 class _Lease:
-    """The transactional producer of one partition, while this gateway holds it."""
+    """The transactional producer of one partition, while this gateway holds it, and the
+    writes waiting for it."""
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
         self.producer: AIOKafkaProducer | None = None
         #: This view has applied every write to the partition since the producer was
         #: initialised (set by the first catch-up under it; cleared when fenced).
         self.exact = False
+        self.pending: deque[_Pending] = deque()
+        self.committer: asyncio.Task[None] | None = None
 
 
 class DsLog:
@@ -187,6 +234,10 @@ class DsLog:
 
     async def close(self) -> None:
         for lease in self._leases.values():
+            if lease.committer is not None:
+                lease.committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lease.committer
             if lease.producer is not None:
                 await stop_client(lease.producer)
         for client in (self._touch, self._fetcher, self._catcher, self._probe,
@@ -328,26 +379,105 @@ class DsLog:
     # -- writing -----------------------------------------------------------------------
 
     async def write(self, partition: int, decide: Callable[[], Write | Any],
-                    *, also: tuple[int, ...] = ()) -> tuple[Any, int | None]:
+                    *, also: tuple[int, ...] = (),
+                    claims: tuple[Claim, ...] | None = None) -> Answer:
         """Check and write under partition ``partition``'s lease.
 
         ``decide`` runs on this view once it has read the partition (and ``also``) to
-        its end while holding the lease; it returns a :class:`Write` or an answer.
-        Returns ``(what decide returned, the record's Kafka offset or None)``; the record
-        is applied to this view before this returns.
+        its end while holding the lease; it returns a :class:`Write` or an answer. It may
+        run in one batch with other writes to the partition whose ``claims`` do not
+        conflict with these (None: alone), so it must read no more of the state than its
+        claims say. Returns ``(what decide returned, the record's Kafka offset or None)``;
+        the record is applied to this view before this returns.
         """
         lease = self._leases.setdefault(partition, _Lease())
+        if len(lease.pending) >= MAX_PENDING_WRITES:
+            raise KafkaUnavailable(f"too many writes wait for partition {partition}")
+        item = _Pending(decide, also, claims, asyncio.get_running_loop().create_future())
+        lease.pending.append(item)
+        if lease.committer is None:
+            lease.committer = asyncio.create_task(self._committer(partition, lease),
+                                                  name=f"ds-commit-p{partition}")
         try:
-            async with lease.lock, asyncio.timeout(self.settings.gateway.request_timeout_s):
-                return await self._write(lease, partition, decide, also)
+            async with asyncio.timeout(self.settings.gateway.request_timeout_s):
+                # Not shielded: a caller that gives up cancels its future, and a write not
+                # yet taken into a batch is then dropped (one taken still commits).
+                return await item.future
         except TimeoutError as exc:
             raise KafkaUnavailable(f"a write to partition {partition} did not finish within "
                                    "TIDEMARK_REQUEST_TIMEOUT") from exc
 
-    async def _write(self, lease: _Lease, partition: int, decide: Callable[[], Write | Any],
-                     also: tuple[int, ...]) -> tuple[Any, int | None]:
+    async def _committer(self, partition: int, lease: _Lease) -> None:
+        """Commit the partition's waiting writes, a batch at a time, until none wait."""
+        durable = self.settings.durable
+        batch: list[_Pending] = []
+        answers: list[Answer] | Exception
+        try:
+            while lease.pending:
+                if durable.write_linger_ms > 0 and len(lease.pending) < durable.write_batch:
+                    await asyncio.sleep(durable.write_linger_ms / 1000)
+                batch = self._take(lease)
+                if not batch:
+                    continue
+                try:
+                    async with asyncio.timeout(self.settings.gateway.request_timeout_s):
+                        answers = await self._commit(lease, partition, batch)
+                except TimeoutError:
+                    answers = KafkaUnavailable(
+                        f"a write to partition {partition} did not finish within "
+                        "TIDEMARK_REQUEST_TIMEOUT")
+                except Exception as exc:  # noqa: BLE001 - handed to every writer of the batch
+                    answers = exc
+                for n, item in enumerate(batch):
+                    if item.future.done():
+                        continue
+                    if isinstance(answers, Exception):
+                        item.future.set_exception(answers)
+                    else:
+                        item.future.set_result(answers[n])
+                batch = []
+                # Let the writers answer (from the state this batch left) before the
+                # next batch changes it.
+                await asyncio.sleep(0)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                log.exception("durable streams: the committer of partition %d failed",
+                              partition)
+            reason = exc if isinstance(exc, Exception) else KafkaUnavailable(
+                "the gateway is stopping")
+            for item in [*batch, *lease.pending]:
+                if not item.future.done():
+                    item.future.set_exception(reason)
+            lease.pending.clear()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            lease.committer = None
+
+    def _take(self, lease: _Lease) -> list[_Pending]:
+        """The next batch: waiting writes in order while their claims do not conflict."""
+        batch: list[_Pending] = []
+        claimed: list[Claim] = []
+        while lease.pending and len(batch) < self.settings.durable.write_batch:
+            item = lease.pending[0]
+            if item.future.done():  # its writer gave up
+                lease.pending.popleft()
+                continue
+            if batch and (item.claims is None
+                          or any(c.conflicts(d) for c in item.claims for d in claimed)):
+                break
+            lease.pending.popleft()
+            batch.append(item)
+            if item.claims is None:
+                break
+            claimed += item.claims
+        return batch
+
+    async def _commit(self, lease: _Lease, partition: int,
+                      batch: list[_Pending]) -> list[Answer]:
         kafka = self.settings.kafka
         tid = f"{self.topic}.p{partition}"
+        also = tuple(sorted({p for item in batch for p in item.also}))
         for attempt in range(WRITE_TRIES):
             if lease.producer is None:
                 lease.producer = await started(
@@ -360,20 +490,23 @@ class DsLog:
             else:
                 await self.caught_up(partition, *also)
                 lease.exact = True
-            plan = decide()
-            if not isinstance(plan, Write) and skipped:
+            plans = [item.decide() for item in batch]
+            if skipped and not all(isinstance(plan, Write) for plan in plans):
                 # An answer that writes nothing is not checked by a commit: another gateway
                 # may have taken the lease and written meanwhile. Read to the end first.
                 await self.caught_up(partition)
-                plan = decide()
-            if not isinstance(plan, Write):
-                return plan, None
+                plans = [item.decide() for item in batch]
+            plans = self._within_bytes(lease, batch, plans)
+            writes = [(n, plan) for n, plan in enumerate(plans) if isinstance(plan, Write)]
+            if not writes:
+                return [(plan, None) for plan in plans]
             producer = lease.producer
             try:
                 async with producer.transaction():
-                    meta = await producer.send_and_wait(
+                    sent = [await producer.send(
                         self.topic, plan.value, key=plan.key.encode(), partition=partition,
-                        headers=records.encode(plan.meta))
+                        headers=records.encode(plan.meta)) for _, plan in writes]
+                    metas = await asyncio.gather(*sent)
             except KafkaError as exc:
                 log.info("durable streams: writer of partition %d lost its lease (%s); "
                          "try %d", partition, exc, attempt + 1)
@@ -390,6 +523,22 @@ class DsLog:
                 self._closing_tasks.add(task := asyncio.ensure_future(stop_client(producer)))
                 task.add_done_callback(self._closing_tasks.discard)
                 raise
-            await self._fill(partition, meta.offset + 1)
-            return plan, meta.offset
+            await self._fill(partition, metas[-1].offset + 1)
+            offsets = {n: meta.offset for (n, _), meta in zip(writes, metas, strict=True)}
+            return [(plan, offsets.get(n)) for n, plan in enumerate(plans)]
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
+
+    @staticmethod
+    def _within_bytes(lease: _Lease, batch: list[_Pending],
+                      plans: list[Write | Any]) -> list[Write | Any]:
+        """Cut the batch where its records pass :data:`MAX_BATCH_BYTES`; the writes after
+        the cut wait for the next batch (at the head of the queue, in order)."""
+        size = 0
+        for n, plan in enumerate(plans):
+            if isinstance(plan, Write):
+                size += len(plan.value)
+                if size > MAX_BATCH_BYTES and n > 0:
+                    lease.pending.extendleft(reversed(batch[n:]))
+                    del batch[n:]
+                    return plans[:n]
+        return plans

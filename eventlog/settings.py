@@ -335,6 +335,12 @@ class DurableSettings:
     catchup_wait_s: float = _env(
         "DS_CATCHUP_WAIT", 5.0, "how long a request waits for this gateway to read a "
         "partition up to its end (read-your-writes) before it answers 503")
+    write_batch: int = _env(
+        "DS_WRITE_BATCH", 64, "most writes to one partition checked and committed in one "
+        "Kafka transaction (group commit; 1: a transaction per write)")
+    write_linger_ms: int = _env(
+        "DS_WRITE_LINGER_MS", 0, "how long a partition's committer waits for more writes "
+        "before a transaction that is not full (0: it takes what waits at once)")
 
     def __post_init__(self) -> None:
         if self.base_path and (not self.base_path.startswith("/")
@@ -343,6 +349,9 @@ class DurableSettings:
         if self.max_chunk_bytes < 1024 or self.cache_bytes < self.max_chunk_bytes:
             raise ConfigError("TIDEMARK_DS_MAX_CHUNK_BYTES must be >= 1024 and "
                               "<= TIDEMARK_DS_CACHE_BYTES")
+        if self.write_batch < 1 or self.write_linger_ms < 0:
+            raise ConfigError("TIDEMARK_DS_WRITE_BATCH must be >= 1 and "
+                              "TIDEMARK_DS_WRITE_LINGER_MS >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -326,3 +326,59 @@ async def test_idempotent_appends_through_a_gateway_sigkill_land_once_each(
             assert await r.json() == [{"seq": seq} for seq in range(60)]
     finally:
         haproxy.stop()
+
+
+async def test_concurrent_appends_share_commits_and_each_answers_its_own_offset(
+        two: Two, http: aiohttp.ClientSession) -> None:
+    # Appends that arrive together are committed in a few transactions (group commit);
+    # each still answers the offset just after its own bytes.
+    path = _path("group")
+    a, b = (two.url(g, path) for g in two.gw)
+    async with http.put(a, headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 201
+
+    async def send(i: int) -> tuple[str, str]:
+        body = f"<{i:03d}>"
+        async with http.post(a, data=body, headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 204, (r.status, await r.text())
+            return body, r.headers["Stream-Next-Offset"]
+
+    answers = await asyncio.gather(*(send(i) for i in range(60)))
+    assert len({offset for _, offset in answers}) == 60
+    async with http.get(b, params={"offset": "-1"}) as r:
+        full = await r.text()
+        tail = r.headers["Stream-Next-Offset"]
+    assert sorted(full[k:k + 5] for k in range(0, 300, 5)) == sorted(b for b, _ in answers)
+    assert max(offset for _, offset in answers) == tail
+    for body, offset in answers[::6]:
+        async with http.get(b, params={"offset": offset}) as r:
+            assert await r.text() == full[full.index(body) + len(body):], body
+
+
+async def test_producers_appending_at_once_through_both_gateways_land_once_each(
+        two: Two, http: aiohttp.ClientSession) -> None:
+    path = _path("producers")
+    urls = [two.url(g, path) for g in two.gw]
+    async with http.put(urls[0], headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 201
+
+    async def send(url: str, pid: str, seq: int) -> int:
+        async with http.post(url, data=json.dumps({"p": pid, "n": seq}), headers={
+                "Content-Type": "application/json", "Producer-Id": pid,
+                "Producer-Epoch": "0", "Producer-Seq": str(seq)}) as r:
+            return r.status
+
+    async def producer(pid: str) -> None:
+        for seq in range(10):
+            # Each batch sent twice at once, mostly through one gateway.
+            statuses = await asyncio.gather(send(urls[0], pid, seq),
+                                            send(urls[1 if seq % 5 == 0 else 0], pid, seq))
+            assert sorted(statuses) == [200, 204], (pid, seq, statuses)
+
+    pids = [f"p{i}" for i in range(6)]
+    await asyncio.gather(*(producer(pid) for pid in pids))
+    async with http.get(two.url(two.lb, path), params={"offset": "-1"}) as r:
+        got = await r.json()
+    assert len(got) == 60
+    for pid in pids:
+        assert [m["n"] for m in got if m["p"] == pid] == list(range(10)), pid
