@@ -1,7 +1,8 @@
 """Mounting the Durable Streams surface on an aiohttp application.
 
 :func:`mount` adds the routes under ``TIDEMARK_DS_BASE_PATH``, the :class:`DsLog` that
-runs for the app's lifetime (``cleanup_ctx``), and a middleware that answers CORS
+runs for the app's lifetime (``cleanup_ctx``, restarted with backoff when it fails; the
+host asks :meth:`DsLog.not_ready` for its readiness), and a middleware that answers CORS
 preflights under the base path with the protocol's headers. The host application
 passes how it authorizes a request (``authorize``): ``durable`` never imports the
 host's auth, and the host never imports ``durable`` (``tidemark.cli`` composes both).
@@ -46,7 +47,7 @@ def mount(app: web.Application, settings: Settings, authorize: Authorize) -> Non
 
 async def _ds_ctx(app: web.Application) -> AsyncIterator[None]:
     ds = app[DS_LOG]
-    task = app[DS_TASK] = asyncio.create_task(ds.run(), name="durable-streams")
+    task = app[DS_TASK] = asyncio.create_task(ds.supervise(), name="durable-streams")
     task.add_done_callback(_report)
     yield
     task.cancel()
@@ -56,8 +57,9 @@ async def _ds_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _report(task: asyncio.Task[None]) -> None:
+    # DsLog.supervise restarts the reader itself; it ends only when cancelled.
     if not task.cancelled() and task.exception() is not None:
-        log.error("durable streams: the log task failed", exc_info=task.exception())
+        log.error("durable streams: the log supervisor failed", exc_info=task.exception())
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 #: Tries of one write when its producer is fenced meanwhile.
 WRITE_TRIES = 4
+#: Backoff of :meth:`DsLog.supervise` between restarts of a failed log reader: from the
+#: first to the second, doubling; back to the first after a run this long.
+RESTART_DELAYS_S = (0.5, 30.0)
+RESTART_RESET_S = 60.0
 #: Touch records in flight at once; more are skipped (a touch is an optimisation of
 #: a later expiry, never needed for correctness of the data).
 MAX_TOUCHES_IN_FLIGHT = 1000
@@ -135,6 +139,8 @@ class DsLog:
         self.registry = Registry(cache_bytes=settings.durable.cache_bytes)
         self.partitions = 0
         self.ready = asyncio.Event()
+        #: Why the log is not read now (:meth:`supervise` restarts it), else None.
+        self.trouble: str | None = None
         #: Set at shutdown: live reads answer at once.
         self.closing = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -154,6 +160,37 @@ class DsLog:
         self._closing_tasks: set[asyncio.Future[None]] = set()
 
     # -- start, tail, stop -------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        """:meth:`run`, restarted with bounded backoff when it fails (Kafka unreachable
+        for ``TIDEMARK_KAFKA_CONNECT_TIMEOUT``, a bug); meanwhile :meth:`not_ready` says
+        why and requests answer 503 at once. A restart goes on from the positions already
+        applied: the state is kept."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_DELAYS_S[0]
+        while True:
+            began = loop.time()
+            try:
+                await self.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the supervisor's edge: logged, retried
+                self.ready.clear()
+                if loop.time() - began > RESTART_RESET_S:
+                    delay = RESTART_DELAYS_S[0]
+                self.trouble = (f"the Durable Streams log failed ({exc}); restarting in "
+                                f"{delay:.1f}s")
+                log.exception("durable streams: the log reader failed; restarting in %.1fs",
+                              delay)
+                await self._stop_readers()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAYS_S[1])
+
+    def not_ready(self) -> str | None:
+        """Why this gateway cannot serve the protocol now (for ``/readyz``), else None."""
+        if self.trouble is not None:
+            return self.trouble
+        return None if self.ready.is_set() else "the Durable Streams log is not read yet"
 
     async def run(self) -> None:
         kafka = self.settings.kafka
@@ -180,13 +217,14 @@ class DsLog:
         parts = await partitions_of(consumer, self.topic, timeout=30.0)
         tps = [TopicPartition(self.topic, p) for p in parts]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            # From the start; after a restart, from what is applied already.
+            consumer.seek(tp, self._applied.setdefault(tp.partition, 0))
         self.partitions = len(parts)
         self._fetcher.assign(tps)
         self._catcher.assign(tps)
         self._catcher.pause(*tps)
-        for p in parts:
-            self._applied[p] = 0
+        self.trouble = None
         self.ready.set()
         log.info("durable streams: tailing %s (%d partitions)", self.topic, len(parts))
         while True:
@@ -222,8 +260,15 @@ class DsLog:
         meta = records.decode(msg.headers)
         if meta is None or msg.key is None:
             return
-        key = msg.key.decode()
-        stream = self.registry.apply(partition, msg.offset, key, meta, msg.value or b"")
+        try:
+            key = msg.key.decode()
+            stream = self.registry.apply(partition, msg.offset, key, meta, msg.value or b"")
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            # Not written by a gateway (anyone with access to the topic can): skipped, as
+            # every gateway skips it, rather than stopping this gateway's reader.
+            log.warning("durable streams: skipped a malformed record at %s[%d]@%d: %r",
+                        self.topic, partition, msg.offset, exc)
+            return
         if stream is not None:
             self._wake(key)
 
@@ -240,18 +285,25 @@ class DsLog:
                     await lease.committer
             if lease.producer is not None:
                 await stop_client(lease.producer)
+        await self._stop_readers()
+
+    async def _stop_readers(self) -> None:
         for client in (self._touch, self._fetcher, self._catcher, self._probe,
                        self._consumer):
             if client is not None:
-                await stop_client(client)
+                with contextlib.suppress(KafkaError):
+                    await stop_client(client)
 
     # -- reading -----------------------------------------------------------------------
 
     async def wait_ready(self) -> None:
         """Wait until the clients are up and the partitions known (a starting gateway);
-        :class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``."""
+        :class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``, or at once while
+        the log reader is down."""
         if self.ready.is_set():
             return
+        if self.trouble is not None:
+            raise KafkaUnavailable(self.trouble)
         try:
             await asyncio.wait_for(self.ready.wait(), self.settings.durable.catchup_wait_s)
         except TimeoutError as exc:

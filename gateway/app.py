@@ -29,7 +29,7 @@ from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.metrics import METRICS
 from gateway.observe import install as install_observability
 from gateway.problems import problem_middleware
-from gateway.services import SERVICES, Services
+from gateway.services import READY_CHECKS, SERVICES, Services
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app = web.Application(middlewares=[problem_middleware],
                           client_max_size=settings.gateway.max_body_bytes)
     services = app[SERVICES] = Services(settings)
+    app[READY_CHECKS] = []
     app[METRICS] = services.metrics
     app[AUTHENTICATOR] = authenticator
     app[AUDIT] = Audit(settings.auth.audit_log, gateway=services.instance)

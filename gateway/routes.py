@@ -27,7 +27,7 @@ from gateway.limits import FAIL_OPEN_SCOPES, active_stream
 from gateway.lookup import Found
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
-from gateway.services import SERVICES, Services
+from gateway.services import READY_CHECKS, SERVICES, Services
 from gateway.sessions import DEFAULT_PAGE, MAX_PAGE, BadCursor, decode_cursor
 from gateway.urls import transport_urls
 from schemas import events
@@ -338,6 +338,10 @@ async def readyz(request: web.Request) -> web.Response:
         raise Problem(503, "waiting for Kafka: the hub is not assigned yet")
     if not services.kafka_ok:
         raise Problem(503, "Kafka is not answering")
+    for check in request.app[READY_CHECKS]:
+        reason = check()
+        if reason is not None:
+            raise Problem(503, reason)
     return _json({"status": "ready", "partitions": len(hub.tails),
                   "subscribers": hub.subscriber_count})
 

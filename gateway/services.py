@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -221,3 +222,6 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+#: More reasons for ``/readyz`` to answer 503: each returns why the gateway cannot serve
+#: now, or None (parts mounted by the composition root, e.g. Durable Streams).
+READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], str | None]])

@@ -194,8 +194,10 @@ def _mount_durable(app: Any, settings: Settings) -> None:
     from aiohttp import web
 
     from durable.app import mount
+    from durable.routes import DS_LOG
     from gateway.auth import AUTHENTICATOR, QUERY, authorize
     from gateway.errors import Unauthenticated
+    from gateway.services import READY_CHECKS
 
     def ds_authorize(request: web.Request, scope: str) -> str:
         # A Durable Streams write may be a plain cross-site form post (text/plain needs
@@ -206,6 +208,8 @@ def _mount_durable(app: Any, settings: Settings) -> None:
         return authorize(request, scope).tenant
 
     mount(app, settings, ds_authorize)
+    if DS_LOG in app:  # mounted (TIDEMARK_DS_BASE_PATH not empty)
+        app[READY_CHECKS].append(app[DS_LOG].not_ready)
 
 
 async def run_gateways(settings: Settings, count: int) -> int:
