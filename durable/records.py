@@ -4,7 +4,7 @@ Topic ``tidemark.<ns>.ds``; key = ``<tenant>/<stream path>``; the value is the b
 the operation adds to the stream (possibly none) and the header ``ds`` is the
 operation as compact JSON:
 
-- ``{"op": "create", "ct", "ttl", "exp", "closed", "src", "srcgen", "fo", "ts"}``: a
+- ``{"op": "create", "ct", "ttl", "exp", "closed", "src", "srcgen", "fo", "pend", "ts"}``: a
   stream (re)created at this key; ``src``/``srcgen``/``fo`` name a fork's source (its key,
   the position of the source's create record) and fork offset;
 - ``{"op": "append", "close", "pid", "ep", "sq", "sseq", "n", "ts"}``: data appended
@@ -12,7 +12,9 @@ operation as compact JSON:
   producer (``pid``/``ep``/``sq``), optionally with ``Stream-Seq`` ``sseq``, optionally
   closing the stream;
 - ``{"op": "delete", "ts"}``, and ``{"op": "touch", "ts"}`` (a read that resets a sliding
-  TTL).
+  TTL);
+- ``{"op": "fork", "fork", "fgen", "ts"}`` in a source's partition: confirms the fork
+  whose create record (marked ``pend``) is at ``fgen`` (see :mod:`durable.state`).
 
 Every gateway folds these records, in partition order, into the same state
 (:mod:`durable.state`); the log is the only store.

@@ -75,9 +75,10 @@ class _Ctx:
         self.partition = self.ds.partition_of(self.key)
 
     def live(self, key: str | None = None) -> Stream | None:
-        """The stream at ``key`` (default: this one) unless absent or expired."""
+        """The stream at ``key`` (default: this one) unless absent (a fork its source has
+        not confirmed is) or expired."""
         stream = self.ds.registry.get(key or self.key)
-        if stream is None or stream.gone or not stream.created:
+        if stream is None or stream.gone or not stream.created or stream.pending:
             return None
         if not stream.soft_deleted and stream.expired(now_ms()):
             return None
@@ -175,8 +176,9 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
             at = fork_at or source.tail
             if at > source.tail:
                 return _answer(400, text="Stream-Fork-Offset is past the source's tail")
+            # Pending until the source's partition confirms it (fork(), below).
             meta.update(src=source.key, srcgen=list(source.gen), fo=list(at),
-                        depth=source.depth + 1, sub=sub)
+                        depth=source.depth + 1, sub=sub, pend=True)
             prefixes.clear()
             if sub:
                 anchor = source.segments(at)
@@ -191,7 +193,7 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
     if source_key is not None and sub:
         # The inherited part of the anchor record goes into the fork's create record;
         # its bytes may have to be read from Kafka, which decide() cannot do.
-        await ctx.ds.caught_up(*also)
+        await ctx.ds.settle(source_key)
         decide()
         if prefixes:
             await ctx.ds.load([prefixes[0][1]])
@@ -210,16 +212,52 @@ async def create(ctx: _Ctx) -> web.StreamResponse:
         plan.meta.update(pre=len(prefix), pren=count)
         return Write(plan.key, plan.meta, prefix + plan.value)
 
-    claims = (Claim(ctx.key, exclusive=True),) + (
-        () if source_key is None else (Claim(source_key, exclusive=True),))
-    plan, _ = await ctx.ds.write(ctx.partition, decide_with_prefix, also=also, claims=claims)
+    keys = (ctx.key,) if source_key is None else (ctx.key, source_key)
+    plan, offset = await ctx.ds.write(
+        ctx.partition, decide_with_prefix, also=also,
+        also_of=lambda: ctx.ds.registry.unconfirmed(*keys),
+        claims=tuple(Claim(k, exclusive=True) for k in keys))
     if isinstance(plan, web.StreamResponse):
         return plan
+    if source_key is not None:
+        assert offset is not None
+        refusal = await _confirm_fork(ctx, source_key, plan, (ctx.partition, offset))
+        if refusal is not None:
+            return refusal
     stream = ctx.ds.registry.get(ctx.key)
     assert stream is not None
     out = _meta_headers(stream)
     out[hdrs.LOCATION] = str(ctx.request.url.with_query(None))
     return _answer(201, out)
+
+
+async def _confirm_fork(ctx: _Ctx, source_key: str, plan: Write,
+                        gen: tuple[int, int]) -> web.Response | None:
+    """The second step of a fork: under the source's partition's lease, while the source
+    still lives, a ``fork`` record there confirms the fork's create record ``gen`` (so a
+    delete of the source is ordered before it, and refused the fork, or after it, and
+    keeps the source for it). None: confirmed; else the answer."""
+    srcgen = tuple(plan.meta["srcgen"])
+
+    def decide() -> Write | web.Response:
+        source = ctx.live(source_key)
+        if source is None or source.gen != srcgen:
+            return _answer(404, text="no such source stream")
+        if source.soft_deleted:
+            return _answer(409, text="the source stream was deleted")
+        return Write(source_key, {"op": "fork", "fork": ctx.key, "fgen": list(gen),
+                                  "ts": now_ms()})
+
+    answer, _ = await ctx.ds.write(
+        ctx.ds.partition_of(source_key), decide,
+        also_of=lambda: ctx.ds.registry.unconfirmed(source_key),
+        claims=(Claim(source_key, exclusive=True),))
+    if isinstance(answer, web.Response):
+        return answer  # the fork stays pending: absent, its path free
+    stream = ctx.ds.registry.get(ctx.key)
+    if stream is None or stream.gen != gen or stream.pending:
+        return _answer(409, text="the path was created again meanwhile")
+    return None
 
 
 def _initial(content_type: str, body: bytes) -> tuple[bytes, int]:
@@ -310,7 +348,8 @@ async def append(ctx: _Ctx) -> web.StreamResponse:
     parts = frozenset(() if producer is None else (f"producer:{producer.id}",)) | (
         frozenset(("seq",)) if seq is not None else frozenset())
     plan, offset = await ctx.ds.write(
-        ctx.partition, decide, claims=(Claim(ctx.key, parts, exclusive=close),))
+        ctx.partition, decide, also_of=lambda: ctx.ds.registry.unconfirmed(ctx.key),
+        claims=(Claim(ctx.key, parts, exclusive=close),))
     if isinstance(plan, web.StreamResponse):
         return plan
     stream = ctx.ds.registry.get(ctx.key)
@@ -377,8 +416,11 @@ async def delete(ctx: _Ctx) -> web.StreamResponse:
             return _gone()
         return Write(ctx.key, {"op": "delete", "ts": now_ms()})
 
-    # Forks of this stream may live in any partition: read them all to their end.
-    plan, _ = await ctx.ds.write(ctx.partition, decide, also=tuple(range(ctx.ds.partitions)),
+    # Whether forks still read it is decided where the records are applied: every fork is
+    # confirmed by a record in this stream's own partition, so its order against this
+    # delete is the partition's (state.py).
+    plan, _ = await ctx.ds.write(ctx.partition, decide,
+                                 also_of=lambda: ctx.ds.registry.unconfirmed(ctx.key),
                                  claims=(Claim(ctx.key, exclusive=True),))
     if isinstance(plan, web.StreamResponse):
         return plan
@@ -386,7 +428,7 @@ async def delete(ctx: _Ctx) -> web.StreamResponse:
 
 
 async def head(ctx: _Ctx) -> web.StreamResponse:
-    await ctx.ds.caught_up(ctx.partition)
+    await ctx.ds.settle(ctx.key)
     stream = ctx.live()
     if stream is None:
         return _answer(404, {hdrs.CACHE_CONTROL: "no-store"})
@@ -433,7 +475,7 @@ async def read(ctx: _Ctx) -> web.StreamResponse:
     raw = query.get("offset")
     if live is not None and raw is None:
         raise p.BadRequest("a live read needs an offset")
-    await ctx.ds.caught_up(ctx.partition)
+    await ctx.ds.settle(ctx.key)
     stream = ctx.live()
     if stream is None:
         return _not_found()

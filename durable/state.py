@@ -10,6 +10,13 @@ A fork holds a reference to its source's :class:`Stream` (found by the position 
 source's create record, so the order in which partitions are read does not matter).
 A deleted stream that forks still read is soft-deleted: it answers 410 and keeps its
 records until its last fork is deleted, then it goes (and so on up the chain).
+
+A fork is made in two steps, so that its source's partition orders it against the
+source's deletion: its ``create`` record (``pend``) in its own partition, then a ``fork``
+record in the source's partition, written only while the source lives, which confirms
+it. A fork counts for its source (and answers) once both are applied, whatever order the
+partitions are read in; a create whose ``fork`` record never came (its source was
+deleted first, its gateway died) stays pending: absent, and its path free.
 """
 
 from __future__ import annotations
@@ -73,6 +80,12 @@ class Stream:
     soft_deleted: bool = False
     gone: bool = False
     forks: int = 0
+    #: A fork whose source has not confirmed it (yet): absent.
+    pending: bool = False
+    #: A fork whose source's ``fork`` record is applied.
+    confirmed: bool = False
+    #: This fork is counted in its source's ``forks``.
+    counted: bool = False
     #: Bumped by every change; live readers wait for it to move.
     version: int = 0
 
@@ -122,6 +135,18 @@ class Registry:
     def get(self, key: str) -> Stream | None:
         return self.streams.get(key)
 
+    def unconfirmed(self, *keys: str) -> tuple[int, ...]:
+        """The partitions whose ``fork`` records would confirm a pending fork among these
+        streams and their sources (read them, and a fork is known as it is)."""
+        out: set[int] = set()
+        for key in keys:
+            stream = self.streams.get(key)
+            while stream is not None:
+                if stream.pending and stream.source is not None:
+                    out.add(stream.source.partition)
+                stream = stream.source
+        return tuple(sorted(out))
+
     def _incarnation(self, gen: tuple[int, int], key: str) -> Stream:
         stream = self._by_gen.get(gen)
         if stream is None:
@@ -156,6 +181,16 @@ class Registry:
             stream.last_access_ms = max(stream.last_access_ms, ts)
         elif op == "touch":
             stream.last_access_ms = max(stream.last_access_ms, ts)
+        elif op == "fork":
+            fgen = meta["fgen"]
+            fork = self._incarnation((int(fgen[0]), int(fgen[1])), str(meta["fork"]))
+            if fork.gone or fork.confirmed:
+                return None
+            fork.confirmed = True
+            fork.pending = False
+            fork.counted = True
+            stream.forks += 1
+            fork.version += 1
         elif op == "delete":
             self._delete(stream)
         else:
@@ -184,7 +219,11 @@ class Registry:
             stream.fork_offset = Position(*meta["fo"])
             stream.tail = stream.fork_offset
             stream.fork_sub = int(meta.get("sub", 0))
-            source.forks += 1
+            if meta.get("pend"):
+                stream.pending = not stream.confirmed
+            else:  # a fork made in one step (records of an earlier version)
+                stream.counted = True
+                source.forks += 1
         else:
             stream.tail = Position(0, partition, offset + 1)
         pre = int(meta.get("pre", 0))
@@ -219,7 +258,7 @@ class Registry:
                 self._held -= rec.size
                 rec.data = None
         source = stream.source
-        if source is not None:
+        if source is not None and stream.counted:
             source.forks -= 1
             if source.soft_deleted and source.forks <= 0:
                 self._drop(source)

@@ -78,6 +78,9 @@ MAX_TOUCHES_IN_FLIGHT = 1000
 MAX_BATCH_BYTES = 1024 * 1024
 #: Writes waiting for one partition's committer; more answer 503.
 MAX_PENDING_WRITES = 10_000
+#: Rounds of reading the partitions of a pending fork's sources (one more level of the
+#: fork chain each).
+MAX_FORK_DEPTH_READ = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,8 @@ class _Pending:
     #: None: it conflicts with everything (a batch of its own).
     claims: tuple[Claim, ...] | None
     future: asyncio.Future[Answer]
+    #: More partitions to read to their end, given the state (a pending fork's source).
+    also_of: Callable[[], tuple[int, ...]] | None = None
 
 
 class _Lease:
@@ -432,6 +437,7 @@ class DsLog:
 
     async def write(self, partition: int, decide: Callable[[], Write | Any],
                     *, also: tuple[int, ...] = (),
+                    also_of: Callable[[], tuple[int, ...]] | None = None,
                     claims: tuple[Claim, ...] | None = None) -> Answer:
         """Check and write under partition ``partition``'s lease.
 
@@ -439,13 +445,16 @@ class DsLog:
         its end while holding the lease; it returns a :class:`Write` or an answer. It may
         run in one batch with other writes to the partition whose ``claims`` do not
         conflict with these (None: alone), so it must read no more of the state than its
-        claims say. Returns ``(what decide returned, the record's Kafka offset or None)``;
-        the record is applied to this view before this returns.
+        claims say. ``also_of`` names more partitions to read to their end first, from
+        the state read so far (see :meth:`settle`). Returns ``(what decide returned, the
+        record's Kafka offset or None)``; the record is applied to this view before this
+        returns.
         """
         lease = self._leases.setdefault(partition, _Lease())
         if len(lease.pending) >= MAX_PENDING_WRITES:
             raise KafkaUnavailable(f"too many writes wait for partition {partition}")
-        item = _Pending(decide, also, claims, asyncio.get_running_loop().create_future())
+        item = _Pending(decide, also, claims, asyncio.get_running_loop().create_future(),
+                        also_of)
         lease.pending.append(item)
         if lease.committer is None:
             lease.committer = asyncio.create_task(self._committer(partition, lease),
@@ -542,11 +551,13 @@ class DsLog:
             else:
                 await self.caught_up(partition, *also)
                 lease.exact = True
+            await self._also_of(batch)
             plans = [item.decide() for item in batch]
             if skipped and not all(isinstance(plan, Write) for plan in plans):
                 # An answer that writes nothing is not checked by a commit: another gateway
                 # may have taken the lease and written meanwhile. Read to the end first.
                 await self.caught_up(partition)
+                await self._also_of(batch)
                 plans = [item.decide() for item in batch]
             plans = self._within_bytes(lease, batch, plans)
             writes = [(n, plan) for n, plan in enumerate(plans) if isinstance(plan, Write)]
@@ -579,6 +590,28 @@ class DsLog:
             offsets = {n: meta.offset for (n, _), meta in zip(writes, metas, strict=True)}
             return [(plan, offsets.get(n)) for n, plan in enumerate(plans)]
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
+
+    async def _also_of(self, batch: list[_Pending]) -> None:
+        done: set[int] = set()
+        for _ in range(MAX_FORK_DEPTH_READ):
+            wanted = {p for item in batch if item.also_of is not None
+                      for p in item.also_of()} - done
+            if not wanted:
+                return
+            await self.caught_up(*wanted)
+            done |= wanted
+
+    async def settle(self, *keys: str) -> None:
+        """Read the partition of each stream to its end, then the partitions that may
+        confirm a pending fork among them and their sources (``Registry.unconfirmed``)."""
+        await self.caught_up(*(self.partition_of(k) for k in keys))
+        done: set[int] = set()
+        for _ in range(MAX_FORK_DEPTH_READ):
+            wanted = set(self.registry.unconfirmed(*keys)) - done
+            if not wanted:
+                return
+            await self.caught_up(*wanted)
+            done |= wanted
 
     @staticmethod
     def _within_bytes(lease: _Lease, batch: list[_Pending],

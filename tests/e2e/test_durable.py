@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
+from durable.records import partition_of, stream_key
 from tests.conftest import Cluster
 from tests.procs import auth_headers, start_haproxy
 
@@ -382,3 +383,53 @@ async def test_producers_appending_at_once_through_both_gateways_land_once_each(
     assert len(got) == 60
     for pid in pids:
         assert [m["n"] for m in got if m["p"] == pid] == list(range(10)), pid
+
+
+def _in_another_partition(name: str, than: str) -> str:
+    """A fresh path of the test tenant whose partition (of 4) is not ``than``'s."""
+    avoid = partition_of(stream_key("default", than), 4)
+    for n in range(100):
+        path = _path(f"{name}{n}")
+        if partition_of(stream_key("default", path), 4) != avoid:
+            return path
+    raise AssertionError("no path in another partition")
+
+
+async def test_a_fork_made_while_its_source_is_deleted_elsewhere_ends_alike_everywhere(
+        two: Two, http: aiohttp.ClientSession) -> None:
+    # The fork is checked in its own partition, the delete in its source's: the fork's
+    # second step (a record in the source's partition) orders the two.
+    for i in range(8):
+        src = _path(f"race{i}-")
+        fork = _in_another_partition(f"race{i}-fork-", src)
+        async with http.put(two.url(two.gw[0], src), data=b"data",
+                            headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 201
+
+        async def put_fork(url: str, source: str) -> int:
+            async with http.put(url, headers={"Stream-Forked-From": source}) as r:
+                return r.status
+
+        async def delete(url: str) -> int:
+            async with http.delete(url) as r:
+                return r.status
+
+        forked, deleted = await asyncio.gather(put_fork(two.url(two.gw[i % 2], fork), src),
+                                               delete(two.url(two.gw[1 - i % 2], src)))
+        assert deleted == 204 and forked in (201, 404, 409), (forked, deleted)
+        for g in two.gw:
+            async with http.get(two.url(g, fork), params={"offset": "-1"}) as r:
+                assert r.status == (200 if forked == 201 else 404), (i, forked, g)
+                if forked == 201:
+                    assert await r.text() == "data"
+            async with http.head(two.url(g, src)) as r:
+                # Soft-deleted while the fork reads it, else gone.
+                assert r.status == (410 if forked == 201 else 404), (i, forked, g)
+        if forked == 201:
+            async with http.delete(two.url(two.gw[1], fork)) as r:
+                assert r.status == 204
+            for g in two.gw:
+                async with http.head(two.url(g, src)) as r:
+                    assert r.status == 404
+        async with http.put(two.url(two.gw[1], src), headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 201  # the path is free again

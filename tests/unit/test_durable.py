@@ -87,6 +87,60 @@ def test_fold_of_appends_forks_and_a_soft_deleted_source() -> None:
     assert reg.get("t/fork") is None and reg.get("t/src") is None
 
 
+Rec = tuple[int, int, str, dict[str, object], bytes]
+
+
+def _interleavings(a: list[Rec], b: list[Rec]) -> list[list[Rec]]:
+    """Every order a gateway may apply two partitions' records in (each in its order)."""
+    out = []
+    for picks in itertools.combinations(range(len(a) + len(b)), len(a)):
+        ia, ib = iter(a), iter(b)
+        out.append([next(ia) if i in picks else next(ib) for i in range(len(a) + len(b))])
+    return out
+
+
+def _fold(records: list[Rec]) -> Registry:
+    reg = Registry(cache_bytes=1 << 20)
+    for part, off, key, meta, value in records:
+        reg.apply(part, off, key, {"ts": 1, **meta}, value)
+    return reg
+
+
+_SRC: list[Rec] = [(2, 10, "t/src", {"op": "create", "ct": "text/plain"}, b""),
+                   (2, 11, "t/src", {"op": "append"}, b"A")]
+_FORK: Rec = (0, 5, "t/fork", {"op": "create", "ct": "text/plain", "src": "t/src",
+                               "srcgen": [2, 10], "fo": [0, 2, 12], "depth": 1,
+                               "pend": True}, b"")
+_PIN: Rec = (2, 12, "t/src", {"op": "fork", "fork": "t/fork", "fgen": [0, 5]}, b"")
+
+
+def test_a_fork_confirmed_before_its_source_is_deleted_keeps_it_in_any_read_order() -> None:
+    source = [*_SRC, _PIN, (2, 13, "t/src", {"op": "delete"}, b"")]
+    fork = [_FORK, (0, 6, "t/fork", {"op": "append"}, b"F")]
+    for order in _interleavings(source, fork):
+        reg = _fold(order)
+        src, f = reg.get("t/src"), reg.get("t/fork")
+        assert src is not None and src.soft_deleted and src.forks == 1, order
+        assert f is not None and not f.pending and f.source is src, order
+        assert [r.data for r in f.segments(ORIGIN)] == [b"A", b"F"], order
+        reg.apply(0, 7, "t/fork", {"op": "delete", "ts": 2}, b"")
+        assert reg.get("t/fork") is None and reg.get("t/src") is None, order
+
+
+def test_a_fork_its_source_never_confirmed_is_absent_and_its_path_free() -> None:
+    # The source was deleted before the fork's second step: no fork record.
+    source = [*_SRC, (2, 12, "t/src", {"op": "delete"}, b"")]
+    fork = [_FORK, (0, 6, "t/fork", {"op": "create", "ct": "text/plain"}, b"new")]
+    for order in _interleavings(source, fork):
+        reg = _fold(order)
+        assert reg.get("t/src") is None, order
+        f = reg.get("t/fork")
+        assert f is not None and not f.pending and f.source is None, order
+        assert [r.data for r in f.segments(ORIGIN)] == [b"new"], order
+    pending = _fold([*_SRC, _FORK]).get("t/fork")
+    assert pending is not None and pending.pending
+
+
 def test_the_memory_budget_drops_the_oldest_bytes_but_keeps_their_place() -> None:
     reg = Registry(cache_bytes=10)
     _create(reg, 0, 0, "t/s")
