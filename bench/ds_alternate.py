@@ -80,6 +80,20 @@ async def case(name: str, urls: list[str], n: int, pids: dict[str, int]) -> dict
             "cpu_s": {k: round(tree_cpu_s(p) - before[k], 2) for k, p in pids.items()}}
 
 
+def gateway_env(workdir: Path, bootstrap: str | None, procs: list[Proc],
+                pids: dict[str, int]) -> dict[str, str]:
+    """The environment of a bench's gateways (no auth, 4 partitions, a new namespace) on
+    ``bootstrap``, else on a new broker (added to ``procs`` and ``pids``)."""
+    if not bootstrap:
+        broker = Proc("kafka", ["kafka", "--data-dir", str(workdir / "kafka")],
+                      base_env(), workdir)
+        procs.append(broker)
+        bootstrap = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
+        pids["broker"] = broker.popen.pid
+    return base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap, TIDEMARK_AUTH="none",
+                    TIDEMARK_PARTITIONS="4", TIDEMARK_NAMESPACE="b" + uuid.uuid4().hex[:8])
+
+
 async def run(*, n: int, workdir: Path, bootstrap: str | None) -> dict[str, Any]:
     procs: list[Proc] = []
     out: dict[str, Any] = {"setup": "2 gateways (TIDEMARK_AUTH=none, 4 partitions) on one "
@@ -87,14 +101,7 @@ async def run(*, n: int, workdir: Path, bootstrap: str | None) -> dict[str, Any]
                                     "0.3.7 in memory; client: Python aiohttp, sequential"}
     try:
         pids: dict[str, int] = {}
-        if not bootstrap:
-            broker = Proc("kafka", ["kafka", "--data-dir", str(workdir / "kafka")],
-                          base_env(), workdir)
-            procs.append(broker)
-            bootstrap = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
-            pids["broker"] = broker.popen.pid
-        env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap, TIDEMARK_AUTH="none",
-                       TIDEMARK_PARTITIONS="4", TIDEMARK_NAMESPACE="b" + uuid.uuid4().hex[:8])
+        env = gateway_env(workdir, bootstrap, procs, pids)
         gws = []
         for i in range(2):
             port = free_port()

@@ -26,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.ds_alternate import tree_cpu_s
-from tests.procs import Proc, base_env, free_port, wait_ready
+from bench.ds_alternate import gateway_env, tree_cpu_s
+from tests.procs import Proc, free_port, wait_ready
 
 _HEADERS = {"Content-Type": "text/plain"}
 
@@ -74,14 +74,7 @@ async def run(*, writers: int, seconds: float, workdir: Path,
                                     "request at a time per writer"}
     try:
         pids: dict[str, int] = {}
-        if not bootstrap:
-            broker = Proc("kafka", ["kafka", "--data-dir", str(workdir / "kafka")],
-                          base_env(), workdir)
-            procs.append(broker)
-            bootstrap = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
-            pids["broker"] = broker.popen.pid
-        env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap, TIDEMARK_AUTH="none",
-                       TIDEMARK_PARTITIONS="4", TIDEMARK_NAMESPACE="b" + uuid.uuid4().hex[:8])
+        env = gateway_env(workdir, bootstrap, procs, pids)
         port = free_port()
         proc = Proc("gateway", ["gateway", "--port", str(port)], env, workdir)
         procs.append(proc)
