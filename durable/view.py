@@ -592,26 +592,25 @@ class DsLog:
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
 
     async def _also_of(self, batch: list[_Pending]) -> None:
-        done: set[int] = set()
-        for _ in range(MAX_FORK_DEPTH_READ):
-            wanted = {p for item in batch if item.also_of is not None
-                      for p in item.also_of()} - done
-            if not wanted:
-                return
-            await self.caught_up(*wanted)
-            done |= wanted
+        await self._read_sources(lambda: {p for item in batch if item.also_of is not None
+                                          for p in item.also_of()})
 
     async def settle(self, *keys: str) -> None:
         """Read the partition of each stream to its end, then the partitions that may
         confirm a pending fork among them and their sources (``Registry.unconfirmed``)."""
         await self.caught_up(*(self.partition_of(k) for k in keys))
+        await self._read_sources(lambda: set(self.registry.unconfirmed(*keys)))
+
+    async def _read_sources(self, wanted: Callable[[], set[int]]) -> None:
+        """Read the partitions ``wanted`` names to their end, asking again after each
+        round (a source read may show its own source pending), a bounded number of times."""
         done: set[int] = set()
         for _ in range(MAX_FORK_DEPTH_READ):
-            wanted = set(self.registry.unconfirmed(*keys)) - done
-            if not wanted:
+            todo = wanted() - done
+            if not todo:
                 return
-            await self.caught_up(*wanted)
-            done |= wanted
+            await self.caught_up(*todo)
+            done |= todo
 
     @staticmethod
     def _within_bytes(lease: _Lease, batch: list[_Pending],
