@@ -131,6 +131,9 @@ class Registry:
         self._cache_bytes = cache_bytes
         self._held = 0
         self._held_recs: deque[Rec] = deque()
+        #: The last offset applied per partition (to tell a stream that went from one
+        #: whose create record is still to come).
+        self._seen: dict[int, int] = {}
 
     def get(self, key: str) -> Stream | None:
         return self.streams.get(key)
@@ -153,9 +156,19 @@ class Registry:
             stream = self._by_gen[gen] = Stream(key=key, gen=gen)
         return stream
 
+    def _other(self, gen: tuple[int, int], key: str) -> Stream:
+        """The incarnation at ``gen`` named by a record of another stream: kept (a
+        placeholder until its create record is applied), or, when that record was applied
+        and the stream went since, a gone one that nothing keeps."""
+        stream = self._by_gen.get(gen)
+        if stream is None and self._seen.get(gen[0], -1) >= gen[1]:
+            stream = Stream(key=key, gen=gen, gone=True)
+        return stream if stream is not None else self._incarnation(gen, key)
+
     def apply(self, partition: int, offset: int, key: str, meta: dict[str, Any],
               value: bytes) -> Stream | None:
         """Fold one record; returns the stream it changed (None: nothing changed)."""
+        self._seen[partition] = offset
         op = meta.get("op")
         ts = int(meta.get("ts", 0))
         if op == "create":
@@ -183,7 +196,7 @@ class Registry:
             stream.last_access_ms = max(stream.last_access_ms, ts)
         elif op == "fork":
             fgen = meta["fgen"]
-            fork = self._incarnation((int(fgen[0]), int(fgen[1])), str(meta["fork"]))
+            fork = self._other((int(fgen[0]), int(fgen[1])), str(meta["fork"]))
             if fork.gone or fork.confirmed:
                 return None
             fork.confirmed = True
@@ -213,7 +226,7 @@ class Registry:
         stream.last_access_ms = ts
         src = meta.get("srcgen")
         if src is not None:
-            source = self._incarnation((int(src[0]), int(src[1])), str(meta.get("src")))
+            source = self._other((int(src[0]), int(src[1])), str(meta.get("src")))
             stream.source = source
             stream.depth = int(meta.get("depth", 0))
             stream.fork_offset = Position(*meta["fo"])
@@ -221,6 +234,8 @@ class Registry:
             stream.fork_sub = int(meta.get("sub", 0))
             if meta.get("pend"):
                 stream.pending = not stream.confirmed
+                if source.gone:  # deleted before this record: it never confirms the fork
+                    stream.pending = True
             else:  # a fork made in one step (records of an earlier version)
                 stream.counted = True
                 source.forks += 1

@@ -141,6 +141,21 @@ def test_a_fork_its_source_never_confirmed_is_absent_and_its_path_free() -> None
     assert pending is not None and pending.pending
 
 
+def test_a_fork_replaced_before_its_confirmation_is_read_does_not_pin_its_source() -> None:
+    # The fork's path was created again (its first create was still pending) before a
+    # gateway read the source's fork record.
+    source = [*_SRC, _PIN]
+    fork = [_FORK, (0, 6, "t/fork", {"op": "create", "ct": "text/plain"}, b"new")]
+    for order in _interleavings(source, fork):
+        reg = _fold(order)
+        src = reg.get("t/src")
+        assert src is not None and src.forks == 0, order
+        reg.apply(2, 13, "t/src", {"op": "delete", "ts": 2}, b"")
+        assert reg.get("t/src") is None, order
+        f = reg.get("t/fork")
+        assert f is not None and f.source is None and not f.pending, order
+
+
 def test_the_memory_budget_drops_the_oldest_bytes_but_keeps_their_place() -> None:
     reg = Registry(cache_bytes=10)
     _create(reg, 0, 0, "t/s")
