@@ -8,15 +8,22 @@ FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup run test lint kafka clean haproxy redis chaos fuzz chromium conformance
+.PHONY: setup run test lint kafka clean haproxy nginx redis chaos fuzz chromium conformance
 
-setup: $(INSTALLED) $(FETCHED) haproxy redis chromium $(NODE_STAMP)
+setup: $(INSTALLED) $(FETCHED) haproxy nginx redis chromium $(NODE_STAMP)
 
 # The load balancer of the multi-gateway tests (Debian's haproxy).
 haproxy:
 	@command -v haproxy >/dev/null || { \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy >/dev/null; }
+
+# The buffering proxy of the client SDKs' fallback tests (tests/proxies.py; Debian's
+# nginx, run by the tests as the test user, never as a service).
+nginx:
+	@command -v nginx >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nginx >/dev/null; }
 
 # The dashboard's browser tests (tests/e2e/test_dashboard.py): Debian's chromium, driven by
 # Playwright at /usr/bin/chromium (no browser is downloaded).
