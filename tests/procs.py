@@ -138,7 +138,7 @@ defaults
     retries 3
 frontend tidemark
     bind 127.0.0.1:{port}
-    default_backend gateways
+{rules}    default_backend gateways
 backend gateways
     balance roundrobin
     option httpchk GET /readyz
@@ -147,14 +147,17 @@ backend gateways
 """
 
 
-def start_haproxy(gateways: list[str], logdir: Path) -> tuple[Proc, str]:
-    """A real load balancer: round robin, no stickiness, health checks on /readyz."""
+def start_haproxy(gateways: list[str], logdir: Path, *, rules: str = "",
+                  name: str = "haproxy") -> tuple[Proc, str]:
+    """A real load balancer: round robin, no stickiness, health checks on /readyz.
+    ``rules``: frontend lines to add (e.g. ``http-request deny ...``)."""
     port = free_port()
     servers = "\n".join(f"    server gw{i} {url.removeprefix('http://')} check"
                         for i, url in enumerate(gateways))
-    config = logdir / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
-    proc = Proc("haproxy", [], base_env(), logdir, argv=["haproxy", "-db", "-f", str(config)])
+    config = logdir / f"{name}.cfg"
+    frontend = "".join(f"    {line}\n" for line in rules.splitlines())
+    config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers, rules=frontend))
+    proc = Proc(name, [], base_env(), logdir, argv=["haproxy", "-db", "-f", str(config)])
     wait_port(port, proc)
     return proc, f"http://127.0.0.1:{port}"
 

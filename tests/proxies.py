@@ -23,42 +23,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.procs import Proc, base_env, free_port, wait_port
+from tests.procs import Proc, base_env, free_port, start_haproxy, wait_port
 
-WS_REFUSING_HAPROXY_CONFIG = """\
-global
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 1h
-    timeout server 1h
-    timeout tunnel 1h
-    option redispatch
-    retries 3
-frontend tidemark
-    bind 127.0.0.1:{port}
-    http-request deny deny_status 403 if {{ hdr(upgrade) -i websocket }}
-    default_backend gateways
-backend gateways
-    balance roundrobin
-    option httpchk GET /readyz
-    default-server inter 300ms fall 2 rise 1
-{servers}
-"""
+#: The frontend rule of a proxy that does not allow WebSockets.
+DENY_WEBSOCKETS = "http-request deny deny_status 403 if { hdr(upgrade) -i websocket }"
 
 
 def start_ws_refusing_proxy(gateways: list[str], logdir: Path) -> tuple[Proc, str]:
     """HAProxy that forwards HTTP to ``gateways`` but refuses WebSocket upgrades (403)."""
-    port = free_port()
-    servers = "\n".join(f"    server gw{i} {url.removeprefix('http://')} check"
-                        for i, url in enumerate(gateways))
-    config = logdir / "haproxy-no-ws.cfg"
-    config.write_text(WS_REFUSING_HAPROXY_CONFIG.format(port=port, servers=servers))
-    proc = Proc("haproxy-no-ws", [], base_env(), logdir,
-                argv=["haproxy", "-db", "-f", str(config)])
-    wait_port(port, proc)
-    return proc, f"http://127.0.0.1:{port}"
+    return start_haproxy(gateways, logdir, rules=DENY_WEBSOCKETS, name="haproxy-no-ws")
 
 
 BUFFERING_NGINX_CONFIG = """\

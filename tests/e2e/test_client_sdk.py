@@ -1,9 +1,11 @@
 """The Python client SDK (`tidemark.client`) against real gateways, a real worker, a
-real HAProxy and the real proxies of tests/proxies.py: every transport gives what the
-wire gives, a gateway killed mid-stream costs nothing, a WS-refusing proxy and a
-buffering proxy make it fall back (SSE, long-poll) and every stream still arrives
-exactly once, and the resume contract's answers (204, 404, 401, 410, reset) become an
-end, clear exceptions or a Reset item."""
+real HAProxy and the real proxies of tests/proxies.py (first checked with plain
+clients: the WS-refusing HAProxy answers an upgrade 403 and passes SSE and long-poll;
+the buffering nginx holds a live SSE response back, passes no upgrade and answers
+long-polls): every transport gives what the wire gives, a gateway killed mid-stream
+costs nothing, a WS-refusing proxy and a buffering proxy make it fall back (SSE,
+long-poll) and every stream still arrives exactly once, and the resume contract's
+answers (204, 404, 401, 410, reset) become an end, clear exceptions or a Reset item."""
 
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ import pytest
 from tests import transport_clients as tc
 from tests.conftest import Cluster
 from tests.e2e.test_positions import delete_before, offset_of
-from tests.e2e.test_streams import publish
-from tests.procs import start_haproxy, token
+from tests.e2e.test_streams import create, publish
+from tests.procs import auth_headers, start_haproxy, token
 from tests.proxies import start_buffering_proxy, start_ws_refusing_proxy
 from tidemark.client import (
     Backoff,
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 N_STREAMS = 12
 #: The SDK's first-byte deadline in the fallback tests (its default is 5 s).
 DEADLINE_S = 2.0
+#: How long a live SSE response through the buffering proxy must give no byte.
+SILENT_S = 3.0
 
 
 @dataclass
@@ -68,6 +72,60 @@ def site(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield Site(cluster, gateway, no_ws, buffering)
     finally:
         cluster.stop()
+
+
+# --- the proxies of tests/proxies.py do what they claim (plain clients) ---------
+
+
+async def test_the_ws_refusing_proxy_refuses_upgrades_and_passes_http(
+        site: Site, http: aiohttp.ClientSession) -> None:
+    sid = await create(http, site.no_ws, options={"tokens": 5, "tokens_per_second": 200})
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(tc.url_of(site.no_ws, sid, "ws"))
+    assert refused.value.status == 403
+    # The same upgrade straight to the gateway works: it is the proxy that refuses.
+    direct = await tc.read(http, site.gateway, sid, "ws")
+    assert direct.code == 1000 and direct.ended
+    for transport in ("sse", "poll"):
+        through = await tc.read(http, site.no_ws, sid, transport)
+        assert through.ended and through.items == direct.items, transport
+
+
+async def test_the_buffering_proxy_holds_live_sse_back_but_answers_polls(
+        site: Site, http: aiohttp.ClientSession) -> None:
+    # A live stream of ~8 s: its small events fill no buffer of the proxy's.
+    sid = await create(http, site.buffering,
+                       options={"tokens": 40, "tokens_per_second": 5})
+    url = tc.url_of(site.buffering, sid, "sse")
+
+    async def first_bytes() -> bytes:
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            return await resp.content.readany()
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):  # not even the headers come (the gzip filter)
+        await asyncio.wait_for(first_bytes(), SILENT_S)
+    assert time.monotonic() - began >= SILENT_S
+    # Straight from the gateway the same response starts at once.
+    async with http.get(tc.url_of(site.gateway, sid, "sse")) as resp:
+        first = await asyncio.wait_for(resp.content.readany(), SILENT_S)
+        assert first.startswith(b"retry:")
+    # A long-poll through the proxy answers with events, well within the same time.
+    began = time.monotonic()
+    async with http.get(tc.url_of(site.buffering, sid, "poll"),
+                        params={"wait": "5"}) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["events"] and time.monotonic() - began < SILENT_S
+    # nginx passes no Upgrade: the gateway sees a plain GET and answers 426.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(tc.url_of(site.buffering, sid, "ws"),
+                              headers=auth_headers())
+    assert refused.value.status == 426
+
+
+# --- the SDK ----------------------------------------------------------------------
 
 
 def client(base: str, **kwargs: Any) -> Client:

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 
 from tidemark.client.backoff import Attempts, Backoff
-from tidemark.client.errors import ClientError, NoTransport, RetriesExhausted
+from tidemark.client.errors import NoTransport, RetriesExhausted
 from tidemark.client.events import Item, Reset, StreamEvent
 from tidemark.client.transports import READERS, Attempt, Dropped, Ended, Refused, refusal
 
@@ -134,9 +134,7 @@ class Client:
                 headers={**await self.headers(), "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=self.request_timeout)) as resp:
             if resp.status >= 300:
-                error = await refusal(resp, last_resort=True)
-                raise error if not isinstance(error, Dropped) else ClientError(
-                    f"{method} {path}: {error}")
+                raise await refusal(resp, last_resort=True, retry=False)
             return await resp.json(loads=orjson.loads, content_type=None)
 
     async def create(self, query: str, generator: str = "demo", *,

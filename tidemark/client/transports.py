@@ -38,6 +38,8 @@ Reader = Callable[["Attempt"], AsyncGenerator[RawItem, None]]
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 #: WebSocket close codes after which the follower reconnects from its last id.
 RETRY_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013})
+#: The keys of a long-poll answer.
+_POLL_KEYS: Final = frozenset({"events", "last_event_id", "ended"})
 #: The most of a problem body (or a proxy's error page) that is read.
 _MAX_PROBLEM_BYTES: Final = 64 * 1024
 
@@ -105,11 +107,12 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-async def refusal(resp: aiohttp.ClientResponse, *, last_resort: bool) -> ClientError:
-    """The error for a response that is not the stream: a retry for 429/5xx, the problem
-    for the gateway's own refusals; an answer that is not problem+json came from
-    something in the way, so this transport is refused (unless it is the last one)."""
-    if resp.status in RETRY_STATUSES:
+async def refusal(resp: aiohttp.ClientResponse, *, last_resort: bool,
+                  retry: bool = True) -> ClientError:
+    """The error for a response that is not the stream: a retry for 429/5xx (``retry``),
+    the problem for the gateway's own refusals; an answer that is not problem+json came
+    from something in the way, so this transport is refused (unless it is the last)."""
+    if retry and resp.status in RETRY_STATUSES:
         return Dropped(f"HTTP {resp.status}", retry_after(resp.headers))
     body = await read_bounded(resp, _MAX_PROBLEM_BYTES, cut=True)
     if resp.content_type == "application/problem+json":
@@ -288,6 +291,8 @@ async def read_poll(a: Attempt) -> AsyncGenerator[RawItem, None]:
                     if resp.status != 200:
                         raise await refusal(resp, last_resort=True)
                     body = orjson.loads(await read_bounded(resp, a.max_event_bytes))
+            if not isinstance(body, dict) or not _POLL_KEYS <= body.keys():
+                raise ClientError("a long-poll answer that is not the gateway's")
         except TimeoutError as exc:
             raise Dropped(f"no answer within {a.poll_wait + a.first_byte_timeout} s") from exc
         except aiohttp.ClientError as exc:
