@@ -26,7 +26,7 @@ from tests import transport_clients as tc
 from tests.conftest import Cluster
 from tests.e2e.test_positions import delete_before, offset_of
 from tests.e2e.test_streams import create, publish
-from tests.procs import auth_headers, start_haproxy, token
+from tests.procs import Proc, auth_headers, free_port, start_haproxy, token, wait_ready
 from tests.proxies import start_buffering_proxy, start_ws_refusing_proxy
 from tidemark.client import (
     Backoff,
@@ -202,6 +202,32 @@ async def kill_the_serving_gateway(cluster: Cluster, gateways: list[str]) -> str
                 cluster.proc(name).stop(signal.SIGKILL)
                 return name
     raise AssertionError("no gateway holds the connection")
+
+
+async def test_503_from_a_balancer_with_no_gateway_up_is_retried_not_a_refusal(
+        site: Site, http: aiohttp.ClientSession) -> None:
+    """HAProxy answers 503 while its one gateway is down (the upgrade too): the follower
+    backs off and retries on the WebSocket, and reads the stream once a gateway is up."""
+    port = free_port()
+    haproxy, lb = start_haproxy([f"http://127.0.0.1:{port}"], site.cluster.logdir,
+                                name="haproxy-late")
+    site.cluster.procs.append(haproxy)
+    sid = await create(http, site.gateway, options={"tokens": 5, "tokens_per_second": 200})
+    wire = await tc.read(http, site.gateway, sid, "ws")
+    async with client(lb, backoff=Backoff(initial=0.2, max_delay=1.0, max_attempts=None,
+                                          max_elapsed=60.0)) as c:
+        follower = asyncio.create_task(follow_all(c, sid))
+        while c.reconnects < 2:
+            assert not follower.done(), follower
+            await asyncio.sleep(0.05)
+        late = Proc("gateway-late", ["gateway", "--port", str(port)], site.cluster.env,
+                    site.cluster.logdir)
+        site.cluster.procs.append(late)
+        await wait_ready(f"http://127.0.0.1:{port}", late)
+        events = await asyncio.wait_for(follower, 30)
+    assert c.working == "ws" and not c.refused
+    assert [(e.id, e.type) for e in events if isinstance(e, StreamEvent)] == [
+        (i, name) for i, name, _ in wire.items]
 
 
 async def follow_n_through(base: str, **kwargs: Any) -> tuple[Client, list[float]]:
