@@ -5,7 +5,10 @@ are full jitter under the cap, honour Retry-After, and give up at its bounds."""
 from __future__ import annotations
 
 import email.utils
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -70,3 +73,12 @@ def test_retry_after_takes_seconds_or_a_date() -> None:
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 28 <= (retry_after({"Retry-After": when}) or 0) <= 30
     assert retry_after({}) is None and retry_after({"Retry-After": "soon"}) is None
+
+
+def test_the_sdk_talks_to_gateways_over_the_wire_only() -> None:
+    """Importing it loads nothing of gateway/, workers/ or eventlog/ (nor Kafka)."""
+    code = ("import sys, tidemark.client; print(sorted({m.split('.')[0] for m in sys.modules"
+            " if m.split('.')[0] in {'gateway', 'workers', 'eventlog', 'aiokafka'}}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
