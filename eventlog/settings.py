@@ -20,6 +20,7 @@ import orjson
 from eventlog import loglevels
 from eventlog.errors import ConfigError
 from eventlog.experiments import Experiments, parse_experiments
+from eventlog.plugins import AllowListError, parse_allow
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +381,15 @@ class Settings:
         return self.analytics.operator_tenant or self.auth.default_tenant
     lag_sample_s: float = _env(
         "LAG_SAMPLE_SECONDS", 5.0, "how often consumer lag per partition is sampled")
+    plugins: str = _env(
+        "PLUGINS", "", "allow-list of plugins (generators, built-in ones too): "
+        "comma-separated name or name@distribution; empty: every installed one "
+        "(docs/plugins.md)")
+
+    @property
+    def plugin_allow(self) -> frozenset[str]:
+        """``TIDEMARK_PLUGINS`` parsed (empty: every installed plugin)."""
+        return parse_allow(self.plugins)
 
     def __post_init__(self) -> None:
         if not re.match(NAMESPACE_PATTERN, self.log.namespace):
@@ -398,6 +408,10 @@ class Settings:
             raise ConfigError("TIDEMARK_METRICS_TENANTS must be 0 or more")
         if self.lag_sample_s <= 0:
             raise ConfigError("TIDEMARK_LAG_SAMPLE_SECONDS must be positive")
+        try:
+            parse_allow(self.plugins)
+        except AllowListError as exc:
+            raise ConfigError(f"TIDEMARK_PLUGINS: {exc}") from exc
 
 
 OTEL_EXPORTERS: Final = ("otlp", "none")

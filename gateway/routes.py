@@ -12,10 +12,11 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from eventlog import logcontext
+from eventlog import logcontext, plugins
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import send_cancel
+from eventlog.settings import Settings
 from eventlog.streams import Draft
 from gateway import auth, streaming, tracing
 from gateway.audit import AUDIT
@@ -34,10 +35,18 @@ from schemas import events
 from schemas.eventid import encode_event_id, parse_event_id
 from schemas.validation import Validators
 
-#: Generators the gateway accepts: ``demo`` runs on workers; ``external`` streams are
-#: written by a backend service through the publish API or the publisher SDK.
-GENERATORS: Final = frozenset({"demo", "external"})
+#: ``external`` streams are written by a backend service through the publish API or the
+#: publisher SDK; every other generator runs on workers.
 EXTERNAL: Final = "external"
+#: Generators the gateway accepts: ``external`` and the selected ``tidemark.generators``
+#: plugins installed beside it (:func:`accepted_generators`).
+GENERATORS = web.AppKey("generators", frozenset[str])
+
+
+def accepted_generators(settings: Settings) -> frozenset[str]:
+    """From package metadata only: no plugin code runs in a gateway. A plugin that is
+    installed but broken is accepted here and its streams end with the worker's error."""
+    return plugins.selected_names(plugins.GENERATORS, settings.plugin_allow) | {EXTERNAL}
 
 VALIDATORS = web.AppKey("validators", Validators)
 
@@ -157,9 +166,10 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
     services = await _ready(request)
     body = await _json_body(request)
     create = request.app[VALIDATORS].create_request(body)
-    if create.generator not in GENERATORS:
+    known = request.app[GENERATORS]
+    if create.generator not in known:
         raise Problem(422, f"unknown generator {create.generator!r}; known: "
-                      f"{', '.join(sorted(GENERATORS))}", field="/generator")
+                      f"{', '.join(sorted(known))}", field="/generator")
     assert services.creator is not None
     assigned = assign_stream(services.settings.gateway.experiments, identity, create.options)
     async with active_stream(services.limits, identity) as slot:
@@ -367,6 +377,7 @@ async def demo_page(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app[VALIDATORS] = Validators()
+    app[GENERATORS] = accepted_generators(app[SERVICES].settings)
     tracing.install(app)
     # The SSE route first: the router tries routes in order, and a reconnect storm is
     # thousands of these at once.

@@ -1,5 +1,5 @@
 """``tidemark kafka|gateway|worker|dev``: start Tidemark's processes; ``tidemark token``
-mints a bearer token for testing."""
+mints a bearer token for testing; ``tidemark plugins`` lists the installed plugins."""
 
 from __future__ import annotations
 
@@ -235,10 +235,15 @@ async def run_worker(settings: Settings, traces: TraceSettings | None = None) ->
 
 async def _run_worker(settings: Settings) -> int:
     from eventlog.janitor import run_janitor
-    from workers.demo import DemoGenerator
+    from workers.plugins import load_generators
     from workers.runner import Worker
 
-    worker = Worker(settings, {"demo": DemoGenerator()})
+    generators, _ = load_generators(settings.plugin_allow)
+    if not generators:
+        log.error("no generator plugin loaded (is Tidemark installed? `tidemark plugins` "
+                  "lists them): every job will fail with unknown_generator")
+    log.info("generators: %s", ", ".join(sorted(generators)) or "none")
+    worker = Worker(settings, generators)
     ws = settings.worker
     metrics, port = await worker.metrics.serve(
         ws.metrics_host, ws.metrics_port, auth=settings.auth,
@@ -370,6 +375,40 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugins(settings: Settings, as_json: bool) -> int:
+    """``tidemark plugins``: every group's installed plugins, with their load status (the
+    generators are loaded, as a worker would; other groups have no loader yet)."""
+    import orjson
+
+    from eventlog.plugins import GENERATORS, GROUPS, discover
+    from workers.plugins import REFUSED, Status, load_generators
+
+    rows: list[Status] = []
+    for group in GROUPS:
+        if group == GENERATORS:
+            rows += load_generators(settings.plugin_allow)[1]
+            continue
+        rows += [Status(plugin=p, state=REFUSED if p.refused else "not loaded",
+                        reason=p.refused or "this Tidemark has no loader for the group yet")
+                 for p in discover(group, settings.plugin_allow)]
+    listed = [{"group": r.plugin.group, "name": r.plugin.name, "distribution": r.plugin.dist,
+               "version": r.plugin.version, "object": r.plugin.value, "status": r.state,
+               "reason": r.reason} for r in rows]
+    if as_json:
+        _out(orjson.dumps({"plugins": listed}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for group in GROUPS:
+        _out(f"{group}:")
+        mine = [row for row in listed if row["group"] == group]
+        for row in mine:
+            reason = f" ({row['reason']})" if row["reason"] else ""
+            _out(f"  {row['name']:16} {row['distribution']} {row['version']:10} "
+                 f"{row['object']:40} {row['status']}{reason}")
+        if not mine:
+            _out("  (none installed)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(
         {**env_names(), **otel_env_names()}.items()))
@@ -413,6 +452,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--stream", help="a read token for this one stream")
     token.add_argument("--audience", help="the aud claim (default: TIDEMARK_JWT_AUDIENCE)")
     sub.add_parser("worker", help="run a generation worker")
+    plugins = sub.add_parser("plugins", help="list the installed plugins and their status")
+    plugins.add_argument("--json", action="store_true", help="as a JSON document")
     dev = sub.add_parser("dev", help="broker + gateway + worker on loopback")
     dev.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".cache" / "dev-kafka",
                      help="the local broker's data (kept across runs)")
@@ -438,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "token":
         return _token(settings, args)
+    if args.command == "plugins":
+        setup_logging(level="CRITICAL", fmt=settings.log_format, role=args.command,
+                      levels="")
+        return _plugins(settings, args.json)
     setup_logging(level=settings.log_level, fmt=settings.log_format, role=args.command,
                   levels=settings.log_levels)
     commands: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
