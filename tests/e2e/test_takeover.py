@@ -21,12 +21,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 async def taken_over(cluster: Cluster, http: aiohttp.ClientSession, query: str,
-                     ) -> tuple[str, Proc]:
-    """A demo stream followed while its worker is SIGKILLed mid-way and another starts;
-    what the follower saw is checked whole and exactly once. The gateway and new worker."""
+                     generator: str = "demo", text: str | None = None) -> tuple[str, Proc]:
+    """A stream of 80 chunks (``generator``'s, ``text`` joined; default the demo's)
+    followed while its worker is SIGKILLed mid-way and another starts; what the follower
+    saw is checked whole and exactly once. The gateway and new worker."""
     first = cluster.worker()
     base = await cluster.gateway()
-    sid = await create(http, base, query=query,
+    sid = await create(http, base, query=query, generator=generator,
                        options={"tokens": 80, "tokens_per_second": 20})
     url = f"{base}/v1/streams/{sid}/events"
     seen: list[Event] = []
@@ -40,7 +41,8 @@ async def taken_over(cluster: Cluster, http: aiohttp.ClientSession, query: str,
     assert len(seen) > killed_at, "no event came after the takeover"
     assert_contiguous(seen)
     assert seen[-1].event == "result"
-    assert seen[-1].envelope["data"]["text"] == joined_chunks(seen) == demo_text(query, 80)
+    expected = demo_text(query, 80) if text is None else text
+    assert seen[-1].envelope["data"]["text"] == joined_chunks(seen) == expected
     # A fresh full read agrees: the aborted transaction's events are nowhere.
     again = (await sse_client.read(http, url)).stream_events
     assert [e.id for e in again] == [e.id for e in seen]
