@@ -18,7 +18,7 @@ import pytest
 from tests import transport_clients as tc
 from tests.conftest import Cluster
 from tests.e2e.test_streams import create
-from tests.procs import REPO, start_haproxy, token
+from tests.procs import REPO, run_node, start_haproxy, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -43,31 +43,9 @@ def gateway(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory,
 
 async def node(script: str, cfg: dict[str, Any], *, timeout: float = 60.0,
                on_line: Callable[[Line], Awaitable[None]] | None = None) -> list[Line]:
-    """Run ``clients/js/test/<script>`` with ``cfg``; its JSON lines, as they come."""
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(JS / "test" / script), json.dumps(cfg), cwd=JS,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[Line] = []
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            lines.append(json.loads(raw))
-            if on_line is not None:
-                await on_line(lines[-1])
-
-    try:
-        await asyncio.wait_for(read(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"node {script} still running after {timeout}s: {lines}") from None
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        err = (await proc.stderr.read()).decode(errors="replace")
-        rc = await proc.wait()
-    assert rc == 0, f"node {script} exited {rc}:\n{err}\n{lines}"
-    return lines
+    """Run ``clients/js/test/<script>`` with ``cfg``; its JSON lines, read as they come
+    (``on_line`` sees each one then)."""
+    return await run_node(JS / "test" / script, cfg, timeout=timeout, on_line=on_line)
 
 
 def follow_cfg(base: str, streams: list[str], transport: str, **extra: Any) -> dict[str, Any]:
