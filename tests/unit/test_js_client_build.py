@@ -73,3 +73,10 @@ async def test_the_demo_page_gets_the_bundle_and_nothing_else() -> None:
         for name in ("tidemark-client.browser.js", "..%2Findex.html", "nope.js"):
             resp = await client.get(f"/demo/assets/{name}")
             assert resp.status == 404 and resp.content_type == "application/problem+json", name
+
+
+def test_the_sdks_pure_parts_in_node() -> None:
+    """SSE parsing at every split point, and the typed errors (clients/js/test/unit.mjs)."""
+    out = subprocess.run(["node", "test/unit.mjs"], cwd=JS, check=True, timeout=60,
+                         capture_output=True, text=True).stdout
+    assert orjson.loads(out) == {"ok": True}
