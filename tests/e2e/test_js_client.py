@@ -127,14 +127,15 @@ async def test_create_cancel_and_talk_back_from_node(
     lines = await node("api.mjs", {"base": base, "token": TOKEN})
     steps = {next(iter(ln)): ln for ln in lines}
     assert steps["cancel"]["cancel"]["status"] == "cancelling"
-    assert steps["cancelled"]["types"][:3] == ["status", "status", "metadata"] or \
-        len(steps["cancelled"]["types"]) > 3
-    assert steps["cancelled"]["types"][-1] == "cancelled"
+    types = steps["cancelled"]["types"]
+    assert types[0] == "status" and types[-1] == "cancelled" and len(types) < 100, types
     ack = steps["input"]["input"]
     got = next(ln for ln in lines if "inputEvent" in ln)["inputEvent"]
     assert got == {"id": ack["id"], "seq": ack["seq"], "data": {"answer": "yes", "n": 1}}
-    reply = await tc.read(http, base, got_stream(lines), "sse", max_events=10)
-    assert [(i, e) for i, e, _ in reply.items if e == "input"] == [(ack["id"], "input")]
+    # The external stream holds its first event and the input (it has not ended).
+    reply = await tc.read(http, base, got_stream(lines), "sse", max_events=2)
+    assert [(i, e) for i, e, _ in reply.items] == [(reply.items[0][0], "status"),
+                                                   (ack["id"], "input")]
     assert steps["refused"] == {"refused": "NotFoundError", "isProblem": True, "status": 404,
                                 "detail": steps["refused"]["detail"]}
     assert steps["refused"]["detail"]
