@@ -7,10 +7,11 @@ INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
 NODE_STAMP := node_modules/.installed
+JS_STAMP   := clients/js/node_modules/.installed
 
 .PHONY: setup run test lint kafka clean haproxy nginx redis chaos fuzz chromium conformance
 
-setup: $(INSTALLED) $(FETCHED) haproxy nginx redis chromium $(NODE_STAMP)
+setup: $(INSTALLED) $(FETCHED) haproxy nginx redis chromium $(NODE_STAMP) $(JS_STAMP)
 
 # The load balancer of the multi-gateway tests (Debian's haproxy).
 haproxy:
@@ -37,6 +38,20 @@ chromium:
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
+
+# The JavaScript SDK's tools (clients/js, pinned by its package-lock.json): the type
+# generator, esbuild and tsc, which the tests run to check the committed src/schema.ts and
+# dist/ are fresh, and `ws`, the Node WebSocket of its e2e tests (Node < 22).
+$(JS_STAMP): clients/js/package.json clients/js/package-lock.json
+	npm ci --prefix clients/js --ignore-scripts --no-audit --no-fund
+	touch $@
+
+# Rebuild the JavaScript SDK after a change to clients/js/src or schemas/json (then commit
+# clients/js/src/schema.ts, clients/js/dist/ and the gateway's copy of the browser bundle).
+.PHONY: js
+js: $(JS_STAMP)
+	cd clients/js && npm run gen && npm run build
+	cp clients/js/dist/tidemark-client.browser.js gateway/static/vendor/
 
 # Refresh the vendored chart library after a version change in package.json (then commit).
 .PHONY: vendor

@@ -13,6 +13,7 @@ read once, when the app is built. The HTML page gets its Content-Security-Policy
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from typing import Final
 
@@ -38,28 +39,36 @@ def _read(relative: str) -> bytes:
     return resources.files("gateway").joinpath("static", *relative.split("/")).read_bytes()
 
 
+class Assets:
+    """Named static files of the package, read once; any other name is a 404."""
+
+    def __init__(self, files: Mapping[str, tuple[str, str]], owner: str) -> None:
+        self.owner = owner
+        self.files = {name: (_read(file), content_type)
+                      for name, (file, content_type) in files.items()}
+
+    async def serve(self, request: web.Request) -> web.Response:
+        found = self.files.get(request.match_info["name"])
+        if found is None:
+            raise Problem(404, f"{self.owner} has no file {request.match_info['name']!r}")
+        body, content_type = found
+        return web.Response(body=body, content_type=content_type, charset="utf-8",
+                            headers=_CACHE)
+
+
 class Dashboard:
     """The page and its assets, read from the package once."""
 
     def __init__(self) -> None:
         self.page = _read("dashboard.html")
-        self.assets = {name: (_read(file), content_type)
-                       for name, (file, content_type) in ASSETS.items()}
+        self.assets = Assets(ASSETS, "the dashboard")
 
     async def serve_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.page, content_type="text/html", charset="utf-8",
-                            headers=_CACHE)
-
-    async def serve_asset(self, request: web.Request) -> web.Response:
-        found = self.assets.get(request.match_info["name"])
-        if found is None:
-            raise Problem(404, f"the dashboard has no file {request.match_info['name']!r}")
-        body, content_type = found
-        return web.Response(body=body, content_type=content_type, charset="utf-8",
                             headers=_CACHE)
 
 
 def add_routes(app: web.Application) -> None:
     dashboard = Dashboard()
     app.router.add_get(PATH, dashboard.serve_page)
-    app.router.add_get(ASSET_PATH, dashboard.serve_asset)
+    app.router.add_get(ASSET_PATH, dashboard.assets.serve)

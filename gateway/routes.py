@@ -21,6 +21,7 @@ from eventlog.streams import Draft
 from gateway import auth, streaming, tracing
 from gateway.audit import AUDIT
 from gateway.auth import AUTHENTICATOR, Identity
+from gateway.dashboard import Assets
 from gateway.delivery import Delivery
 from gateway.errors import Forbidden
 from gateway.experiments import assign_stream
@@ -368,6 +369,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 _INDEX_HTML: Final = resources.files("gateway").joinpath("static", "index.html")
+#: The demo page's files, at ``GET /demo/assets/{name}``: the JavaScript SDK's browser
+#: bundle, a copy of ``clients/js/dist/tidemark-client.browser.js`` (a test checks it).
+DEMO_ASSETS: Final = {
+    "tidemark-client.js": ("vendor/tidemark-client.browser.js", "text/javascript"),
+}
 
 
 async def demo_page(request: web.Request) -> web.Response:
@@ -383,6 +389,7 @@ def add_routes(app: web.Application) -> None:
     # thousands of these at once.
     app.router.add_get("/v1/streams/{id}/events", stream_events)
     app.router.add_get("/", demo_page)
+    app.router.add_get("/demo/assets/{name}", Assets(DEMO_ASSETS, "the demo page").serve)
     app.router.add_post("/v1/streams", create_stream)
     app.router.add_get("/v1/streams", list_streams)
     app.router.add_get("/v1/streams/{id}", stream_status)

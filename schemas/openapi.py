@@ -37,6 +37,9 @@ SCOPES: Final = ("streams:create", "streams:read", "streams:publish", "streams:c
 DASHBOARD_ASSETS: Final = ("dashboard.css", "dashboard.js", "uPlot.iife.min.js",
                            "uPlot.min.css")
 
+#: The files ``GET /demo/assets/{name}`` serves (``gateway.routes.DEMO_ASSETS``).
+DEMO_ASSETS: Final = ("tidemark-client.js",)
+
 _PROTECTED: Final[list[dict[str, list[str]]]] = [
     {"bearerAuth": []}, {"accessToken": []}, {"tokenCookie": []}]
 _PUBLIC: Final[list[dict[str, list[str]]]] = []
@@ -123,7 +126,7 @@ _RESPONSES: Final[dict[str, Any]] = {
                           "`scope` names it"),
     "NotFound": _problem("no such stream, or one this caller may not see (another "
                          "tenant's stream answers exactly like one that does not exist)"),
-    "NoSuchFile": _problem("the dashboard has no file of that name"),
+    "NoSuchFile": _problem("the page has no file of that name"),
     "Conflict": _problem("the request conflicts with the stream's state (a seq conflict, "
                          "a stream that has ended, a stream another generator writes)"),
     "Gone": _problem("the stream's events were deleted by retention"),
@@ -633,6 +636,17 @@ def _paths() -> dict[str, Any]:
                 "200": {"description": "an HTML page",
                         "content": {"text/html": {"schema": {"type": "string"}}}},
                 **_refs("UriTooLong")}),
+        },
+        "/demo/assets/{name}": {
+            "get": _op("demoAsset", "A file of the demo page (the JavaScript SDK's bundle)",
+                       scope=None,
+                       parameters=[{"name": "name", "in": "path", "required": True,
+                                    "description": "the file",
+                                    "schema": {"enum": sorted(DEMO_ASSETS)}}],
+                       responses={
+                           "200": {"description": "the file",
+                                   "content": {"text/javascript": {"schema": {"type": "string"}}}},
+                           **_refs("UriTooLong", "NoSuchFile")}),
         },
         "/dashboard": {
             "get": _op("dashboardPage", "The live operator dashboard (an HTML page)",

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,44 @@ def start_haproxy(gateways: list[str], logdir: Path, *, rules: str = "",
     proc = Proc(name, [], base_env(), logdir, argv=["haproxy", "-db", "-f", str(config)])
     wait_port(port, proc)
     return proc, f"http://127.0.0.1:{port}"
+
+
+async def run_node(script: Path, cfg: Any, *, timeout: float = 60.0,
+                   on_line: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """Run a Node script with ``cfg`` as its JSON argument; it prints JSON lines, which are
+    returned (``on_line`` sees each one as it comes). Fails if it exits non-zero or runs
+    past ``timeout``. Output goes through files, read as it grows: no pipe to deadlock."""
+    import asyncio
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = Proc(script.stem, [], base_env(), Path(tmp),
+                    argv=["node", str(script), json.dumps(cfg)])
+        lines: list[dict[str, Any]] = []
+        done = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                exited = not proc.alive
+                text = proc.out.read_text(errors="replace")
+                complete = text[:text.rfind("\n") + 1]
+                for line in complete[done:].splitlines():
+                    lines.append(json.loads(line))
+                    if on_line is not None:
+                        await on_line(lines[-1])
+                done = len(complete)
+                if exited:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{script.name} still running after {timeout}s: "
+                                         f"{lines}\n{proc.logs()}")
+                await asyncio.sleep(0.05)
+        finally:
+            rc = proc.stop(signal.SIGKILL)
+        assert rc == 0, f"{script.name} exited {rc}:\n{proc.err.read_text()}\n{lines}"
+        return lines
 
 
 def wait_port(port: int, proc: Proc, timeout: float = 30.0) -> None:

@@ -1,0 +1,134 @@
+/**
+ * The event envelope: the value of every record and the data of every SSE event
+ */
+export interface Envelope {
+    stream: string;
+    seq: number;
+    type: string;
+    ts: number;
+    data: {
+        [k: string]: unknown;
+    };
+}
+/**
+ * data of a status event
+ */
+export interface StatusData {
+    state: string;
+    message?: string;
+    /**
+     * on a stream's first event: the A/B variants it was assigned (experiment name to variant name)
+     */
+    experiments?: {
+        [k: string]: string;
+    };
+    [k: string]: unknown;
+}
+/**
+ * data of a progress event
+ */
+export interface ProgressData {
+    percentage: number;
+    estimatedTimeRemaining?: number | null;
+    currentStep?: string;
+    completedSteps?: number;
+    [k: string]: unknown;
+}
+/**
+ * data of a partial_result event
+ */
+export interface PartialResultData {
+    chunk: string;
+    chunkIndex: number;
+    isComplete?: boolean;
+    chunkCount?: number;
+    lastChunkIndex?: number;
+    firstSeq?: number;
+    [k: string]: unknown;
+}
+/**
+ * data of a metadata event: free-form context (model, sources, usage ...)
+ */
+export interface MetadataData {
+    [k: string]: unknown;
+}
+/**
+ * data of a result event (terminal)
+ */
+export interface ResultData {
+    text?: string;
+    [k: string]: unknown;
+}
+/**
+ * data of an error event (terminal)
+ */
+export interface ErrorData {
+    code: string;
+    message: string;
+    retryable?: boolean;
+    [k: string]: unknown;
+}
+/**
+ * data of a cancelled event (terminal)
+ */
+export interface CancelledData {
+    reason?: string;
+    [k: string]: unknown;
+}
+/**
+ * data of an input event: what a client sent back mid-stream, as it sent it. Any JSON object; its encoded size is bounded by TIDEMARK_INPUT_MAX_BYTES (checked by the gateway, which JSON Schema cannot express).
+ */
+export interface InputData {
+    [k: string]: unknown;
+}
+/**
+ * data of the in-band reset notice a gateway sends before resuming from the earliest held event
+ */
+export interface ResetData {
+    reason: "retention" | "epoch";
+    earliest: string;
+}
+/**
+ * POST /v1/streams request body
+ */
+export interface CreateStreamRequest {
+    query: string;
+    generator?: string;
+    options?: {
+        tokens?: number;
+        tokens_per_second?: number;
+        fail_at_seq?: number | null;
+    };
+    /**
+     * Per-user context: whose session the stream belongs to and how it is delivered (docs/context.md)
+     */
+    context?: {
+        sessionId?: string;
+        preferences?: {
+            updateFrequency?: "realtime" | "batched";
+            responseFormat?: "detailed" | "concise";
+            includeMetadata?: boolean;
+        };
+    };
+}
+/**
+ * Talking back: the body of POST /v1/streams/{id}/input (and of the WebSocket's input op, without its "op")
+ */
+export interface InputRequest {
+    data: InputData;
+}
+/** The built-in event types and the type of each one's `data`. */
+export interface EventDataMap {
+    status: StatusData;
+    progress: ProgressData;
+    partial_result: PartialResultData;
+    metadata: MetadataData;
+    result: ResultData;
+    error: ErrorData;
+    cancelled: CancelledData;
+    input: InputData;
+}
+/** The built-in event types. */
+export declare const EVENT_TYPES: readonly ["status", "progress", "partial_result", "metadata", "result", "error", "cancelled", "input"];
+/** The types that end a stream. */
+export declare const TERMINAL_TYPES: readonly ["result", "error", "cancelled"];
