@@ -32,6 +32,7 @@ from typing import Any
 from bench import (
     report,
     scenarios,
+    scn_compression,
     scn_history,
     scn_priority,
     scn_storm,
@@ -43,7 +44,7 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants")
+             "storm", "processes", "history", "priority", "tenants", "compression")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
             "priority": lambda: {"priority": scn_priority.priority(b)},
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
+            "compression": lambda: {"compression": scn_compression.compression(
+                b, profile.name)},
         }
         for name in SCENARIOS:
             if name in only:

@@ -116,7 +116,7 @@ class GatewaySettings:
     compression_level: int = _env(
         "COMPRESSION_LEVEL", 6, "gzip level (1-9) of SSE and long-poll answers")
     brotli_quality: int = _env(
-        "BROTLI_QUALITY", 5, "brotli quality (0-11) of SSE and long-poll answers")
+        "BROTLI_QUALITY", 3, "brotli quality (0-11) of SSE and long-poll answers")
     compression_window_bits: int = _env(
         "COMPRESSION_WINDOW_BITS", 12, "log2 of each compressed connection's window (gzip and "
         "the WebSocket 9-15, brotli 10 at least): its memory and how far back it finds repeats")
