@@ -65,12 +65,16 @@ class Counters:
     errors: int = 0
 
 
-def _decoder(coding: str) -> Callable[[bytes], bytes]:
+def decoder(coding: str) -> Callable[[bytes], bytes]:
+    """An incremental decoder of a ``Content-Encoding`` (``identity`` too): each piece's
+    bytes as soon as it came, as a browser decodes (the tests' clients use it too)."""
     if coding == "gzip":
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
     if coding == "br":
         import brotli
         return brotli.Decompressor().process
+    if coding != "identity":
+        raise ValueError(f"no decoder for {coding!r}")
     return bytes
 
 
@@ -124,7 +128,7 @@ async def _sse(host: str, port: int, sid: str, coding: str, c: Counters,
     got = _headers(head).get("content-encoding", "identity")
     if got != coding:
         raise RuntimeError(f"asked for {coding}, got {got}")
-    dechunk, decode, pending = Dechunker(), _decoder(coding), b""
+    dechunk, decode, pending = Dechunker(), decoder(coding), b""
     while data := await reader.read(65536):
         c.wire += len(data)
         for piece in dechunk.feed(data):
@@ -187,7 +191,7 @@ async def _poll(host: str, port: int, sid: str, coding: str, c: Counters,
         got = headers.get("content-encoding", "identity")
         if got != coding:
             raise RuntimeError(f"asked for {coding}, got {got}")
-        text = _decoder(coding)(body)
+        text = decoder(coding)(body)
         c.decoded += len(text)
         answer = json.loads(text)
         c.events += sum(e["id"] is not None for e in answer["events"])

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import brotli
 from multidict import CIMultiDict
+
+from bench.scn_compression import decoder
 
 TERMINAL = {"result", "error", "cancelled"}
 
@@ -59,16 +59,6 @@ class Reply:
     def stream_events(self) -> list[Event]:
         """The stream's own events (not in-band notices such as reset)."""
         return [e for e in self.events if e.id is not None]
-
-
-def decoder(coding: str) -> Callable[[bytes], bytes]:
-    """An incremental decoder of a ``Content-Encoding``: each chunk's bytes as soon as it
-    came (what a browser does)."""
-    if coding == "gzip":
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
-    if coding == "br":
-        return brotli.Decompressor().process
-    raise ValueError(f"no decoder for {coding!r}")
 
 
 async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str | None = None,

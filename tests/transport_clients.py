@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import brotli
 
+from bench.scn_compression import decoder
 from tests import sse_client
 
 TRANSPORTS = ("sse", "ws", "poll")
@@ -148,7 +147,7 @@ async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int |
             assert resp.headers.get("Content-Encoding", "identity") == encoding, resp.headers
             wire = await resp.read()
             out.wire += len(wire)
-            body = json.loads(decode(encoding, wire))
+            body = json.loads(decoder(encoding)(wire))
         assert set(body) == {"events", "last_event_id", "ended"}, body
         for item in body["events"]:
             assert list(item) == ["id", "event", "data"], item
@@ -163,16 +162,6 @@ async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int |
             params["last_event_id"] = body["last_event_id"]
         else:  # only a reset notice: read from the earliest event held
             params.pop("last_event_id", None)
-
-
-def decode(coding: str, body: bytes) -> bytes:
-    """A whole body in ``coding``, decoded."""
-    if coding == "gzip":
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-    if coding == "br":
-        return bytes(brotli.decompress(body))
-    assert coding == "identity", coding
-    return body
 
 
 def _detail(body: str) -> str:

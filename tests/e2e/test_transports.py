@@ -15,9 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import BrowserContext
 
 from tests import transport_clients as tc
 from tests.conftest import Cluster
+from tests.e2e.test_dashboard import browser  # noqa: F401 (a fixture)
 from tests.e2e.test_legacy_ids import write_v1_stream
 from tests.e2e.test_positions import delete_before, offset_of
 from tests.e2e.test_streams import create, publish
@@ -514,3 +516,52 @@ async def test_websocket_permessage_deflate_is_agreed_within_the_window_and_flus
             events.append(json.loads(text))
         writer.close()
         assert [(e["id"], e["event"]) for e in events] == [(i[0], i[1]) for i in plain]
+
+
+async def test_a_browser_gets_gzip_sse_and_a_deflated_websocket_with_the_same_events(
+        gateway: Gateway, http: aiohttp.ClientSession,
+        browser: BrowserContext) -> None:  # noqa: F811 (the fixture imported above)
+    """Chromium's own negotiation: its ``EventSource`` accepts gzip, br (and more) and
+    is answered gzip; its ``WebSocket`` offers permessage-deflate and agrees to the
+    gateway's window. Both decode to the events every other client reads."""
+    async with http.post(f"{gateway.base}/v1/streams",
+                         json={"query": "q", "generator": "external"}) as resp:
+        made = await resp.json()
+    sid = made["stream_id"]
+    await publish(http, gateway.base, sid, [
+        *[{"type": "partial_result", "data": {"chunk": f"w{i} ", "chunkIndex": i}}
+          for i in range(5)], {"type": "result", "data": {"text": "done"}}])
+    plain = (await tc.read(http, gateway.base, sid, "sse")).items
+    page = await browser.new_page()
+    encodings: dict[str, str | None] = {}
+
+    async def on_response(response: Any) -> None:
+        if "/events" in response.url:
+            headers = await response.all_headers()
+            encodings["sse"] = headers.get("content-encoding")
+            encodings["vary"] = headers.get("vary")
+    page.on("response", on_response)
+    await page.goto(gateway.base + "/")
+    got = await page.evaluate("""([sse, ws]) => new Promise((done, fail) => {
+        const out = {sse: [], ws: [], extensions: null};
+        const es = new EventSource(sse);
+        for (const type of ["status", "partial_result", "result"]) {
+            es.addEventListener(type, e => {
+                out.sse.push([e.lastEventId, e.type, e.data]);
+                if (type !== "result") return;
+                es.close();
+                const sock = new WebSocket(ws);
+                sock.onopen = () => { out.extensions = sock.extensions; };
+                sock.onmessage = e => out.ws.push(e.data);
+                sock.onclose = () => done(out);
+                sock.onerror = () => fail(new Error("websocket error"));
+            });
+        }
+        setTimeout(() => fail(new Error("timed out")), 20000);
+    })""", [made["urls"]["sse"], "ws" + gateway.base.removeprefix("http") + made["urls"]["ws"]])
+    assert encodings == {"sse": "gzip", "vary": "Accept-Encoding"}
+    assert [tuple(e) for e in got["sse"]] == plain
+    assert got["extensions"] == "permessage-deflate; server_max_window_bits=12"
+    frames = [json.loads(f) for f in got["ws"]]
+    assert [(f["id"], f["event"]) for f in frames] == [(i[0], i[1]) for i in plain]
+    assert [json.loads(i[2]) for i in plain] == [f["data"] for f in frames]
