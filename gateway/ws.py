@@ -11,6 +11,8 @@ Frames and codes (docs/transports.md):
 - server -> client: one text frame per event, ``{"id", "event", "data"}``, ``data``
   the envelope object (byte for byte the SSE ``data:`` line); a ``reset`` notice has
   ``"id": null``. Keepalives are WebSocket pings, on the SSE heartbeat's schedule.
+  Frames are compressed (permessage-deflate, flushed per frame) for clients that offer
+  it, within ``TIDEMARK_COMPRESSION_WINDOW_BITS`` (see :class:`_WebSocketResponse`).
 - 1000 after the terminal event, or at once (with a reason) for a position at or
   after it; 4000 + the HTTP status of the problem the SSE route would answer (4400,
   4401, 4403, 4404, 4410, 4429, 4503...), the problem's detail as the reason; 1013
