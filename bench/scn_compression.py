@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import Bench, Publisher, create_streams, start_gateway
-from bench.markdown import fmt, table
+from bench.markdown import cpu_cell, fmt, table
 from bench.procs import PYTHON, Sample, raise_fd_limit, window
 
 MODES = ("sse", "sse-gzip", "sse-br", "ws", "ws-deflate", "poll", "poll-gzip")
@@ -329,11 +329,6 @@ def compression(b: Bench, profile_name: str) -> dict[str, Any]:
     return out
 
 
-def _cpu(win: dict[str, Any], name: str) -> str:
-    q = win.get("processes", {}).get(name)
-    return "-" if q is None else f"{q['cpu_s']:.1f} s ({q['cpu_pct_of_core']:.0f}%)"
-
-
 def render(sc: dict[str, Any]) -> list[str]:
     c = sc.get("compression")
     if not c:
@@ -358,8 +353,8 @@ def render(sc: dict[str, Any]) -> list[str]:
         win = m.get("window", {})
         rows.append([mode, f"{fmt(m.get('delivered'))} / {fmt(m.get('published'))}",
                      fmt(m.get("wire_bytes_per_event")), fmt(m.get("wire_vs_plain_sse"), 2),
-                     fmt(m.get("gateway_cpu_us_per_event")), _cpu(win, "gateway"),
-                     fmt(m.get("gateway_rss_kib_per_connection")), _cpu(win, "client"),
+                     fmt(m.get("gateway_cpu_us_per_event")), cpu_cell(win, "gateway"),
+                     fmt(m.get("gateway_rss_kib_per_connection")), cpu_cell(win, "client"),
                      fmt(win.get("other_processes_cpu_s"))])
     lines += table(["mode", "events delivered / published", "wire B/event", "vs plain SSE",
                     "gateway CPU µs/event", "gateway CPU", "gateway RSS KiB/conn",
