@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history-sizes", default="", metavar="N,N,...",
                     help="cumulative stream counts of the history scenario's steps "
                     "(default: 25000,50000,100000; --full: 250000,500000,1000000)")
+    ap.add_argument("--compression-modes", default=",".join(scn_compression.MODES),
+                    metavar="MODE,...", help="the compression scenario's modes (default: "
+                    "all)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SCENARIOS)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             "priority": lambda: {"priority": scn_priority.priority(b)},
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
             "compression": lambda: {"compression": scn_compression.compression(
-                b, profile.name)},
+                b, profile.name, tuple(args.compression_modes.split(",")))},
         }
         for name in SCENARIOS:
             if name in only:

@@ -310,17 +310,21 @@ def _mode(b: Bench, gw: Any, ns: str, mode: str, p: Profile) -> dict[str, Any]:
             "window": win}
 
 
-def compression(b: Bench, profile_name: str) -> dict[str, Any]:
+def compression(b: Bench, profile_name: str, modes: tuple[str, ...] = MODES,
+                ) -> dict[str, Any]:
     p = FULL if profile_name == "full" else SHORT
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown compression modes {sorted(unknown)}")
     ns = b.namespace("cmp")
-    out: dict[str, Any] = {"setup": {**asdict(p), "modes": list(MODES),
+    out: dict[str, Any] = {"setup": {**asdict(p), "modes": list(modes),
                                      "events_per_s": p.streams * p.tokens_per_s,
                                      "client": "bench.scn_compression client (Python asyncio "
                                                "on raw sockets, one process)"},
                            "modes": {}}
     with b.reg.scope():
         gw = start_gateway(b, "gateway-cmp", ns)
-        for mode in MODES:
+        for mode in modes:
             try:
                 out["modes"][mode] = _mode(b, gw, ns, mode, p)
             except RuntimeError as exc:
