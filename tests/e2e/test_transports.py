@@ -565,3 +565,27 @@ async def test_a_browser_gets_gzip_sse_and_a_deflated_websocket_with_the_same_ev
     frames = [json.loads(f) for f in got["ws"]]
     assert [(f["id"], f["event"]) for f in frames] == [(i[0], i[1]) for i in plain]
     assert [json.loads(i[2]) for i in plain] == [f["data"] for f in frames]
+
+
+async def test_compression_off_answers_identity_without_vary_and_declines_deflate(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """``TIDEMARK_COMPRESSION=off`` and ``TIDEMARK_WS_COMPRESSION=false``: a client that
+    accepts gzip gets the identity answers of before (no ``Vary``), and the WebSocket
+    declines permessage-deflate."""
+    from tests import sse_client
+
+    base = await cluster.gateway(TIDEMARK_COMPRESSION="off", TIDEMARK_WS_COMPRESSION="false")
+    sid = await finished(http, base, chunks=2)
+    async with http.get(tc.url_of(base, sid, "sse"), auto_decompress=False,
+                        headers={"Accept-Encoding": "gzip, br"}) as resp:
+        reply = await sse_client.parse(resp)
+    assert reply.status == 200 and "Content-Encoding" not in reply.headers
+    assert "Vary" not in reply.headers and reply.events[-1].event == "result"
+    async with http.get(tc.url_of(base, sid, "poll"), auto_decompress=False,
+                        headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.status == 200 and "Vary" not in resp.headers
+        assert "Content-Encoding" not in resp.headers and (await resp.json())["events"]
+    async with http.ws_connect(tc.url_of(base, sid, "ws"), compress=15) as ws:
+        assert ws.compress == 0
+        first = await ws.receive_json()
+    assert first["event"] == "status"
