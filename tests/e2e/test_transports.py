@@ -533,16 +533,10 @@ async def test_a_browser_gets_gzip_sse_and_a_deflated_websocket_with_the_same_ev
           for i in range(5)], {"type": "result", "data": {"text": "done"}}])
     plain = (await tc.read(http, gateway.base, sid, "sse")).items
     page = await browser.new_page()
-    encodings: dict[str, str | None] = {}
-
-    async def on_response(response: Any) -> None:
-        if "/events" in response.url:
-            headers = await response.all_headers()
-            encodings["sse"] = headers.get("content-encoding")
-            encodings["vary"] = headers.get("vary")
-    page.on("response", on_response)
     await page.goto(gateway.base + "/")
-    got = await page.evaluate("""([sse, ws]) => new Promise((done, fail) => {
+    async with page.expect_response(lambda r: f"/v1/streams/{sid}/events" in r.url,
+                                    timeout=20_000) as answered:
+        got = await page.evaluate("""([sse, ws]) => new Promise((done, fail) => {
         const out = {sse: [], ws: [], extensions: null};
         const es = new EventSource(sse);
         for (const type of ["status", "partial_result", "result"]) {
@@ -559,7 +553,8 @@ async def test_a_browser_gets_gzip_sse_and_a_deflated_websocket_with_the_same_ev
         }
         setTimeout(() => fail(new Error("timed out")), 20000);
     })""", [made["urls"]["sse"], "ws" + gateway.base.removeprefix("http") + made["urls"]["ws"]])
-    assert encodings == {"sse": "gzip", "vary": "Accept-Encoding"}
+    headers = await (await answered.value).all_headers()
+    assert (headers.get("content-encoding"), headers.get("vary")) == ("gzip", "Accept-Encoding")
     assert [tuple(e) for e in got["sse"]] == plain
     assert got["extensions"] == "permessage-deflate; server_max_window_bits=12"
     frames = [json.loads(f) for f in got["ws"]]
