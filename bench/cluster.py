@@ -153,10 +153,11 @@ class Publisher:
 
     def __init__(self, bench: Bench, namespace: str, streams: Path, state: Path, *,
                  rate: float, duration: float, payload: int, shard: str = "0/1",
-                 name: str = "publisher") -> None:
+                 name: str = "publisher", tokens: bool = False) -> None:
         self.proc = _publisher(bench, name, namespace, [
             "publish", "--streams", str(streams), "--state", str(state), "--rate", str(rate),
-            "--duration", str(duration), "--payload", str(payload), "--shard", shard])
+            "--duration", str(duration), "--payload", str(payload), "--shard", shard,
+            *(["--tokens"] if tokens else [])])
         self.bench = bench
 
     def wait_started(self, timeout: float = 60) -> None:

@@ -1,5 +1,5 @@
 """Markdown helpers shared by the benchmark's reports: a number as the tables show it,
-and a table."""
+a process's CPU, and a table."""
 
 from __future__ import annotations
 
@@ -20,3 +20,10 @@ def fmt(v: Any, digits: int = 1) -> str:
 def table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def cpu_cell(win: dict[str, Any], name: str) -> str:
+    """A process's CPU over a measured window (``bench.procs.window``): seconds and share
+    of one core."""
+    p = win.get("processes", {}).get(name)
+    return "-" if p is None else f"{p['cpu_s']:.1f} s ({p['cpu_pct_of_core']:.0f}%)"

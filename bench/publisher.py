@@ -10,7 +10,7 @@ Subcommands (settings from the usual ``TIDEMARK_*`` variables)::
 
     python -m bench.publisher create  --n N --out streams.jsonl [--via kafka|http --gateway URL]
     python -m bench.publisher publish --streams streams.jsonl --state seqs.json \
-        --rate 5000 --duration 12 [--payload 200]
+        --rate 5000 --duration 12 [--payload 200 | --tokens]
     python -m bench.publisher seed    --streams streams.jsonl --state seqs.json \
         --count 20 --out offsets.json
 
@@ -51,6 +51,7 @@ from eventlog.streams import StreamCreator, send_event
 from eventlog.topicids import fetch_topic_ids
 from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic
 from schemas.events import PARTIAL_RESULT, Event
+from workers.demo import demo_tokens
 
 
 def out(line: str) -> None:
@@ -155,6 +156,14 @@ def make_event(info: StreamInfo, seq: int, chunk: str) -> Event:
                        "bench_ns": time.time_ns()})
 
 
+def token_event(info: StreamInfo, seq: int, tokens: list[str]) -> Event:
+    """A token as ``workers.demo`` writes it (``publish --tokens``): the demo's words in
+    order, no padding and no ``bench_ns`` (what a compressor meets on a real answer)."""
+    return Event(stream=info.stream_id, seq=seq, type=PARTIAL_RESULT, ts=int(time.time() * 1000),
+                 data={"chunk": tokens[(seq - 1) % len(tokens)], "chunkIndex": seq - 1,
+                       "isComplete": False})
+
+
 def chunk_for(payload: int, sample: StreamInfo) -> str:
     """A chunk that makes the record value (the envelope) about ``payload`` bytes."""
     base = len(make_event(sample, 1_000_000, "").to_json())
@@ -197,6 +206,7 @@ async def publish(settings: Settings, args: argparse.Namespace) -> dict[str, Any
         raise SystemExit("no streams")
     state = read_state(args.state, streams)
     chunk = chunk_for(args.payload, streams[0])
+    tokens = demo_tokens("bench tokens", 400) if args.tokens else None
     producer = await start_producer(settings)
     stop = Stop()
     sent = acked = errors = 0
@@ -225,8 +235,9 @@ async def publish(settings: Settings, args: argparse.Namespace) -> dict[str, Any
                 rr = (rr + 1) % len(streams)
                 seq = state[info.stream_id]
                 state[info.stream_id] = seq + 1
-                futures.append(await send_event(producer, info.topic, info.partition,
-                                                make_event(info, seq, chunk)))
+                event = make_event(info, seq, chunk) if tokens is None else \
+                    token_event(info, seq, tokens)
+                futures.append(await send_event(producer, info.topic, info.partition, event))
             sent += batch
             if futures:
                 for res in await asyncio.gather(*futures, return_exceptions=True):
@@ -324,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--tick-ms", type=float, default=10.0)
     pub.add_argument("--max-batch", type=int, default=2000, help="most events in one tick")
     pub.add_argument("--shard", default="0/1", help="i/n: this publisher's share of streams")
+    pub.add_argument("--tokens", action="store_true", help="demo-like tokens (no padding, "
+                     "no bench_ns) instead of --payload events")
     sd = sub.choices["seed"]
     sd.add_argument("--count", type=int, required=True, help="events per stream")
     sd.add_argument("--out", type=Path, required=True, help="offsets file")

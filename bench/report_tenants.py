@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.markdown import cpu_cell as _cpu
 from bench.markdown import fmt as _f
 from bench.markdown import table as _table
 
@@ -14,11 +15,6 @@ def _pair(op: dict[str, Any] | None) -> str:
     if not op or not op.get("count"):
         return "-"
     return f"{_f(op.get('p50_ms'), 1)} / {_f(op.get('p99_ms'), 1)}"
-
-
-def _cpu(win: dict[str, Any], name: str) -> str:
-    p = win.get("processes", {}).get(name)
-    return "-" if p is None else f"{p['cpu_s']:.1f} s ({p['cpu_pct_of_core']:.0f}%)"
 
 
 def mode_row(m: dict[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ from typing import Any
 from bench import (
     report,
     scenarios,
+    scn_compression,
     scn_history,
     scn_priority,
     scn_storm,
@@ -43,7 +44,7 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants")
+             "storm", "processes", "history", "priority", "tenants", "compression")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history-sizes", default="", metavar="N,N,...",
                     help="cumulative stream counts of the history scenario's steps "
                     "(default: 25000,50000,100000; --full: 250000,500000,1000000)")
+    ap.add_argument("--compression-modes", default=",".join(scn_compression.MODES),
+                    metavar="MODE,...", help="the compression scenario's modes (default: "
+                    "all)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SCENARIOS)
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
             "priority": lambda: {"priority": scn_priority.priority(b)},
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
+            "compression": lambda: {"compression": scn_compression.compression(
+                b, profile.name, tuple(args.compression_modes.split(",")))},
         }
         for name in SCENARIOS:
             if name in only:

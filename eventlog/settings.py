@@ -111,6 +111,18 @@ class GatewaySettings:
     input_max_bytes: int = _env(
         "INPUT_MAX_BYTES", 64 * 1024, "largest `data` of an input event (its JSON bytes), "
         "over HTTP or the WebSocket")
+    compression: str = _env(
+        "COMPRESSION", "gzip,br", "content codings of SSE and long-poll answers, in the "
+        "server's order of preference at equal q (gzip, br; off or empty: none)")
+    compression_level: int = _env(
+        "COMPRESSION_LEVEL", 6, "gzip level (1-9) of SSE and long-poll answers")
+    brotli_quality: int = _env(
+        "BROTLI_QUALITY", 3, "brotli quality (0-11) of SSE and long-poll answers")
+    compression_window_bits: int = _env(
+        "COMPRESSION_WINDOW_BITS", 12, "log2 of each compressed connection's window (gzip and "
+        "the WebSocket 9-15, brotli 10 at least): its memory and how far back it finds repeats")
+    ws_compression: bool = _env(
+        "WS_COMPRESSION", True, "permessage-deflate on the WebSocket, for clients that offer it")
     catchup_readers: int = _env("CATCHUP_READERS", 8, "concurrent catch-up reads from Kafka")
     max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
     request_timeout_s: float = _env(
@@ -154,6 +166,15 @@ class GatewaySettings:
         if self.poll_max_wait_s < 0 or self.poll_max_events < 1 or self.poll_max_bytes < 1:
             raise ConfigError("TIDEMARK_POLL_MAX_WAIT must be >= 0, TIDEMARK_POLL_MAX_EVENTS "
                               "and TIDEMARK_POLL_MAX_BYTES >= 1")
+        codings = [c.strip() for c in self.compression.lower().split(",") if c.strip()]
+        if codings != ["off"] and (not set(codings) <= {"gzip", "br"}
+                                   or len(set(codings)) != len(codings)):
+            raise ConfigError("TIDEMARK_COMPRESSION must be off or a list of gzip and br")
+        if not (1 <= self.compression_level <= 9 and 0 <= self.brotli_quality <= 11
+                and 9 <= self.compression_window_bits <= 15):
+            raise ConfigError("TIDEMARK_COMPRESSION_LEVEL must be 1 to 9, "
+                              "TIDEMARK_BROTLI_QUALITY 0 to 11, "
+                              "TIDEMARK_COMPRESSION_WINDOW_BITS 9 to 15")
         if self.processes != "auto" and not (
                 self.processes.isdigit() and 1 <= int(self.processes) <= 256):
             raise ConfigError("TIDEMARK_GATEWAY_PROCESSES must be auto or 1 to 256")

@@ -140,5 +140,12 @@ async def stream_poll(request: web.Request) -> web.StreamResponse:
             return answer
     finally:
         transport.close()
-    return web.Response(body=transport.body(given.strip() if given and position else None),
-                        content_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+    body = transport.body(given.strip() if given and position else None)
+    codings = request.app[SERVICES].codings
+    headers = {"Cache-Control": "no-store"}
+    if codings.enabled:
+        body, coding = codings.compress(request.headers.get("Accept-Encoding"), body)
+        headers.update(streaming.VARY)
+        if coding is not None:
+            headers["Content-Encoding"] = coding
+    return web.Response(body=body, content_type=CONTENT_TYPE, headers=headers)

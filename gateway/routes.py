@@ -237,7 +237,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
         gateway_id=services.instance,
         closing=services.closing, registry=services.sessions, prefs=prefs,
-        experiments=gw.experiments, recorder=services.recorder)
+        experiments=gw.experiments, recorder=services.recorder,
+        transport=streaming.sse_transport(services.codings,
+                                          request.headers.get("Accept-Encoding")))
     async with tracing.delivery_span(request, services, stream_id, position) as span:
         response = await streaming.serve(session, position)
         tracing.delivered(span, session.info, session.cursor.written, response)

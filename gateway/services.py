@@ -23,6 +23,7 @@ from eventlog.topics import STREAMS_TOPIC, ensure_topics, events_topic, wait_for
 from gateway.analytics_feed import AnalyticsFeed
 from gateway.analytics_recorder import Recorder, tenant_of
 from gateway.breaker import CircuitBreaker
+from gateway.compression import Codings
 from gateway.hub import Hub
 from gateway.limits import Limits
 from gateway.lookup import StreamLookup
@@ -69,6 +70,11 @@ class Services:
     #: process's reports and the stream index (``gateway.analytics_feed``).
     recorder: Recorder = field(default_factory=Recorder)
     analytics: AnalyticsFeed | None = None
+    #: How SSE and long-poll answers are compressed (``gateway.compression``).
+    codings: Codings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.codings = Codings.of(self.settings.gateway)
 
     async def connect(self) -> None:
         s = self.settings

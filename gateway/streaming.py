@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -45,6 +45,7 @@ from eventlog.reader import LogReader
 from gateway import resume, sse
 from gateway.analytics_recorder import Recorder
 from gateway.catchup import backlog
+from gateway.compression import Codings
 from gateway.delivery import Delivery, Shaper
 from gateway.hub import Frame, Hub, Row, Subscriber
 from gateway.lookup import StreamLookup
@@ -61,6 +62,9 @@ SSE_HEADERS: Final = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
+#: On every answer whose body depends on the client's ``Accept-Encoding`` while
+#: compression is on (identity ones too, RFC 9110 section 12.5.5).
+VARY: Final = {"Vary": "Accept-Encoding"}
 CUT_OFF_REASON: Final = sse.frame_comment(
     "closing: this client fell behind; reconnect with Last-Event-ID to resume")
 #: How often a subscriber that overflowed may catch up again before it is cut off.
@@ -82,9 +86,14 @@ class _EventStreamResponse(web.StreamResponse):
 class SseTransport:
     """The SSE route's transport: the pipeline's bytes go to the response as they are."""
 
+    def __init__(self, *, vary: bool = False) -> None:
+        #: Whether answers say ``Vary: Accept-Encoding`` (compression is on: this
+        #: client's answer is identity because of what it accepts).
+        self.headers = {**SSE_HEADERS, **VARY} if vary else SSE_HEADERS
+
     async def open(self, session: Session) -> web.StreamResponse:
         response = _EventStreamResponse(
-            status=200, headers={**SSE_HEADERS, "Tidemark-Gateway": session.gateway_id})
+            status=200, headers={**self.headers, "Tidemark-Gateway": session.gateway_id})
         await response.prepare(session.request)
         return response
 
@@ -95,6 +104,10 @@ class SseTransport:
     def idle(self, session: Session) -> None:
         """Nothing to do while an SSE response waits."""
 
+    def last_words(self, data: bytes) -> bytes:
+        """``data`` as the last bytes of the body."""
+        return data
+
     def drop_stuck(self, session: Session, grace_s: float) -> None:
         """The writer is parked on a full socket with every chunk handed over, so one
         more whole chunk (the reason) and the last chunk can follow what is queued. The
@@ -103,14 +116,68 @@ class SseTransport:
         transport = session.request.transport
         if transport is None or transport.is_closing():
             return
-        reason = CUT_OFF_REASON
+        reason = self.last_words(CUT_OFF_REASON)
         transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(reason), reason))
         transport.close()
         asyncio.get_running_loop().call_later(grace_s, transport.abort)
 
 
-#: The transport of every SSE response (it holds no state).
+#: The transport of every SSE response (it holds no state) while compression is off...
 SSE: Final = SseTransport()
+#: ... and of identity answers while it is on.
+SSE_VARY: Final = SseTransport(vary=True)
+
+
+class CompressedSseTransport(SseTransport):
+    """An SSE response compressed for its client: every write is compressed and flushed
+    (``gateway.compression``), so the client decodes each event as it comes; the
+    compressed stream is finished with the response."""
+
+    def __init__(self, codings: Codings, coding: str) -> None:
+        super().__init__(vary=True)
+        self.headers = {**self.headers, "Content-Encoding": coding}
+        self.encoder = codings.encoder(coding)
+        self.finished = False
+
+    async def open(self, session: Session) -> web.StreamResponse:
+        response = _CompressedEventStreamResponse(
+            self, status=200, headers={**self.headers, "Tidemark-Gateway": session.gateway_id})
+        await response.prepare(session.request)
+        return response
+
+    async def write(self, session: Session, data: bytes) -> None:
+        assert session.response is not None
+        if self.finished:  # cut off (see drop_stuck): the stream is over
+            raise ConnectionResetError("the compressed stream has ended")
+        await session.response.write(self.encoder.compress(data))
+
+    def last_words(self, data: bytes) -> bytes:
+        if self.finished:
+            return b""
+        self.finished = True
+        return self.encoder.compress(data) + self.encoder.finish()
+
+
+class _CompressedEventStreamResponse(_EventStreamResponse):
+    """Ends the compressed stream before the response (gzip's trailer, brotli's last
+    block)."""
+
+    def __init__(self, sse: CompressedSseTransport, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sse = sse
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self.prepared:
+            data = self._sse.last_words(data)
+        await super().write_eof(data)
+
+
+def sse_transport(codings: Codings, accept_encoding: str | None) -> SseTransport:
+    """The transport of an SSE response to a client that sent ``accept_encoding``."""
+    if not codings.enabled:
+        return SSE
+    coding = codings.choose(accept_encoding)
+    return SSE_VARY if coding is None else CompressedSseTransport(codings, coding)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ Frames and codes (docs/transports.md):
 - server -> client: one text frame per event, ``{"id", "event", "data"}``, ``data``
   the envelope object (byte for byte the SSE ``data:`` line); a ``reset`` notice has
   ``"id": null``. Keepalives are WebSocket pings, on the SSE heartbeat's schedule.
+  Frames are compressed (permessage-deflate, flushed per frame) for clients that offer
+  it, within ``TIDEMARK_COMPRESSION_WINDOW_BITS`` (see :class:`_WebSocketResponse`).
 - 1000 after the terminal event, or at once (with a reason) for a position at or
   after it; 4000 + the HTTP status of the problem the SSE route would answer (4400,
   4401, 4403, 4404, 4410, 4429, 4503...), the problem's detail as the reason; 1013
@@ -27,10 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Final
+from typing import Any, Final
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
+from aiohttp.http import ws_ext_gen
+from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
 
 from gateway import auth, follow, items, streaming, talkback
 from gateway.problems import Problem, problem_middleware
@@ -188,10 +193,38 @@ class Connection:
                 await self.ws.send_frame(payload, WSMsgType.TEXT)
 
 
+class _WebSocketResponse(web.WebSocketResponse):
+    """permessage-deflate (RFC 7692) within this gateway's window.
+
+    aiohttp accepts a client's offer with the window the client asks for, 15 bits when it
+    names none (what browsers and aiohttp's client send), i.e. a 32 KiB window per
+    connection and some 260 KiB of zlib state once a frame is compressed. RFC 7692
+    section 7.1.2.1 lets the server answer any offer with a smaller
+    ``server_max_window_bits``: this caps it at ``TIDEMARK_COMPRESSION_WINDOW_BITS``.
+    aiohttp's writer then compresses with that window, flushing (Z_SYNC_FLUSH) after
+    every frame. ``_handshake`` is aiohttp's (3.x); were its shape to change, the
+    WebSocket tests of the negotiated header fail.
+    """
+
+    def __init__(self, *, window_bits: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._window_bits = window_bits
+
+    def _handshake(self, request: BaseRequest) -> tuple[CIMultiDict[str], str | None, int, bool]:
+        headers, protocol, compress, notakeover = super()._handshake(request)
+        if compress > self._window_bits:
+            compress = self._window_bits
+            headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = ws_ext_gen(
+                compress=compress, isserver=True, server_notakeover=notakeover)
+        return headers, protocol, compress, notakeover
+
+
 async def stream_ws(request: web.Request) -> web.StreamResponse:
     """The WebSocket route (see the module docstring)."""
     gw = request.app[SERVICES].settings.gateway
-    ws = web.WebSocketResponse(max_msg_size=gw.input_max_bytes + 1024)
+    ws = _WebSocketResponse(max_msg_size=gw.input_max_bytes + 1024,
+                            compress=gw.ws_compression,
+                            window_bits=gw.compression_window_bits)
     if not ws.can_prepare(request).ok:
         # Not an upgrade: an HTTP answer, as any route would give (auth first).
         await _caller(request, auth.READ)

@@ -13,8 +13,10 @@
   up at once. Its gzip filter does (as compressing proxies and CDNs do): it sends
   nothing, headers included, until its 4 KiB output buffer fills or the response ends,
   so a live SSE response gives a client that sends ``Accept-Encoding: gzip`` (browsers,
-  aiohttp by default) no byte for a long time. Long-poll works through it: its answers
-  complete.
+  aiohttp by default) no byte for a long time. It asks the gateway for identity answers
+  (``proxy_set_header Accept-Encoding ""``, as proxies that compress themselves do): an
+  answer the gateway compressed already would pass through nginx's gzip filter
+  unbuffered. Long-poll works through it: its answers complete.
 
 Both return ``(proc, base_url)`` like :func:`tests.procs.start_haproxy`.
 """
@@ -57,6 +59,7 @@ http {{
             proxy_pass http://gateways;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Accept-Encoding "";
             proxy_buffering on;
             proxy_buffer_size 64k;
             proxy_buffers 8 64k;

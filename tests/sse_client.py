@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
+
+from bench.scn_compression import decoder
 
 TERMINAL = {"result", "error", "cancelled"}
 
@@ -42,6 +45,10 @@ class Reply:
     first_field: str | None = None
     body: str = ""
     ended_by_server: bool = False
+    #: The event stream as read (decoded when it came compressed), and how many bytes of
+    #: body came over the wire for it.
+    raw: bytearray = field(default_factory=bytearray)
+    wire: int = 0
 
     @property
     def last_id(self) -> str | None:
@@ -58,22 +65,37 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
                max_events: int | None = None, idle_timeout: float = 20.0,
                stop_after_comments: int | None = None,
                sink: list[Event] | None = None,
-               headers: dict[str, str] | None = None) -> Reply:
+               headers: dict[str, str] | None = None,
+               encoding: str | None = None) -> Reply:
     """Read an SSE response until the server ends it, ``max_events`` stream events
     arrived, or nothing came for ``idle_timeout`` seconds (then the read fails).
     Events are also appended to ``sink`` as they arrive (it survives a failed read).
-    ``headers`` are sent besides ``Accept`` and ``Last-Event-ID``."""
+    ``headers`` are sent besides ``Accept`` and ``Last-Event-ID``. With ``encoding``
+    the request sends ``Accept-Encoding: <encoding>`` and a 200 answer must come in that
+    coding (identity: none), which this client decodes itself, chunk by chunk."""
     headers = {**(headers or {}), "Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
-    async with session.get(url, headers=headers) as resp:
+    if encoding is not None:
+        headers["Accept-Encoding"] = encoding
+    async with session.get(url, headers=headers, auto_decompress=encoding is None) as resp:
+        decode = None
+        if encoding is not None and resp.status == 200:
+            coding = resp.headers.get("Content-Encoding", "identity")
+            assert coding == encoding, (encoding, resp.headers)
+            if coding != "identity":
+                assert "accept-encoding" in resp.headers.get("Vary", "").lower()
+                decode = decoder(coding)
         return await parse(resp, max_events=max_events, idle_timeout=idle_timeout,
-                           stop_after_comments=stop_after_comments, sink=sink)
+                           stop_after_comments=stop_after_comments, sink=sink,
+                           decode=decode)
+
 
 async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
                 idle_timeout: float = 20.0, stop_after_comments: int | None = None,
-                sink: list[Event] | None = None) -> Reply:
-    """Read an open response (see :func:`read`)."""
+                sink: list[Event] | None = None,
+                decode: Callable[[bytes], bytes] | None = None) -> Reply:
+    """Read an open response (see :func:`read`); ``decode`` decodes its body's chunks."""
     reply = Reply(resp.status, CIMultiDict(resp.headers))
     if sink is not None:
         reply.events = sink
@@ -93,6 +115,10 @@ async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
         if not chunk:
             reply.ended_by_server = True
             return reply
+        reply.wire += len(chunk)
+        if decode is not None:
+            chunk = decode(chunk)
+        reply.raw += chunk
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         for raw in lines:

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.scn_compression import decoder
 from tests import sse_client
 
 TRANSPORTS = ("sse", "ws", "poll")
@@ -37,6 +38,10 @@ class Outcome:
     ended: bool = False
     #: Long-poll: how many answers it took.
     answers: int = 0
+    #: Body bytes that came over the wire (SSE, poll).
+    wire: int = 0
+    #: The SSE body as decoded.
+    raw: bytes = b""
 
     @property
     def stream_items(self) -> list[Item]:
@@ -63,21 +68,27 @@ def compact(obj: Any) -> str:
 async def read(http: aiohttp.ClientSession, base: str, stream_id: str, transport: str, *,
                position: str | None = None, query: str = "", max_events: int | None = None,
                headers: dict[str, str] | None = None, wait: float = 10.0,
-               timeout: float = 30.0) -> Outcome:
+               timeout: float = 30.0, encoding: str = "identity") -> Outcome:
     """Read the stream over ``transport`` from ``position`` (sent as ``?last_event_id=``)
-    until it ends, ``max_events`` stream events came, or the server ends the read."""
+    until it ends, ``max_events`` stream events came, or the server ends the read.
+
+    ``encoding``: SSE and long-poll send it as ``Accept-Encoding``, check that the
+    answers came in that coding and decode them here; the WebSocket offers
+    permessage-deflate unless it is ``identity`` (and then checks it was agreed)."""
     if position is not None:
         query = f"{query}&last_event_id={position}" if query else f"last_event_id={position}"
     url = url_of(base, stream_id, transport, query)
     reader = {"sse": _read_sse, "ws": _read_ws, "poll": _read_poll}[transport]
     return await asyncio.wait_for(
-        reader(http, url, max_events=max_events, headers=headers or {}, wait=wait), timeout)
+        reader(http, url, max_events=max_events, headers=headers or {}, wait=wait,
+               encoding=encoding), timeout)
 
 
 async def _read_sse(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                    headers: dict[str, str], wait: float) -> Outcome:
-    reply = await sse_client.read(http, url, max_events=max_events, headers=headers)
-    out = Outcome("sse", reply.status)
+                    headers: dict[str, str], wait: float, encoding: str) -> Outcome:
+    reply = await sse_client.read(http, url, max_events=max_events, headers=headers,
+                                  encoding=encoding)
+    out = Outcome("sse", reply.status, wire=reply.wire, raw=bytes(reply.raw))
     if reply.status != 200:
         out.reason = _detail(reply.body)
         return out
@@ -87,9 +98,12 @@ async def _read_sse(http: aiohttp.ClientSession, url: str, *, max_events: int | 
 
 
 async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                   headers: dict[str, str], wait: float) -> Outcome:
+                   headers: dict[str, str], wait: float, encoding: str) -> Outcome:
     out = Outcome("ws", 0)
-    async with http.ws_connect(url, headers=headers, autoclose=True) as ws:
+    deflate = encoding != "identity"
+    async with http.ws_connect(url, headers=headers, autoclose=True,
+                               compress=15 if deflate else 0) as ws:
+        assert bool(ws.compress) == deflate, (encoding, ws.compress)
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.CLOSE:
@@ -115,21 +129,25 @@ async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | N
 
 
 async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                     headers: dict[str, str], wait: float) -> Outcome:
+                     headers: dict[str, str], wait: float, encoding: str) -> Outcome:
     """Page through the long-poll route until ``ended`` (or 204, or an error)."""
     out = Outcome("poll", 200)
     base, _, query = url.partition("?")
     params = dict(p.split("=", 1) for p in query.split("&") if p)
     params["wait"] = str(wait)
     while True:
-        async with http.get(base, params=params, headers=headers) as resp:
+        async with http.get(base, params=params, auto_decompress=False,
+                            headers={**headers, "Accept-Encoding": encoding}) as resp:
             out.answers += 1
             if resp.status != 200:
                 out.code = resp.status
                 out.reason = _detail(await resp.text())
                 return out
             assert resp.content_type == "application/json"
-            body = await resp.json()
+            assert resp.headers.get("Content-Encoding", "identity") == encoding, resp.headers
+            wire = await resp.read()
+            out.wire += len(wire)
+            body = json.loads(decoder(encoding)(wire))
         assert set(body) == {"events", "last_event_id", "ended"}, body
         for item in body["events"]:
             assert list(item) == ["id", "event", "data"], item

@@ -5,12 +5,14 @@ A long stream and many finished streams leave the gateway's memory flat."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bench.scn_compression import Dechunker, decoder
 from eventlog.clients import make_producer
 from eventlog.settings import load_settings
 from eventlog.streams import send_event
@@ -40,8 +42,10 @@ async def metric(http: aiohttp.ClientSession, base: str, name: str) -> float:
 
 
 async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
-                  payload: int, first_seq: int = 1, end: bool = False) -> None:
-    """Write events straight to Kafka, as a fast backend would (Tidemark's record format)."""
+                  payload: int, first_seq: int = 1, end: bool = False,
+                  noise: bool = False) -> None:
+    """Write events straight to Kafka, as a fast backend would (Tidemark's record format).
+    ``noise``: each event's padding is random hex (it does not compress away)."""
     settings = load_settings(cluster.env)
     async with Publisher(settings) as pub:
         infos = [(await pub.open_stream(sid)).info for sid in stream_ids]
@@ -52,6 +56,8 @@ async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
         for i in range(events_each):
             seq = first_seq + i
             last = end and i == events_each - 1
+            if noise:
+                pad = secrets.token_hex(payload // 2)
             futures = [await send_event(producer, info.topic, info.partition, Event(
                 stream=info.stream_id, seq=seq, type="result" if last else "partial_result",
                 ts=0, data={"text": pad} if last else
@@ -64,8 +70,9 @@ async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
         await producer.stop()
 
 
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
 async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, http: aiohttp.ClientSession, coding: str) -> None:
     base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
                                  TIDEMARK_TAIL_BYTES="1048576",
                                  TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
@@ -80,7 +87,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
     host, port = base.removeprefix("http://").split(":")
     slow.connect((host, int(port)))
     slow.sendall(f"GET /v1/streams/{sid}/events HTTP/1.1\r\nHost: {host}\r\n"
-                 f"Authorization: Bearer {token()}\r\n"
+                 f"Authorization: Bearer {token()}\r\nAccept-Encoding: {coding}\r\n"
                  "Accept: text/event-stream\r\n\r\n".encode())
     # A reader keeps up with the same stream the whole time.
     seen: list[sse_client.Event] = []
@@ -90,7 +97,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
     before = rss_bytes(gateway.popen.pid)
 
     total_events, payload = 20_000, 1000  # ~20 MB through the gateway
-    await produce(cluster, [sid], total_events, payload=payload, end=True)
+    await produce(cluster, [sid], total_events, payload=payload, end=True,
+                  noise=coding != "identity")
     await asyncio.wait_for(follower, 120)
     grown = rss_bytes(gateway.popen.pid) - before
 
@@ -118,6 +126,11 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
             break
         received.extend(chunk)
     slow.close()
+    if coding != "identity":  # what a browser decodes of it: unchunked, then gunzipped
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert f"content-encoding: {coding}" in head.decode().lower(), head
+        decode = decoder(coding)
+        received = bytearray(b"".join(decode(piece) for piece in Dechunker().feed(body)))
     text = received.decode(errors="replace")
     assert "fell behind" in text, "the slow client was not told why it was cut off"
     ids = [line[4:] for line in text.split("\n") if line.startswith("id: ")]

@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import BrowserContext
 
 from tests import transport_clients as tc
 from tests.conftest import Cluster
+from tests.e2e.test_dashboard import browser  # noqa: F401 (a fixture)
 from tests.e2e.test_legacy_ids import write_v1_stream
 from tests.e2e.test_positions import delete_before, offset_of
 from tests.e2e.test_streams import create, publish
@@ -408,3 +411,176 @@ async def test_websocket_lifetime_and_shutdown_close_1001_and_the_client_resumes
     stopped = await reader
     assert stopped.code == 1001 and "shutting down" in stopped.reason, stopped
     assert stopped.items == []
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+async def test_compressed_answers_decode_to_the_plain_ones_on_every_transport(
+        gateway: Gateway, http: aiohttp.ClientSession, coding: str) -> None:
+    """SSE and long-poll in ``coding``, the WebSocket with permessage-deflate: the same
+    events as the plain answers, from the start and from a position, and the SSE body
+    decodes to exactly the plain body's bytes."""
+    base = gateway.base
+    sid = await finished(http, base, chunks=40)
+    plain = {t: await tc.read(http, base, sid, t) for t in tc.TRANSPORTS}
+    packed = {t: await tc.read(http, base, sid, t, encoding=coding) for t in tc.TRANSPORTS}
+    items = assert_same(plain)
+    assert assert_same(packed) == items and len(items) == 44
+    assert packed["sse"].raw == plain["sse"].raw
+    assert packed["sse"].wire < plain["sse"].wire / 3, (packed["sse"].wire, plain["sse"].wire)
+    assert packed["poll"].wire < plain["poll"].wire / 2
+    # Resume ids are the same: from the plain answer's 5th id, compressed.
+    after = {t: await tc.read(http, base, sid, t, position=items[4][0], encoding=coding)
+             for t in tc.TRANSPORTS}
+    assert assert_same(after) == items[5:]
+    # Refusals are problems as ever (not compressed), and 204 stays 204.
+    for t in ("sse", "poll"):
+        bad = await tc.read(http, base, sid, t, position="nonsense", encoding=coding)
+        end = await tc.read(http, base, sid, t, position=items[-1][0], encoding=coding)
+        assert (bad.code, end.code) == (400, 204) and bad.reason
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+async def test_a_compressed_sse_client_decodes_each_live_event_before_the_next_is_published(
+        gateway: Gateway, http: aiohttp.ClientSession, coding: str) -> None:
+    """Every write is flushed: a client that decodes chunk by chunk has each event (and
+    each ``: ping``) before anything else is sent."""
+    from tests import sse_client
+
+    base = gateway.base
+    sid = await create(http, base, generator="external")
+    url = tc.url_of(base, sid, "sse")
+    # An idle stream: the heartbeat (1 s in the tests) arrives on its own, decodable.
+    pinged = await sse_client.read(http, url, encoding=coding, stop_after_comments=1,
+                                   idle_timeout=5)
+    assert pinged.comments == ["ping"] and [e.event for e in pinged.events] == ["status"]
+
+    seen: list[sse_client.Event] = []
+    reader = asyncio.create_task(sse_client.read(http, url, sink=seen, encoding=coding))
+    await sse_client.wait_for(seen, 1, reader)
+    for i in range(6):
+        await publish(http, base, sid, {"type": "partial_result",
+                                        "data": {"chunk": f"t{i} ", "chunkIndex": i}})
+        await sse_client.wait_for(seen, 2 + i, reader, timeout=10)
+        assert json.loads(seen[-1].data)["data"]["chunk"] == f"t{i} "
+    await publish(http, base, sid, {"type": "result", "data": {"text": "done"}})
+    live = await asyncio.wait_for(reader, 30)
+    assert live.ended_by_server and seen[-1].event == "result"
+    plain = await tc.read(http, base, sid, "sse")
+    assert [(e.id, e.event, e.data) for e in seen] == plain.items
+
+
+async def test_websocket_permessage_deflate_is_agreed_within_the_window_and_flushed(
+        gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    """The offer browsers and aiohttp's client send (``permessage-deflate;
+    client_max_window_bits``) is answered with the gateway's window (12 bits in the
+    tests' default settings); each text frame is compressed (RSV1) and inflates on its
+    own, with what came before, to the event's JSON."""
+    import base64
+    import os
+
+    from tests.procs import token
+
+    base = gateway.base
+    sid = await finished(http, base, chunks=3)
+    plain = (await tc.read(http, base, sid, "ws")).items
+    host, port = base.removeprefix("http://").split(":")
+    for offer, answer in [
+            ("permessage-deflate; client_max_window_bits",
+             "permessage-deflate; server_max_window_bits=12"),
+            ("permessage-deflate; server_max_window_bits=10",
+             "permessage-deflate; server_max_window_bits=10"),
+            (None, None)]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        ext = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer else ""
+        writer.write(f"GET /v1/streams/{sid}/ws HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Authorization: Bearer {token()}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{ext}"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
+        assert head.startswith("HTTP/1.1 101"), head
+        agreed = {k.lower(): v for k, _, v in (line.partition(": ") for line in
+                                                head.split("\r\n")[1:] if line)}
+        assert agreed.get("sec-websocket-extensions") == answer, head
+        inflate = zlib.decompressobj(-15)
+        events: list[dict[str, Any]] = []
+        while len(events) < len(plain):
+            b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
+            size = b1 & 0x7F
+            if size == 126:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+            payload = await reader.readexactly(size)
+            assert b0 & 0x0F == 1, b0  # text frames until the stream ends
+            assert bool(b0 & 0x40) == (answer is not None)  # RSV1: compressed
+            text = inflate.decompress(payload + b"\x00\x00\xff\xff") if answer else payload
+            events.append(json.loads(text))
+        writer.close()
+        assert [(e["id"], e["event"]) for e in events] == [(i[0], i[1]) for i in plain]
+
+
+async def test_a_browser_gets_gzip_sse_and_a_deflated_websocket_with_the_same_events(
+        gateway: Gateway, http: aiohttp.ClientSession,
+        browser: BrowserContext) -> None:  # noqa: F811 (the fixture imported above)
+    """Chromium's own negotiation: its ``EventSource`` accepts gzip, br (and more) and
+    is answered gzip; its ``WebSocket`` offers permessage-deflate and agrees to the
+    gateway's window. Both decode to the events every other client reads."""
+    async with http.post(f"{gateway.base}/v1/streams",
+                         json={"query": "q", "generator": "external"}) as resp:
+        made = await resp.json()
+    sid = made["stream_id"]
+    await publish(http, gateway.base, sid, [
+        *[{"type": "partial_result", "data": {"chunk": f"w{i} ", "chunkIndex": i}}
+          for i in range(5)], {"type": "result", "data": {"text": "done"}}])
+    plain = (await tc.read(http, gateway.base, sid, "sse")).items
+    page = await browser.new_page()
+    await page.goto(gateway.base + "/")
+    async with page.expect_response(lambda r: f"/v1/streams/{sid}/events" in r.url,
+                                    timeout=20_000) as answered:
+        got = await page.evaluate("""([sse, ws]) => new Promise((done, fail) => {
+        const out = {sse: [], ws: [], extensions: null};
+        const es = new EventSource(sse);
+        for (const type of ["status", "partial_result", "result"]) {
+            es.addEventListener(type, e => {
+                out.sse.push([e.lastEventId, e.type, e.data]);
+                if (type !== "result") return;
+                es.close();
+                const sock = new WebSocket(ws);
+                sock.onopen = () => { out.extensions = sock.extensions; };
+                sock.onmessage = e => out.ws.push(e.data);
+                sock.onclose = () => done(out);
+                sock.onerror = () => fail(new Error("websocket error"));
+            });
+        }
+        setTimeout(() => fail(new Error("timed out")), 20000);
+    })""", [made["urls"]["sse"], "ws" + gateway.base.removeprefix("http") + made["urls"]["ws"]])
+    headers = await (await answered.value).all_headers()
+    assert (headers.get("content-encoding"), headers.get("vary")) == ("gzip", "Accept-Encoding")
+    assert [tuple(e) for e in got["sse"]] == plain
+    assert got["extensions"] == "permessage-deflate; server_max_window_bits=12"
+    frames = [json.loads(f) for f in got["ws"]]
+    assert [(f["id"], f["event"]) for f in frames] == [(i[0], i[1]) for i in plain]
+    assert [json.loads(i[2]) for i in plain] == [f["data"] for f in frames]
+
+
+async def test_compression_off_answers_identity_without_vary_and_declines_deflate(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """``TIDEMARK_COMPRESSION=off`` and ``TIDEMARK_WS_COMPRESSION=false``: a client that
+    accepts gzip gets the identity answers of before (no ``Vary``), and the WebSocket
+    declines permessage-deflate."""
+    from tests import sse_client
+
+    base = await cluster.gateway(TIDEMARK_COMPRESSION="off", TIDEMARK_WS_COMPRESSION="false")
+    sid = await finished(http, base, chunks=2)
+    async with http.get(tc.url_of(base, sid, "sse"), auto_decompress=False,
+                        headers={"Accept-Encoding": "gzip, br"}) as resp:
+        reply = await sse_client.parse(resp)
+    assert reply.status == 200 and "Content-Encoding" not in reply.headers
+    assert "Vary" not in reply.headers and reply.events[-1].event == "result"
+    async with http.get(tc.url_of(base, sid, "poll"), auto_decompress=False,
+                        headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.status == 200 and "Vary" not in resp.headers
+        assert "Content-Encoding" not in resp.headers and (await resp.json())["events"]
+    async with http.ws_connect(tc.url_of(base, sid, "ws"), compress=15) as ws:
+        assert ws.compress == 0
+        first = await ws.receive_json()
+    assert first["event"] == "status"
