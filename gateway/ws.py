@@ -32,7 +32,7 @@ from typing import Final
 import orjson
 from aiohttp import WSMsgType, web
 
-from gateway import auth, follow, items, streaming, talkback
+from gateway import auth, items, routes, streaming, talkback
 from gateway.problems import Problem, problem_middleware
 from gateway.routes import _caller
 from gateway.services import SERVICES
@@ -160,7 +160,7 @@ class Connection:
                 NORMAL, "the stream has ended: nothing comes after this position")
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        session, position = await follow.session_for(request, self.transport)
+        session, position = await routes.session_for(request, self.transport)
         return await streaming.serve(session, position)
 
     async def _read(self) -> None:
