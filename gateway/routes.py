@@ -241,7 +241,8 @@ async def session_for(request: web.Request, transport: Transport = streaming.SSE
         idle_timeout_s=gw.idle_timeout_s if idle_timeout_s is None else idle_timeout_s,
         gateway_id=services.instance, closing=services.closing,
         registry=services.sessions, prefs=prefs, transport=transport,
-        experiments=gw.experiments, recorder=services.recorder)
+        experiments=gw.experiments, recorder=services.recorder,
+        lag_coalesce=gw.lag_coalesce)
     return session, position
 
 
