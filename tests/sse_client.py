@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +16,8 @@ import aiohttp
 from multidict import CIMultiDict
 
 TERMINAL = {"result", "error", "cancelled"}
+#: A slow reader's pause after reading so many bytes.
+Throttle = Callable[[int], Awaitable[None]]
 
 
 @dataclass
@@ -58,21 +62,41 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
                max_events: int | None = None, idle_timeout: float = 20.0,
                stop_after_comments: int | None = None,
                sink: list[Event] | None = None,
-               headers: dict[str, str] | None = None) -> Reply:
+               headers: dict[str, str] | None = None,
+               throttle: Throttle | None = None) -> Reply:
     """Read an SSE response until the server ends it, ``max_events`` stream events
     arrived, or nothing came for ``idle_timeout`` seconds (then the read fails).
     Events are also appended to ``sink`` as they arrive (it survives a failed read).
-    ``headers`` are sent besides ``Accept`` and ``Last-Event-ID``."""
+    ``headers`` are sent besides ``Accept`` and ``Last-Event-ID``. ``throttle``: a slow
+    reader, awaited with the size of each piece read before the next read (with a session
+    whose sockets buffer little, see :func:`slow_session`)."""
     headers = {**(headers or {}), "Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with session.get(url, headers=headers) as resp:
         return await parse(resp, max_events=max_events, idle_timeout=idle_timeout,
-                           stop_after_comments=stop_after_comments, sink=sink)
+                           stop_after_comments=stop_after_comments, sink=sink,
+                           throttle=throttle)
+
+
+def _small_receive_buffer(addr_info: tuple[Any, ...]) -> socket.socket:
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+def slow_session(headers: dict[str, str]) -> aiohttp.ClientSession:
+    """A client session that buffers little (4 KiB socket receive buffers, 4 KiB read
+    buffer), so a slow reader's slowness reaches the server at once."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, socket_factory=_small_receive_buffer),
+        headers=headers, read_bufsize=4096)
 
 async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
                 idle_timeout: float = 20.0, stop_after_comments: int | None = None,
-                sink: list[Event] | None = None) -> Reply:
+                sink: list[Event] | None = None,
+                throttle: Throttle | None = None) -> Reply:
     """Read an open response (see :func:`read`)."""
     reply = Reply(resp.status, CIMultiDict(resp.headers))
     if sink is not None:
@@ -93,6 +117,8 @@ async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
         if not chunk:
             reply.ended_by_server = True
             return reply
+        if throttle is not None:
+            await throttle(len(chunk))
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         for raw in lines:

@@ -63,20 +63,25 @@ def compact(obj: Any) -> str:
 async def read(http: aiohttp.ClientSession, base: str, stream_id: str, transport: str, *,
                position: str | None = None, query: str = "", max_events: int | None = None,
                headers: dict[str, str] | None = None, wait: float = 10.0,
-               timeout: float = 30.0) -> Outcome:
+               timeout: float = 30.0, throttle: sse_client.Throttle | None = None) -> Outcome:
     """Read the stream over ``transport`` from ``position`` (sent as ``?last_event_id=``)
-    until it ends, ``max_events`` stream events came, or the server ends the read."""
+    until it ends, ``max_events`` stream events came, or the server ends the read.
+    ``throttle``: a slow reader (see ``sse_client.read``; on the WebSocket it is awaited
+    after each message, in long-poll after each answer)."""
     if position is not None:
         query = f"{query}&last_event_id={position}" if query else f"last_event_id={position}"
     url = url_of(base, stream_id, transport, query)
     reader = {"sse": _read_sse, "ws": _read_ws, "poll": _read_poll}[transport]
     return await asyncio.wait_for(
-        reader(http, url, max_events=max_events, headers=headers or {}, wait=wait), timeout)
+        reader(http, url, max_events=max_events, headers=headers or {}, wait=wait,
+               throttle=throttle), timeout)
 
 
 async def _read_sse(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                    headers: dict[str, str], wait: float) -> Outcome:
-    reply = await sse_client.read(http, url, max_events=max_events, headers=headers)
+                    headers: dict[str, str], wait: float,
+                    throttle: sse_client.Throttle | None) -> Outcome:
+    reply = await sse_client.read(http, url, max_events=max_events, headers=headers,
+                                  throttle=throttle)
     out = Outcome("sse", reply.status)
     if reply.status != 200:
         out.reason = _detail(reply.body)
@@ -87,7 +92,8 @@ async def _read_sse(http: aiohttp.ClientSession, url: str, *, max_events: int | 
 
 
 async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                   headers: dict[str, str], wait: float) -> Outcome:
+                   headers: dict[str, str], wait: float,
+                   throttle: sse_client.Throttle | None) -> Outcome:
     out = Outcome("ws", 0)
     async with http.ws_connect(url, headers=headers, autoclose=True) as ws:
         while True:
@@ -99,6 +105,8 @@ async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | N
                 out.code = ws.close_code or 0
                 break
             text = msg.data
+            if throttle is not None:
+                await throttle(len(text))
             obj = json.loads(text)
             if "op" in obj:
                 continue
@@ -115,7 +123,8 @@ async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | N
 
 
 async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                     headers: dict[str, str], wait: float) -> Outcome:
+                     headers: dict[str, str], wait: float,
+                     throttle: sse_client.Throttle | None) -> Outcome:
     """Page through the long-poll route until ``ended`` (or 204, or an error)."""
     out = Outcome("poll", 200)
     base, _, query = url.partition("?")
@@ -129,7 +138,10 @@ async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int |
                 out.reason = _detail(await resp.text())
                 return out
             assert resp.content_type == "application/json"
-            body = await resp.json()
+            raw = await resp.read()
+            if throttle is not None:
+                await throttle(len(raw))
+            body = json.loads(raw)
         assert set(body) == {"events", "last_event_id", "ended"}, body
         for item in body["events"]:
             assert list(item) == ["id", "event", "data"], item
