@@ -145,6 +145,10 @@ class GatewaySettings:
     batch_interval_ms: int = _env(
         "BATCH_INTERVAL_MS", 250, "how often a subscriber with updateFrequency=batched gets "
         "its coalesced partial results")
+    lag_coalesce: bool = _env(
+        "LAG_COALESCE", True, "a subscriber that falls behind (its buffer overflowed) gets "
+        "its partial results coalesced as updateFrequency=batched does, for the rest of its "
+        "connection (false: every event as it is until it is cut off)")
     experiments_json: str = _env(
         "EXPERIMENTS", "", "the A/B experiments: a JSON array of {name, variants: [{name, "
         "weight, changes}], tenants?, enabled?} (docs/experiments.md; unset: none)")

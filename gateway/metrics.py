@@ -44,6 +44,10 @@ class Metrics:
         self.backlog_source = {k: self.backlog.labels(k) for k in ("memory", "kafka")}
         self.cutoffs = Counter("tidemark_slow_client_cutoffs_total",
                                "Responses ended because the client fell behind", registry=r)
+        self.lag_coalesced = Counter(
+            "tidemark_lag_coalesced_total", "Responses that fell behind (their buffer "
+            "overflowed) and were caught up with their partial results coalesced from then "
+            "on; subscribers batched already are not counted", registry=r)
         self.created = Counter("tidemark_streams_created_total", "Streams created",
                                ["generator"], registry=r)
         self.published = Counter("tidemark_events_published_total",

@@ -25,7 +25,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway import follow, items, streaming
+from gateway import items, routes, streaming
 from gateway.problems import Problem
 from gateway.services import SERVICES
 
@@ -129,7 +129,7 @@ async def stream_poll(request: web.Request) -> web.StreamResponse:
     transport = PollTransport(wait_s=wait, max_events=gw.poll_max_events,
                               max_bytes=gw.poll_max_bytes)
     # No idle limit but the wait, no pings (the pipeline's comments are dropped).
-    session, position = await follow.session_for(request, transport, idle_timeout_s=0)
+    session, position = await routes.session_for(request, transport, idle_timeout_s=0)
     given = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     try:
         answer = await streaming.serve(session, position)

@@ -31,9 +31,10 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.problems import Problem
 from gateway.services import READY_CHECKS, SERVICES, Services
 from gateway.sessions import DEFAULT_PAGE, MAX_PAGE, BadCursor, decode_cursor
+from gateway.transport import Transport
 from gateway.urls import transport_urls
 from schemas import events
-from schemas.eventid import encode_event_id, parse_event_id
+from schemas.eventid import EventId, encode_event_id, parse_event_id
 from schemas.validation import Validators
 
 #: ``external`` streams are written by a backend service through the publish API or the
@@ -218,11 +219,24 @@ async def stream_status(request: web.Request) -> web.Response:
     return _json(await _describe(services, info, found.earliest))
 
 
-async def stream_events(request: web.Request) -> web.StreamResponse:
+def position_of(request: web.Request) -> EventId | None:
+    """The client's position: the ``Last-Event-ID`` header, else ``?last_event_id=``; a
+    malformed one raises ``InvalidEventId`` (400 / 4400)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
+    return parse_event_id(raw.strip()) if raw.strip() else None
+
+
+async def session_for(request: web.Request, transport: Transport = streaming.SSE, *,
+                      heartbeat_s: float | None = None,
+                      idle_timeout_s: float | None = None,
+                      ) -> tuple[streaming.Session, EventId | None]:
+    """The session that serves this request's stream over ``transport`` (SSE, WebSocket,
+    long-poll: the same checks in the same order), and the position to serve it from.
+    Raises the caller's problems (401, 403, 404, 400...). ``heartbeat_s`` and
+    ``idle_timeout_s`` override the gateway's settings."""
     identity, stream_id = await _caller(request, auth.READ)
     services = await _ready(request)
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
-    position = parse_event_id(raw.strip()) if raw.strip() else None
+    position = position_of(request)
     if not request["tidemark.id_decides"]:
         # An id without tags: the stream index says whose stream it is.
         await _find(request, services, stream_id, identity, allow_pending=True)
@@ -232,15 +246,23 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     prefs = Delivery.requested(request.query, interval_s=gw.batch_interval_ms / 1000)
     session = streaming.Session(
         request=request, stream_id=stream_id, lookup=services.lookup, hub=services.hub,
-        reader=services.reader,
-        metrics=services.metrics, heartbeat_s=gw.heartbeat_s, retry_ms=gw.retry_ms,
-        max_response_s=gw.max_response_s, idle_timeout_s=gw.idle_timeout_s,
-        gateway_id=services.instance,
-        closing=services.closing, registry=services.sessions, prefs=prefs,
+        reader=services.reader, metrics=services.metrics,
+        heartbeat_s=gw.heartbeat_s if heartbeat_s is None else heartbeat_s,
+        retry_ms=gw.retry_ms, max_response_s=gw.max_response_s,
+        idle_timeout_s=gw.idle_timeout_s if idle_timeout_s is None else idle_timeout_s,
+        gateway_id=services.instance, closing=services.closing,
+        registry=services.sessions, prefs=prefs, transport=transport,
         experiments=gw.experiments, recorder=services.recorder,
-        transport=streaming.sse_transport(services.codings,
-                                          request.headers.get("Accept-Encoding")))
-    async with tracing.delivery_span(request, services, stream_id, position) as span:
+        lag_coalesce=gw.lag_coalesce)
+    return session, position
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    session, position = await session_for(request, streaming.sse_transport(
+        services.codings, request.headers.get("Accept-Encoding")))
+    async with tracing.delivery_span(request, services, session.stream_id,
+                                     position) as span:
         response = await streaming.serve(session, position)
         tracing.delivered(span, session.info, session.cursor.written, response)
         return response

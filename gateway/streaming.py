@@ -13,7 +13,10 @@ which filters and coalesces what it writes; the default path is unchanged. The s
 A/B variants (recorded in its first event) change its delivery as their definitions
 say (``eventlog.experiments``): its default ``updateFrequency``, the batch interval, and
 the ``: ping`` interval (``heartbeatSeconds``; a subscriber whose interval is shorter
-than the pace's wakes itself, see :func:`_wake`).
+than the pace's wakes itself, see :func:`_wake`). A subscriber that falls behind (its
+live buffer overflows, so it is caught up from the memory tail or Kafka) gets its
+partial results coalesced by the same batched rule from then on, for the rest of its
+response (:func:`_coalesce_from_now`; ``TIDEMARK_LAG_COALESCE``).
 
 The same pipeline serves every transport (``gateway.transport``): what it writes is
 always the SSE encoding of the events (made once per event by the hub), and the
@@ -30,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
@@ -237,6 +240,18 @@ class ShapedCursor(Cursor):
             self._timer = loop.call_at(deadline, self.wake)
         return data, count
 
+    @classmethod
+    def continuing(cls, cursor: Cursor, shaper: Shaper,
+                   wake: Callable[[], None]) -> ShapedCursor:
+        """A cursor that goes on where ``cursor`` is (its position and count) with
+        ``shaper``; ``cursor`` must hold nothing (a shaped one that does not batch), and
+        is closed."""
+        if isinstance(cursor, ShapedCursor):
+            assert not cursor.shaper.held, "a batching cursor is not replaced"
+            cursor.close()
+        return cls(cursor.offset, cursor.seq, cursor.written, cursor.ended, shaper=shaper,
+                   wake=wake)
+
     def flush(self) -> tuple[bytes, int]:
         """What the shaper holds, now."""
         data, count = self.shaper.flush()
@@ -267,8 +282,11 @@ class Session:
     closing: asyncio.Event
     registry: set[Session]
     #: How this subscriber wants the events (see ``gateway.delivery``); resolved against
-    #: the stream's context by :func:`serve`.
+    #: the stream's context by :func:`serve`, and batched from the moment the subscriber
+    #: falls behind (see :func:`_coalesce_from_now`).
     prefs: Delivery = field(default_factory=Delivery)
+    #: ``TIDEMARK_LAG_COALESCE``: a subscriber that falls behind is batched from then on.
+    lag_coalesce: bool = True
     #: The A/B experiments' definitions (a stream's variants may change its delivery).
     experiments: Experiments = NO_EXPERIMENTS
     #: This subscriber's ``: ping`` interval is shorter than the one every subscriber
@@ -442,11 +460,32 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.metrics.connections.dec()
 
 
-def _shaped(session: Session, after: int) -> ShapedCursor:
+def _coalesce_from_now(session: Session) -> None:
+    """The subscriber fell behind (its live buffer overflowed; :func:`_keep_up` is about
+    to catch it up): from now on, for the rest of this response, its partial results are
+    coalesced by the batched rule (``gateway.delivery``: the same events as
+    ``update_frequency=batched``, each with the id of the last chunk it carries), so the
+    catch-up and what follows need fewer, smaller writes. A metadata filter it asked for
+    stays; a subscriber batched already is left as it is. The cursor's position carries
+    over, so nothing is written twice or skipped."""
+    if not session.lag_coalesce or session.prefs.batched:
+        return
+    session.prefs = replace(session.prefs, batched=True)
+    session.cursor = ShapedCursor.continuing(session.cursor, Shaper(session.prefs),
+                                             _waker(session))
+    session.metrics.lag_coalesced.inc()
+
+
+def _waker(session: Session) -> Callable[[], None]:
+    """What wakes the session's current subscriber (a catch-up subscribes anew)."""
     def wake() -> None:
         if session.sub is not None:
             session.sub.wakeup.set()
-    return ShapedCursor(after, shaper=Shaper(session.prefs), wake=wake)
+    return wake
+
+
+def _shaped(session: Session, after: int) -> ShapedCursor:
+    return ShapedCursor(after, shaper=Shaper(session.prefs), wake=_waker(session))
 
 
 async def _resolve(session: Session, position: EventId | None,
@@ -520,12 +559,14 @@ async def _keep_up(session: Session, start: int) -> bool:
 
     If the subscriber's buffer overflowed (the client, or a burst, outran it), serve
     the gap again from the memory tail or Kafka and subscribe anew, a bounded number
-    of times; a client still behind after that is cut off (and False returned).
+    of times; a client still behind after that is cut off (and False returned). From
+    the first overflow on, its partial results are coalesced (:func:`_coalesce_from_now`).
     """
     for _ in range(_MAX_CATCHUP_ROUNDS):
         sub = session.sub
         if session.cursor.ended or (sub is not None and not sub.overflowed):
             return True
+        _coalesce_from_now(session)
         until = session.subscribe()
         async for frames, source in backlog(session.hub, session.reader, session.tp,
                                             session.key, start, until):

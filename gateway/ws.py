@@ -37,7 +37,7 @@ from aiohttp.http import ws_ext_gen
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
-from gateway import auth, follow, items, streaming, talkback
+from gateway import auth, items, routes, streaming, talkback
 from gateway.problems import Problem, problem_middleware
 from gateway.routes import _caller
 from gateway.services import SERVICES
@@ -165,7 +165,7 @@ class Connection:
                 NORMAL, "the stream has ended: nothing comes after this position")
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        session, position = await follow.session_for(request, self.transport)
+        session, position = await routes.session_for(request, self.transport)
         return await streaming.serve(session, position)
 
     async def _read(self) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from multidict import CIMultiDict
 from bench.scn_compression import decoder
 
 TERMINAL = {"result", "error", "cancelled"}
+#: A slow reader's pause after reading so many bytes.
+Throttle = Callable[[int], Awaitable[None]]
 
 
 @dataclass
@@ -66,13 +69,15 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
                stop_after_comments: int | None = None,
                sink: list[Event] | None = None,
                headers: dict[str, str] | None = None,
-               encoding: str | None = None) -> Reply:
+               encoding: str | None = None, throttle: Throttle | None = None) -> Reply:
     """Read an SSE response until the server ends it, ``max_events`` stream events
     arrived, or nothing came for ``idle_timeout`` seconds (then the read fails).
     Events are also appended to ``sink`` as they arrive (it survives a failed read).
     ``headers`` are sent besides ``Accept`` and ``Last-Event-ID``. With ``encoding``
     the request sends ``Accept-Encoding: <encoding>`` and a 200 answer must come in that
-    coding (identity: none), which this client decodes itself, chunk by chunk."""
+    coding (identity: none), which this client decodes itself, chunk by chunk.
+    ``throttle``: a slow reader, awaited with the size of each piece read before the next
+    read (with a session whose sockets buffer little, see :func:`slow_session`)."""
     headers = {**(headers or {}), "Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
@@ -88,13 +93,29 @@ async def read(session: aiohttp.ClientSession, url: str, *, last_event_id: str |
                 decode = decoder(coding)
         return await parse(resp, max_events=max_events, idle_timeout=idle_timeout,
                            stop_after_comments=stop_after_comments, sink=sink,
-                           decode=decode)
+                           decode=decode, throttle=throttle)
+
+
+def _small_receive_buffer(addr_info: tuple[Any, ...]) -> socket.socket:
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+def slow_session(headers: dict[str, str]) -> aiohttp.ClientSession:
+    """A client session that buffers little (4 KiB socket receive buffers, 4 KiB read
+    buffer), so a slow reader's slowness reaches the server at once."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, socket_factory=_small_receive_buffer),
+        headers=headers, read_bufsize=4096)
 
 
 async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
                 idle_timeout: float = 20.0, stop_after_comments: int | None = None,
                 sink: list[Event] | None = None,
-                decode: Callable[[bytes], bytes] | None = None) -> Reply:
+                decode: Callable[[bytes], bytes] | None = None,
+                throttle: Throttle | None = None) -> Reply:
     """Read an open response (see :func:`read`); ``decode`` decodes its body's chunks."""
     reply = Reply(resp.status, CIMultiDict(resp.headers))
     if sink is not None:
@@ -116,6 +137,8 @@ async def parse(resp: aiohttp.ClientResponse, *, max_events: int | None = None,
             reply.ended_by_server = True
             return reply
         reply.wire += len(chunk)
+        if throttle is not None:
+            await throttle(len(chunk))
         if decode is not None:
             chunk = decode(chunk)
         reply.raw += chunk

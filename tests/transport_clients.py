@@ -68,26 +68,30 @@ def compact(obj: Any) -> str:
 async def read(http: aiohttp.ClientSession, base: str, stream_id: str, transport: str, *,
                position: str | None = None, query: str = "", max_events: int | None = None,
                headers: dict[str, str] | None = None, wait: float = 10.0,
-               timeout: float = 30.0, encoding: str = "identity") -> Outcome:
+               timeout: float = 30.0, encoding: str = "identity",
+               throttle: sse_client.Throttle | None = None) -> Outcome:
     """Read the stream over ``transport`` from ``position`` (sent as ``?last_event_id=``)
     until it ends, ``max_events`` stream events came, or the server ends the read.
 
     ``encoding``: SSE and long-poll send it as ``Accept-Encoding``, check that the
     answers came in that coding and decode them here; the WebSocket offers
-    permessage-deflate unless it is ``identity`` (and then checks it was agreed)."""
+    permessage-deflate unless it is ``identity`` (and then checks it was agreed).
+    ``throttle``: a slow reader (see ``sse_client.read``; on the WebSocket it is awaited
+    after each message, in long-poll after each answer)."""
     if position is not None:
         query = f"{query}&last_event_id={position}" if query else f"last_event_id={position}"
     url = url_of(base, stream_id, transport, query)
     reader = {"sse": _read_sse, "ws": _read_ws, "poll": _read_poll}[transport]
     return await asyncio.wait_for(
         reader(http, url, max_events=max_events, headers=headers or {}, wait=wait,
-               encoding=encoding), timeout)
+               encoding=encoding, throttle=throttle), timeout)
 
 
 async def _read_sse(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                    headers: dict[str, str], wait: float, encoding: str) -> Outcome:
+                    headers: dict[str, str], wait: float, encoding: str,
+                    throttle: sse_client.Throttle | None) -> Outcome:
     reply = await sse_client.read(http, url, max_events=max_events, headers=headers,
-                                  encoding=encoding)
+                                  encoding=encoding, throttle=throttle)
     out = Outcome("sse", reply.status, wire=reply.wire, raw=bytes(reply.raw))
     if reply.status != 200:
         out.reason = _detail(reply.body)
@@ -98,7 +102,8 @@ async def _read_sse(http: aiohttp.ClientSession, url: str, *, max_events: int | 
 
 
 async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                   headers: dict[str, str], wait: float, encoding: str) -> Outcome:
+                   headers: dict[str, str], wait: float, encoding: str,
+                   throttle: sse_client.Throttle | None) -> Outcome:
     out = Outcome("ws", 0)
     deflate = encoding != "identity"
     async with http.ws_connect(url, headers=headers, autoclose=True,
@@ -113,6 +118,8 @@ async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | N
                 out.code = ws.close_code or 0
                 break
             text = msg.data
+            if throttle is not None:
+                await throttle(len(text))
             obj = json.loads(text)
             if "op" in obj:
                 continue
@@ -129,7 +136,8 @@ async def _read_ws(http: aiohttp.ClientSession, url: str, *, max_events: int | N
 
 
 async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int | None,
-                     headers: dict[str, str], wait: float, encoding: str) -> Outcome:
+                     headers: dict[str, str], wait: float, encoding: str,
+                     throttle: sse_client.Throttle | None) -> Outcome:
     """Page through the long-poll route until ``ended`` (or 204, or an error)."""
     out = Outcome("poll", 200)
     base, _, query = url.partition("?")
@@ -147,6 +155,8 @@ async def _read_poll(http: aiohttp.ClientSession, url: str, *, max_events: int |
             assert resp.headers.get("Content-Encoding", "identity") == encoding, resp.headers
             wire = await resp.read()
             out.wire += len(wire)
+            if throttle is not None:
+                await throttle(len(wire))
             body = json.loads(decoder(encoding)(wire))
         assert set(body) == {"events", "last_event_id", "ended"}, body
         for item in body["events"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -43,9 +44,13 @@ async def metric(http: aiohttp.ClientSession, base: str, name: str) -> float:
 
 async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
                   payload: int, first_seq: int = 1, end: bool = False,
-                  noise: bool = False) -> None:
-    """Write events straight to Kafka, as a fast backend would (Tidemark's record format).
-    ``noise``: each event's padding is random hex (it does not compress away)."""
+                  noise: bool = False, text: Callable[[int], str] | None = None,
+                  per_second: float | None = None) -> None:
+    """Write events straight to Kafka, as a fast backend would (Tidemark's record format):
+    ``partial_result`` events whose chunk is ``payload`` bytes (or ``text(seq)``), the last
+    one a ``result`` if ``end``; at most ``per_second`` events a second per stream if
+    given (in bursts of 50), else as fast as Kafka takes them. ``noise``: each event's
+    padding is random hex (it does not compress away)."""
     settings = load_settings(cluster.env)
     async with Publisher(settings) as pub:
         infos = [(await pub.open_stream(sid)).info for sid in stream_ids]
@@ -53,6 +58,8 @@ async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
     await producer.start()
     try:
         pad = "x" * payload
+        step = 200 if per_second is None else 50
+        began = asyncio.get_running_loop().time()
         for i in range(events_each):
             seq = first_seq + i
             last = end and i == events_each - 1
@@ -61,10 +68,13 @@ async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
             futures = [await send_event(producer, info.topic, info.partition, Event(
                 stream=info.stream_id, seq=seq, type="result" if last else "partial_result",
                 ts=0, data={"text": pad} if last else
-                {"chunk": pad, "chunkIndex": seq - 1}))
+                {"chunk": pad if text is None else text(seq), "chunkIndex": seq - 1}))
                 for info in infos]
-            if i % 200 == 199 or last:
+            if i % step == step - 1 or last:
                 await asyncio.gather(*futures)
+                if per_second is not None:
+                    due = began + (i + 1) / per_second
+                    await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
         await producer.flush()
     finally:
         await producer.stop()

@@ -171,6 +171,36 @@ async def test_shaped_cursor_moves_over_held_and_dropped_frames_and_wakes_at_the
     cursor.close()
 
 
+async def test_a_cursor_that_falls_behind_goes_on_batched_from_its_position() -> None:
+    """The lagging switch (gateway.streaming._coalesce_from_now): what a realtime cursor
+    wrote stays written once, the overlap a catch-up serves again is skipped, and what
+    follows is coalesced with the last chunk's id; a metadata filter stays."""
+    frames = [chunk(1 + i, 1 + i, i, f"t{i} ") for i in range(6)]
+    realtime = Cursor(-1)
+    assert realtime.take(rows(*frames[:2])) == (frames[0].data + frames[1].data, 2)
+    lagging = ShapedCursor.continuing(realtime, Shaper(BATCHED), wake=lambda: None)
+    assert (lagging.offset, lagging.seq, lagging.written) == (2, 2, 2)
+    # The catch-up serves from before the cursor's position: the overlap is not written.
+    assert lagging.take(rows(*frames)) == (b"", 0)
+    data, count = lagging.flush()
+    assert count == 1 and lagging.written == 3
+    assert data.startswith(b"id: " + eid(6).encode() + b"\n")
+    assert b'"chunk":"t2 t3 t4 t5 ","chunkIndex":2,"chunkCount":4' in data
+    lagging.close()
+
+    no_meta = ShapedCursor(-1, shaper=Shaper(NO_META), wake=lambda: None)
+    meta = frame(1, 1, events.METADATA, {"model": "m"})
+    a, b, c = chunk(2, 2, 0, "a"), chunk(4, 4, 1, "b"), chunk(5, 5, 2, "c")
+    assert no_meta.take(rows(meta, a)) == (a.data, 1)
+    both = ShapedCursor.continuing(
+        no_meta, Shaper(Delivery(batched=True, include_metadata=False, interval_s=0.25)),
+        wake=lambda: None)
+    assert both.take(rows(meta, a, frame(3, 3, events.METADATA, {}), b, c)) == (b"", 0)
+    data, count = both.flush()
+    assert count == 1 and b'"chunk":"bc"' in data and b"metadata" not in data
+    both.close()
+
+
 def test_resuming_from_each_coalesced_id_gives_exactly_the_rest() -> None:
     """The batched events' ids are positions: resuming from one continues right after
     the last chunk it carried, and the chunks joined equal the realtime text."""
