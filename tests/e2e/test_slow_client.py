@@ -83,9 +83,12 @@ async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
 @pytest.mark.parametrize("coding", ["identity", "gzip"])
 async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
         cluster: Cluster, http: aiohttp.ClientSession, coding: str) -> None:
+    # The plain cut-off path, every event as it is (coalescing for readers that fall
+    # behind is tested in test_lagging.py).
     base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
                                  TIDEMARK_TAIL_BYTES="1048576",
-                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2",
+                                 TIDEMARK_LAG_COALESCE="false")
     gateway = cluster.proc("gateway0")
     async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
                          ) as resp:
@@ -157,7 +160,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
 
 async def test_a_long_stream_and_many_finished_streams_leave_memory_flat(
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
-    base = await cluster.gateway(TIDEMARK_TAIL_BYTES="1048576")
+    # Every event as it is, so the reader can check each seq (a reader that falls behind
+    # the fast writer would get coalesced chunks: test_lagging.py).
+    base = await cluster.gateway(TIDEMARK_TAIL_BYTES="1048576", TIDEMARK_LAG_COALESCE="false")
     gateway = cluster.proc("gateway0")
     async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
                          ) as resp:

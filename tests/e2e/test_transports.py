@@ -343,9 +343,11 @@ async def test_a_websocket_client_that_stops_reading_is_closed_1013_and_resumes(
     from tests.e2e.test_slow_client import metric, produce
     from tests.procs import token
 
+    # The plain cut-off path (coalescing for readers that fall behind: test_lagging.py).
     base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
                                  TIDEMARK_TAIL_BYTES="1048576",
-                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2")
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2",
+                                 TIDEMARK_LAG_COALESCE="false")
     sid = await create(http, base, generator="external")
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
