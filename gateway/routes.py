@@ -34,9 +34,9 @@ from schemas import events
 from schemas.eventid import encode_event_id, parse_event_id
 from schemas.validation import Validators
 
-#: Generators the gateway accepts: ``demo`` runs on workers; ``external`` streams are
-#: written by a backend service through the publish API or the publisher SDK.
-GENERATORS: Final = frozenset({"demo", "external"})
+#: Generators the gateway accepts: ``demo`` and ``interactive`` run on workers; ``external``
+#: streams are written by a backend service through the publish API or the publisher SDK.
+GENERATORS: Final = frozenset({"demo", "interactive", "external"})
 EXTERNAL: Final = "external"
 
 VALIDATORS = web.AppKey("validators", Validators)

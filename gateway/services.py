@@ -24,6 +24,7 @@ from gateway.analytics_feed import AnalyticsFeed
 from gateway.analytics_recorder import Recorder, tenant_of
 from gateway.breaker import CircuitBreaker
 from gateway.hub import Hub
+from gateway.inputs import InputWaiters
 from gateway.limits import Limits
 from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
@@ -69,6 +70,11 @@ class Services:
     #: process's reports and the stream index (``gateway.analytics_feed``).
     recorder: Recorder = field(default_factory=Recorder)
     analytics: AnalyticsFeed | None = None
+    #: Inputs sent to generated streams' workers, waiting for their events.
+    inputs: InputWaiters = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inputs = InputWaiters(self.settings.gateway.input_pending)
 
     async def connect(self) -> None:
         s = self.settings
@@ -82,7 +88,7 @@ class Services:
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
         self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
                        client_buffer_bytes=s.gateway.client_buffer_bytes,
-                       on_terminal=self._on_terminal)
+                       on_terminal=self._on_terminal, on_input=self.inputs.seen)
         await self.hub.start([topic])
         self.lookup = StreamLookup(kafka=s.kafka, log_settings=s.log, hub=self.hub,
                                    reader=self.reader, wait_s=s.gateway.index_wait_s,
@@ -112,6 +118,7 @@ class Services:
 
     def _on_terminal(self, stream_id: str, event_type: str) -> None:
         self.metrics.count_terminal(event_type)
+        self.inputs.ended(stream_id)
         if self.limits is not None:
             self.limits.stream_ended(stream_id)
 

@@ -236,9 +236,10 @@ async def run_worker(settings: Settings, traces: TraceSettings | None = None) ->
 async def _run_worker(settings: Settings) -> int:
     from eventlog.janitor import run_janitor
     from workers.demo import DemoGenerator
+    from workers.interactive import InteractiveGenerator
     from workers.runner import Worker
 
-    worker = Worker(settings, {"demo": DemoGenerator()})
+    worker = Worker(settings, {"demo": DemoGenerator(), "interactive": InteractiveGenerator()})
     ws = settings.worker
     metrics, port = await worker.metrics.serve(
         ws.metrics_host, ws.metrics_port, auth=settings.auth,

@@ -57,6 +57,8 @@ class Entry:
     #: The stream's generation span (tracing on): the event's record carries the trace
     #: context of a ``tidemark.transaction`` span under it (``workers.tracing``).
     span: Span | None = None
+    #: Headers the event's record carries beyond its own (an input's ``tm-input``).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class OffsetTracker:
@@ -213,6 +215,8 @@ class Outbox:
             if builder is None:
                 builder = builders[key] = producer.create_batch()
             value, stream_key, headers = ev.to_json(), ev.stream.encode(), ev.headers()
+            if entry.headers:
+                headers.extend(entry.headers)
             if spans is not None:
                 headers.extend(spans.headers(entry))
             meta = builder.append(timestamp=None, key=stream_key, value=value, headers=headers)

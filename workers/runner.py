@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -65,15 +66,16 @@ from eventlog.clients import (
     stop_client,
 )
 from eventlog.errors import KafkaUnavailable
-from eventlog.jobs import Job, parse_job_record
+from eventlog.index import StreamInfo
+from eventlog.jobs import InputRecord, Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
-from schemas.events import Event
+from schemas.events import HEADER_INPUT, Event
 from workers.experiments import announced
-from workers.generators import Draft, Generator
+from workers.generators import Draft, Generator, Inputs, InteractiveGenerator, takes_input
 from workers.lag import JobsLag
 from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
@@ -119,7 +121,7 @@ def reserved_slots(max_jobs: int, share: float) -> int:
 class _Stream:
     """A stream being generated here."""
 
-    def __init__(self, job: Job, offset: int, tp: TopicPartition) -> None:
+    def __init__(self, job: Job, offset: int, tp: TopicPartition, *, max_inputs: int) -> None:
         self.job = job
         self.offset = offset
         self.tp = tp
@@ -127,6 +129,28 @@ class _Stream:
         self.cancel_requested = False
         #: True only while the task awaits the generator's next draft.
         self.in_generator = False
+        #: Inputs received from the jobs partition and not written yet, in order; the ids
+        #: of every input in the log, written, or waiting here (none is written twice).
+        self.inbox: deque[InputRecord] = deque()
+        self.input_ids: set[str] = set()
+        self.max_inputs = max_inputs
+        #: Set when an input arrives (a generator that takes input is raced against it).
+        self.wake = asyncio.Event()
+        #: The generator's inputs, if it takes input; its next draft while raced.
+        self.inputs: Inputs | None = None
+        self.pending: asyncio.Future[Draft] | None = None
+
+    def offer(self, record: InputRecord) -> None:
+        """An input for this stream from the jobs partition (maybe one it already has)."""
+        if record.input_id in self.input_ids:
+            return
+        if len(self.input_ids) >= self.max_inputs:
+            log.warning("stream %s: dropping input %s, the stream took %s inputs already",
+                        self.job.stream_id, record.input_id, self.max_inputs)
+            return
+        self.input_ids.add(record.input_id)
+        self.inbox.append(record)
+        self.wake.set()
 
     def request_cancel(self) -> None:
         """Stop the generator at once if it is being awaited, else at its next draft."""
@@ -147,7 +171,7 @@ class _Partition:
         self.streams: dict[str, _Stream] = {}
         #: Records read and not handled yet, in order: the first is a job waiting for a
         #: slot. The partition is paused while there are any.
-        self.backlog: deque[tuple[int, Job | str | None]] = deque()
+        self.backlog: deque[tuple[int, Job | InputRecord | str | None]] = deque()
         self.paused = False
 
 
@@ -382,7 +406,8 @@ class Worker:
                 return False
             pj.backlog.popleft()
             pj.tracker.begin(offset)
-            stream = _Stream(parsed, offset, pj.tp)
+            stream = _Stream(parsed, offset, pj.tp,
+                             max_inputs=self.settings.worker.stream_inputs)
             pj.streams[parsed.stream_id] = stream
             self.running += 1
             self.metrics.started.labels(_kind(pj.priority)).inc()
@@ -395,6 +420,12 @@ class Worker:
             if running is not None:
                 log.info("cancel requested for stream %s", parsed)
                 running.request_cancel()
+        elif isinstance(parsed, InputRecord):
+            # Skipped like a cancel: while the job runs its offset (below this one) is
+            # not committed, so a worker that takes the job over reads the input again.
+            running = self._generating(pj.tp.partition, parsed.stream_id)
+            if running is not None:
+                running.offer(parsed)
         elif parsed is None:
             log.warning("skipping unreadable job record at %s offset %s", pj.tp, offset)
         pj.tracker.skip(offset)
@@ -441,13 +472,19 @@ class Worker:
 
     async def _generate(self, stream: _Stream, outbox: Outbox, span: Span | None = None,
                         ) -> None:
-        """Write the job's events from the first seq the log lacks; ``span``: the
-        generation span (tracing on), whose trace the events' records carry."""
+        """Write the job's events from the first seq the log lacks, and the stream's
+        inputs as they arrive; ``span``: the generation span (tracing on), whose trace
+        the events' records carry."""
         job = stream.job
-        state = await scan_from_start(self.reader, job.stream)
+        state = await scan_from_start(self.reader, job.stream, inputs=True)
         if state.terminal is not None:
             await outbox.put_and_wait(Entry(jobs_tp=stream.tp, done_offset=stream.offset))
             return
+        logged = state.inputs or []
+        # Inputs already in the log are not written again (a takeover re-reads them).
+        stream.input_ids.update(i.input_id for i in logged if i.input_id is not None)
+        stream.inbox = deque(r for r in stream.inbox
+                             if r.input_id not in {i.input_id for i in logged})
         info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
         log.debug("stream %s: generating from seq %s", job.stream_id, state.last_seq + 1)
         seq = state.last_seq + 1
@@ -457,22 +494,26 @@ class Worker:
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
             self.metrics.count_stream("resumed", job.stream.tenant)
             self.metrics.takeovers.inc()
-        generator = self.generators.get(job.generator)
-        drafts = (announced(job, seq, generator.events) if generator is not None
-                  else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
+        # The generator numbers its events as if there were no inputs.
+        own = seq - len(logged)
+        drafts = self._drafts(stream, own, [i.data for i in logged])
         first = True
         try:
             while True:
-                draft = await self._next(stream, drafts, seq)
+                written = await self._write_inputs(stream, outbox, info, seq, first, span)
+                first, seq = first and written == seq, written
+                draft = await self._next(stream, drafts, own)
+                if draft is _Arrived.INPUT:
+                    continue
                 if draft is None:
                     # The generator stopped without a terminal event: end it as failed.
-                    draft = Draft(seq, events.ERROR, {
+                    draft = Draft(own, events.ERROR, {
                         "code": "generator_incomplete", "retryable": False,
                         "message": "the generator ended without a result"})
-                elif draft.seq != seq:
-                    draft = Draft(seq, events.ERROR, {
+                elif draft.seq != own:
+                    draft = Draft(own, events.ERROR, {
                         "code": "generator_error", "retryable": False,
-                        "message": f"generator yielded seq {draft.seq}, expected {seq}"})
+                        "message": f"generator yielded seq {draft.seq}, expected {own}"})
                 ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
                            data=draft.data)
                 if ev.terminal:
@@ -487,22 +528,77 @@ class Worker:
                 await outbox.put(Entry(event=ev, info=info, snapshot=first, span=span))
                 first = False
                 seq += 1
+                own += 1
         finally:
+            if stream.pending is not None:
+                stream.pending.cancel()
+                await asyncio.wait([stream.pending])
             aclose = getattr(drafts, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):
                     await aclose()
 
+    def _drafts(self, stream: _Stream, start: int, logged: list[dict[str, Any]]) -> Any:
+        """The generator's drafts from its seq ``start``; a generator that takes input
+        reads ``logged`` (the log's inputs) and then those written from here on."""
+        job = stream.job
+        generator = self.generators.get(job.generator)
+        if generator is None:
+            return _fail(start, "unknown_generator", f"no generator named {job.generator!r}")
+        if takes_input(generator):
+            interactive: InteractiveGenerator = generator  # type: ignore[assignment]
+            inputs = stream.inputs = Inputs(logged)
+            return announced(job, start, lambda j, s: interactive.events(j, s, inputs))
+        return announced(job, start, generator.events)
+
     @staticmethod
-    async def _next(stream: _Stream, drafts: Any, seq: int) -> Draft | None:
+    async def _write_inputs(stream: _Stream, outbox: Outbox, info: StreamInfo, seq: int,
+                            first: bool, span: Span | None) -> int:
+        """Queue the inputs that arrived as the stream's next events (each carries its
+        input id, ``tm-input``), then hand them to the generator; the next seq."""
+        while stream.inbox and not stream.cancel_requested:
+            record = stream.inbox.popleft()
+            ev = Event(stream=stream.job.stream_id, seq=seq, type=events.INPUT, ts=now_ms(),
+                       data=record.data)
+            await outbox.put(Entry(event=ev, info=info, snapshot=first, span=span,
+                                   headers=((HEADER_INPUT, record.input_id.encode()),)))
+            first = False
+            log.info("stream %s: input %s at seq %s", stream.job.stream_id,
+                     record.input_id, seq)
+            if stream.inputs is not None:
+                stream.inputs.put(record.data)
+            seq += 1
+        return seq
+
+    @staticmethod
+    async def _next(stream: _Stream, drafts: Any, seq: int,
+                    ) -> Draft | Literal[_Arrived.INPUT] | None:
         """The generator's next draft; a ``cancelled`` one once a cancel arrived, an
-        ``error`` one if it raised; None when it is exhausted."""
+        ``error`` one if it raised; None when it is exhausted. A generator that takes
+        input is raced against arriving inputs: ``_ARRIVED`` when one came first (the
+        draft it is working on stays pending for the next call)."""
         if stream.cancel_requested:
             return Draft(seq, events.CANCELLED, {"reason": "cancelled by request"})
         stream.in_generator = True
         try:
-            draft: Draft = await drafts.__anext__()
-            return draft
+            if stream.inputs is None:
+                draft: Draft = await drafts.__anext__()
+                return draft
+            if stream.pending is None:
+                stream.pending = asyncio.ensure_future(drafts.__anext__())
+            if not stream.inbox:
+                stream.wake.clear()
+                waker = asyncio.ensure_future(stream.wake.wait())
+                try:
+                    await asyncio.wait((stream.pending, waker),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waker.cancel()
+            if not stream.pending.done():
+                return _Arrived.INPUT
+            pending, stream.pending = stream.pending, None
+            drafted: Draft = pending.result()
+            return drafted
         except StopAsyncIteration:
             return None
         except asyncio.CancelledError:
@@ -564,6 +660,12 @@ class Worker:
             writer = self._writer
             if writer is not None and writer.failed is not None:
                 await self._reset(writer.failed)
+
+
+class _Arrived(enum.Enum):
+    """What :meth:`Worker._next` answers when an input arrived before the next draft."""
+
+    INPUT = enum.auto()
 
 
 def _kind(priority: bool) -> str:
