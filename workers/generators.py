@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeGuard
 
 from eventlog.jobs import Job
 
@@ -93,5 +93,6 @@ class InteractiveGenerator(Protocol):
         ...
 
 
-def takes_input(generator: Generator | InteractiveGenerator) -> bool:
+def takes_input(generator: Generator | InteractiveGenerator,
+                ) -> TypeGuard[InteractiveGenerator]:
     return getattr(generator, "takes_input", False) is True

@@ -194,7 +194,8 @@ class _Writer:
 class Worker:
     """Runs until cancelled: consumes jobs, generates streams, commits in transactions."""
 
-    def __init__(self, settings: Settings, generators: Mapping[str, Generator]) -> None:
+    def __init__(self, settings: Settings,
+                 generators: Mapping[str, Generator | InteractiveGenerator]) -> None:
         self.settings = settings
         self.generators = dict(generators)
         self.max_jobs = settings.worker.max_jobs
@@ -546,10 +547,11 @@ class Worker:
         if generator is None:
             return _fail(start, "unknown_generator", f"no generator named {job.generator!r}")
         if takes_input(generator):
-            interactive: InteractiveGenerator = generator  # type: ignore[assignment]
+            interactive = generator
             inputs = stream.inputs = Inputs(logged)
             return announced(job, start, lambda j, s: interactive.events(j, s, inputs))
-        return announced(job, start, generator.events)
+        plain: Generator = generator  # type: ignore[assignment]
+        return announced(job, start, plain.events)
 
     @staticmethod
     async def _write_inputs(stream: _Stream, outbox: Outbox, info: StreamInfo, seq: int,
