@@ -58,10 +58,29 @@ def reply_timeout(job: Job) -> float:
     return min(max(value, 0.0), MAX_REPLY_TIMEOUT_S)
 
 
-def _tokens(job: Job) -> tuple[int, int]:
+def _split(tokens: int) -> tuple[int, int]:
     """How many tokens before the question and after it."""
-    tokens = max(2, int(job.options.get("tokens") or DEFAULT_TOKENS))
+    tokens = max(2, tokens)
     return tokens // 2, tokens - tokens // 2
+
+
+def _tokens(job: Job) -> tuple[int, int]:
+    return _split(int(job.options.get("tokens") or DEFAULT_TOKENS))
+
+
+def _chunks(query: str, tokens: int, answer: str) -> tuple[list[str], list[str]]:
+    """The chunks before the question and after it (the first part's last one ends in a
+    space: the answer goes on)."""
+    first, second = _split(tokens)
+    head = demo_tokens(query, first)
+    head[-1] += " "
+    return head, demo_tokens(f"{query}\x00{answer}", second)
+
+
+def interactive_text(query: str, tokens: int, answer: str) -> str:
+    """The ``result`` text for ``query``, ``tokens`` and the reply's ``answer``."""
+    head, tail = _chunks(query, tokens, answer)
+    return "".join(head + tail)
 
 
 class InteractiveGenerator:
@@ -75,13 +94,14 @@ class InteractiveGenerator:
         """The events up to and including the question, as (type, data, delay)."""
         first, second = _tokens(job)
         rate = float(job.options.get("tokens_per_second") or DEFAULT_RATE)
+        head, _ = _chunks(job.query, first + second, "")
         yield events.STATUS, {"state": "running", "message": "generating an answer"}, 0.0
         yield events.METADATA, {"model": MODEL, "query": job.query, "tokens": first + second,
                                 "tokensPerSecond": rate,
                                 "replyTimeoutSeconds": reply_timeout(job)}, 0.0
-        for i, chunk in enumerate(demo_tokens(job.query, first)):
-            yield events.PARTIAL_RESULT, {"chunk": chunk + " " if i == first - 1 else chunk,
-                                          "chunkIndex": i, "isComplete": False}, 1.0 / rate
+        for i, chunk in enumerate(head):
+            yield events.PARTIAL_RESULT, {"chunk": chunk, "chunkIndex": i,
+                                          "isComplete": False}, 1.0 / rate
         yield events.STATUS, {"state": "waiting_for_input", "message": QUESTION,
                               "input": {"field": "answer", "choices": list(CHOICES)}}, 0.0
 
@@ -90,9 +110,7 @@ class InteractiveGenerator:
         first, second = _tokens(job)
         rate = float(job.options.get("tokens_per_second") or DEFAULT_RATE)
         answer = reply_text(reply)
-        head = demo_tokens(job.query, first)
-        head[-1] += " "
-        tail = demo_tokens(f"{job.query}\x00{answer}", second)
+        head, tail = _chunks(job.query, first + second, answer)
         yield events.STATUS, {"state": "running", "message": f"continuing with: {answer}"}, 0.0
         for i, chunk in enumerate(tail):
             yield events.PARTIAL_RESULT, {"chunk": chunk, "chunkIndex": first + i,

@@ -4,9 +4,8 @@ that carries an input id."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from eventlog.errors import StreamEnded
 from eventlog.records import LogRecord
@@ -44,18 +43,15 @@ async def test_waiters_per_stream_are_bounded() -> None:
         assert len(waiters) == 1
 
 
-class _Rec(NamedTuple):
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    timestamp: int
-    headers: list[tuple[str, bytes]]
+def _rec(headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic="t", partition=0, offset=9, timestamp=0, timestamp_type=0,
+                          key=b"s1", value=b"{}", checksum=None, serialized_key_size=2,
+                          serialized_value_size=2, headers=headers)
 
 
 def test_a_log_record_carries_its_input_id() -> None:
     headers = [("tm-type", b"input"), ("tm-seq", b"4"), ("tm-input", b"ab" * 16)]
-    rec = LogRecord.from_consumer(_Rec(0, 9, b"s1", b"{}", 0, headers))
+    rec = LogRecord.from_consumer(_rec(headers))
     assert rec is not None and rec.input_id == "ab" * 16
-    plain = LogRecord.from_consumer(_Rec(0, 9, b"s1", b"{}", 0, headers[:2]))
+    plain = LogRecord.from_consumer(_rec(headers[:2]))
     assert plain is not None and plain.input_id is None
