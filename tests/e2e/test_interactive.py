@@ -14,16 +14,20 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import BrowserContext
 
 from tests import sse_client
 from tests import transport_clients as tc
 from tests.conftest import Cluster
+from tests.e2e.test_dashboard import browser, open_page
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
 from tests.e2e.test_talkback import post_input
+from tests.procs import token
 from tests.sse_client import Event
 from workers.interactive import QUESTION, interactive_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+__all__ = ["browser"]  # the fixture, from the dashboard's tests
 
 QUERY = "how do tides work?"
 
@@ -144,6 +148,29 @@ async def test_input_refusals_for_generated_streams(
     await sse_client.read(http, f"{base}/v1/streams/{cancelled}/events", idle_timeout=30)
     status, problem = await post_input(http, base, cancelled, {"data": {"answer": "x"}})
     assert status == 409, problem
+
+
+async def test_the_demo_page_asks_and_sends_the_reply(
+        base: str, browser: BrowserContext) -> None:
+    """The demo page (headless Chromium): choose interactive, the question shows an
+    answer box with its choices, the reply is POSTed and the answer continues with it."""
+    watched = await open_page(browser, f"{base}/?token={token()}")
+    page = watched.page
+    await page.fill("#query", QUERY)
+    await page.fill("#tokens", "6")
+    await page.fill("#tps", "20")
+    await page.select_option("#generator", "interactive")
+    await page.click("#ask")
+    await page.wait_for_selector("#reply-form:not([hidden])", timeout=30_000)
+    assert await page.text_content("#reply-question") == QUESTION
+    await page.click("#reply-choices button:text-is('speed')")
+    await page.click("#reply-send")
+    await page.wait_for_selector("#badge[data-state=completed]", timeout=30_000)
+    assert await page.text_content("#answer") == interactive_text(QUERY, 6, "speed")
+    assert await page.text_content("#replied") == "Reply: speed"
+    assert await page.is_hidden("#reply-form")
+    assert await page.is_hidden("#error")
+    assert watched.errors == []
 
 
 async def test_a_takeover_writes_every_input_exactly_once(
