@@ -501,8 +501,9 @@ class Worker:
         first = True
         try:
             while True:
-                written = await self._write_inputs(stream, outbox, info, seq, first, span)
-                first, seq = first and written == seq, written
+                if stream.inbox:
+                    seq = await self._write_inputs(stream, outbox, info, seq, first, span)
+                    first = False
                 draft = await self._next(stream, drafts, own)
                 if draft is _Arrived.INPUT:
                     continue
