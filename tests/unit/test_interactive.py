@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from eventlog.index import StreamInfo
 from eventlog.jobs import Job
 from schemas import events
+from tests.unit.test_demo import job as demo_job
 from workers.demo import demo_tokens
 from workers.generators import Draft, Inputs, takes_input
 from workers.interactive import (
@@ -21,15 +21,10 @@ from workers.interactive import (
     reply_timeout,
 )
 
-FAST = 100_000  # tokens per second
-
 
 def job(query: str = "what is a log?", **options: Any) -> Job:
-    info = StreamInfo(stream_id="s1", namespace="default", topic="tidemark.default.events",
-                      partition=0, first_offset=0, generator="interactive", status="running",
-                      created_at=0, updated_at=0)
-    return Job(stream=info, query=query,
-               options={"tokens": 10, "tokens_per_second": FAST, **options})
+    """An interactive job of 10 tokens (the demo tests' job, fast)."""
+    return demo_job(query, **{"tokens": 10, **options})
 
 
 async def run(j: Job, replies: list[dict[str, Any]], start_seq: int = 1) -> list[Draft]:
