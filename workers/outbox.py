@@ -119,6 +119,11 @@ class Outbox:
         while len(self._entries) >= self._cap:
             self._room.clear()
             await self._room.wait()
+        self.put_nowait(entry)
+
+    def put_nowait(self, entry: Entry) -> None:
+        """Queue an entry now, even past the cap (a stream's inputs, which must take
+        their seq at once; bounded by ``TIDEMARK_WORKER_STREAM_INPUTS`` per stream)."""
         if not self._entries:
             self._since = self._loop.time()
         self._entries.append(entry)

@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import math
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -134,14 +133,21 @@ class _Stream:
         self.inbox: deque[InputRecord] = deque()
         self.input_ids: set[str] = set()
         self.max_inputs = max_inputs
-        #: Set when an input arrives (a generator that takes input is raced against it).
-        self.wake = asyncio.Event()
-        #: The generator's inputs, if it takes input; its next draft while raced.
+        #: The generator's inputs, if it takes input.
         self.inputs: Inputs | None = None
-        self.pending: asyncio.Future[Draft] | None = None
+        #: Where the stream's events go, once the log was scanned (None before): the
+        #: outbox, the index record, the generation span, the next seq, and whether
+        #: nothing was written yet (the first write carries the index record).
+        self.outbox: Outbox | None = None
+        self.info: StreamInfo | None = None
+        self.span: Span | None = None
+        self.seq = 0
+        self.first = True
 
     def offer(self, record: InputRecord) -> None:
-        """An input for this stream from the jobs partition (maybe one it already has)."""
+        """An input for this stream from the jobs partition (maybe one it already has):
+        written at once while the task awaits the generator (the generator may be
+        waiting for it), else when the task next asks the generator for a draft."""
         if record.input_id in self.input_ids:
             return
         if len(self.input_ids) >= self.max_inputs:
@@ -150,7 +156,30 @@ class _Stream:
             return
         self.input_ids.add(record.input_id)
         self.inbox.append(record)
-        self.wake.set()
+        if self.in_generator:
+            self.write_inputs()
+
+    def write_inputs(self) -> None:
+        """Queue the inputs that arrived as the stream's next events (each carries its
+        input id, ``tm-input``) and hand them to the generator. Synchronous, so no draft
+        can take a seq meanwhile: past the outbox's cap if need be (bounded by
+        ``TIDEMARK_WORKER_STREAM_INPUTS``)."""
+        outbox = self.outbox
+        if outbox is None or self.cancel_requested:
+            return
+        while self.inbox:
+            record = self.inbox.popleft()
+            ev = Event(stream=self.job.stream_id, seq=self.seq, type=events.INPUT,
+                       ts=now_ms(), data=record.data)
+            outbox.put_nowait(Entry(event=ev, info=self.info, snapshot=self.first,
+                                    span=self.span,
+                                    headers=((HEADER_INPUT, record.input_id.encode()),)))
+            log.info("stream %s: input %s at seq %s", self.job.stream_id, record.input_id,
+                     self.seq)
+            self.first = False
+            self.seq += 1
+            if self.inputs is not None:
+                self.inputs.put(record.data)
 
     def request_cancel(self) -> None:
         """Stop the generator at once if it is being awaited, else at its next draft."""
@@ -483,9 +512,9 @@ class Worker:
             return
         logged = state.inputs or []
         # Inputs already in the log are not written again (a takeover re-reads them).
-        stream.input_ids.update(i.input_id for i in logged if i.input_id is not None)
-        stream.inbox = deque(r for r in stream.inbox
-                             if r.input_id not in {i.input_id for i in logged})
+        in_log = {i.input_id for i in logged if i.input_id is not None}
+        stream.input_ids |= in_log
+        stream.inbox = deque(r for r in stream.inbox if r.input_id not in in_log)
         info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
         log.debug("stream %s: generating from seq %s", job.stream_id, state.last_seq + 1)
         seq = state.last_seq + 1
@@ -498,15 +527,12 @@ class Worker:
         # The generator numbers its events as if there were no inputs.
         own = seq - len(logged)
         drafts = self._drafts(stream, own, [i.data for i in logged])
-        first = True
+        stream.outbox, stream.info, stream.span, stream.seq = outbox, info, span, seq
         try:
             while True:
-                if stream.inbox:
-                    seq = await self._write_inputs(stream, outbox, info, seq, first, span)
-                    first = False
+                stream.write_inputs()
                 draft = await self._next(stream, drafts, own)
-                if draft is _Arrived.INPUT:
-                    continue
+                seq = stream.seq
                 if draft is None:
                     # The generator stopped without a terminal event: end it as failed.
                     draft = Draft(own, events.ERROR, {
@@ -519,7 +545,8 @@ class Worker:
                 ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
                            data=draft.data)
                 if ev.terminal:
-                    await outbox.put_and_wait(Entry(event=ev, info=info, snapshot=first,
+                    await outbox.put_and_wait(Entry(event=ev, info=info,
+                                                    snapshot=stream.first,
                                                     jobs_tp=stream.tp,
                                                     done_offset=stream.offset, span=span))
                     note_end(span, ev)
@@ -527,14 +554,12 @@ class Worker:
                     log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
                              ev.seq)
                     return
-                await outbox.put(Entry(event=ev, info=info, snapshot=first, span=span))
-                first = False
-                seq += 1
+                await outbox.put(Entry(event=ev, info=info, snapshot=stream.first, span=span))
+                stream.first = False
+                stream.seq = seq + 1
                 own += 1
         finally:
-            if stream.pending is not None:
-                stream.pending.cancel()
-                await asyncio.wait([stream.pending])
+            stream.outbox = None  # no input is written after this
             aclose = getattr(drafts, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):
@@ -555,53 +580,15 @@ class Worker:
         return announced(job, start, plain.events)
 
     @staticmethod
-    async def _write_inputs(stream: _Stream, outbox: Outbox, info: StreamInfo, seq: int,
-                            first: bool, span: Span | None) -> int:
-        """Queue the inputs that arrived as the stream's next events (each carries its
-        input id, ``tm-input``), then hand them to the generator; the next seq."""
-        while stream.inbox and not stream.cancel_requested:
-            record = stream.inbox.popleft()
-            ev = Event(stream=stream.job.stream_id, seq=seq, type=events.INPUT, ts=now_ms(),
-                       data=record.data)
-            await outbox.put(Entry(event=ev, info=info, snapshot=first, span=span,
-                                   headers=((HEADER_INPUT, record.input_id.encode()),)))
-            first = False
-            log.info("stream %s: input %s at seq %s", stream.job.stream_id,
-                     record.input_id, seq)
-            if stream.inputs is not None:
-                stream.inputs.put(record.data)
-            seq += 1
-        return seq
-
-    @staticmethod
-    async def _next(stream: _Stream, drafts: Any, seq: int,
-                    ) -> Draft | Literal[_Arrived.INPUT] | None:
+    async def _next(stream: _Stream, drafts: Any, seq: int) -> Draft | None:
         """The generator's next draft; a ``cancelled`` one once a cancel arrived, an
-        ``error`` one if it raised; None when it is exhausted. A generator that takes
-        input is raced against arriving inputs: ``_ARRIVED`` when one came first (the
-        draft it is working on stays pending for the next call)."""
+        ``error`` one if it raised; None when it is exhausted."""
         if stream.cancel_requested:
             return Draft(seq, events.CANCELLED, {"reason": "cancelled by request"})
         stream.in_generator = True
         try:
-            if stream.inputs is None:
-                draft: Draft = await drafts.__anext__()
-                return draft
-            if stream.pending is None:
-                stream.pending = asyncio.ensure_future(drafts.__anext__())
-            if not stream.inbox:
-                stream.wake.clear()
-                waker = asyncio.ensure_future(stream.wake.wait())
-                try:
-                    await asyncio.wait((stream.pending, waker),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waker.cancel()
-            if not stream.pending.done():
-                return _Arrived.INPUT
-            pending, stream.pending = stream.pending, None
-            drafted: Draft = pending.result()
-            return drafted
+            draft: Draft = await drafts.__anext__()
+            return draft
         except StopAsyncIteration:
             return None
         except asyncio.CancelledError:
@@ -663,12 +650,6 @@ class Worker:
             writer = self._writer
             if writer is not None and writer.failed is not None:
                 await self._reset(writer.failed)
-
-
-class _Arrived(enum.Enum):
-    """What :meth:`Worker._next` answers when an input arrived before the next draft."""
-
-    INPUT = enum.auto()
 
 
 def _kind(priority: bool) -> str:

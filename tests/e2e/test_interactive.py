@@ -130,6 +130,26 @@ async def test_input_over_the_websocket_op(base: str, http: aiohttp.ClientSessio
     assert frames[-1]["data"]["data"]["text"] == interactive_text(QUERY, 6, "cost")
 
 
+async def test_a_demo_stream_takes_input_at_once_between_slow_tokens(
+        base: str, http: aiohttp.ClientSession) -> None:
+    """A generator that does not read input: its worker still writes the input into the
+    stream at once (not at the next token, 5 s away); the generator goes on as before."""
+    sid = await create(http, base, options={"tokens": 3, "tokens_per_second": 0.2})
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    status, written = await post_input(http, base, sid, {"data": {"note": "hi"}})
+    assert status == 200, written
+    assert loop.time() - began < 4
+    async with http.post(f"{base}/v1/streams/{sid}/cancel") as resp:
+        assert resp.status == 202
+    events = (await sse_client.read(http, f"{base}/v1/streams/{sid}/events")).stream_events
+    assert_contiguous(events)
+    [got] = inputs_of(events)
+    assert (got.id, got.seq, got.envelope["data"]) == (written["id"], written["seq"],
+                                                       {"note": "hi"})
+    assert events[-1].event == "cancelled"
+
+
 async def test_input_refusals_for_generated_streams(
         base: str, http: aiohttp.ClientSession) -> None:
     sid = await create(http, base, query=QUERY, generator="interactive",
