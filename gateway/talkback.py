@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from eventlog import index
 from eventlog.errors import StreamEnded
 from eventlog.jobs import InputRecord, send_input
 from eventlog.streams import Draft, now_ms
@@ -96,6 +97,10 @@ async def _through_worker(services: Services, identity: Identity, found: Found,
         if info.finished:
             raise StreamEnded(f"stream {stream_id} has ended ({info.status}): it takes no "
                               "more input")
+        if info.status == index.QUEUED:
+            # No worker has started its job: it may wait for a slot for long.
+            raise Problem(409, f"stream {stream_id} has not started yet (queued): send "
+                          "input once its worker runs it (its first events have come)")
         async with _deadline(services):
             await send_input(services.producer, info.namespace, record,
                              partitions=services.settings.log.partitions)

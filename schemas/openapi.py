@@ -577,9 +577,9 @@ def _paths() -> dict[str, Any]:
                             "external stream's is appended at once; a generated stream's "
                             "goes to its worker, which writes it (and hands it to its "
                             "generator): the answer comes once it is in the log (504 "
-                            "past TIDEMARK_INPUT_WAIT_SECONDS). A stream that has ended: "
-                            "409. Its data is at most TIDEMARK_INPUT_MAX_BYTES of JSON "
-                            "(413).",
+                            "past TIDEMARK_INPUT_WAIT_SECONDS). A stream that has ended, "
+                            "or a generated one not started yet (queued): 409. Its data "
+                            "is at most TIDEMARK_INPUT_MAX_BYTES of JSON (413).",
                 parameters=[_STREAM_ID], requestBody=_body("InputRequest"),
                 responses={"200": _json(_schema("InputResult"), "the input was written"),
                            **_refs("BadRequest", *_GUARDED, "NotFound", "RequestTimeout",

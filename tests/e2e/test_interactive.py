@@ -135,6 +135,8 @@ async def test_a_demo_stream_takes_input_at_once_between_slow_tokens(
     """A generator that does not read input: its worker still writes the input into the
     stream at once (not at the next token, 5 s away); the generator goes on as before."""
     sid = await create(http, base, options={"tokens": 3, "tokens_per_second": 0.2})
+    # Running (its status running came): a queued stream takes no input.
+    await sse_client.read(http, f"{base}/v1/streams/{sid}/events", max_events=2)
     loop = asyncio.get_running_loop()
     began = loop.time()
     status, written = await post_input(http, base, sid, {"data": {"note": "hi"}})
