@@ -105,7 +105,9 @@ async def test_a_read_only_websocket_may_not_talk_back(
 async def test_input_refusals_are_the_publish_routes_problems(
         base: str, http: aiohttp.ClientSession) -> None:
     sid = await create(http, base, generator="external")
+    queued = await create(http, base)  # a demo stream no worker runs here: queued
     cases: list[tuple[aiohttp.ClientSession, str, object, int]] = [
+        (http, queued, {"data": {}}, 409),
         (http, sid, {"data": "text"}, 422),
         (http, sid, {"data": {}, "extra": 1}, 422),
         (http, sid, {}, 422),
