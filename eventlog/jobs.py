@@ -1,4 +1,11 @@
-"""Records of the jobs topics: generation requests and control records (cancel)."""
+"""Records of the jobs topics: generation requests and control records (cancel, input).
+
+A control record goes to the stream's partition of both jobs topics (the sender need not
+know which one its job went to): the copy on the job's own topic comes after the job, so
+it finds the job even if it had not started yet, and it stays unconsumed (below the
+partition's committed offset) while the job runs, so a worker that takes the job over
+reads it again. The worker ignores control records of a stream it is not generating,
+and an input it already has (by its ``input_id``)."""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from schemas.context import StreamContext
 
 GENERATE: Final = "generate"
 CANCEL: Final = "cancel"
+INPUT: Final = "input"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,26 +65,54 @@ def cancel_record(stream_id: str) -> bytes:
     return orjson.dumps({"type": CANCEL, "stream_id": stream_id})
 
 
-async def send_cancel(producer: AIOKafkaProducer, namespace: str, stream_id: str, *,
-                      partitions: int) -> None:
-    """Ask the worker that owns the stream's job to stop it.
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InputRecord:
+    """A client's input for a worker-generated stream, on its way to the owning worker
+    (``schemas/json/input_record.json``). ``input_id`` is unique per input: the worker
+    writes each input into the stream once, whoever sends or reads it twice."""
 
-    The cancel goes to the stream's partition of both jobs topics (the sender need not
-    know which one its job went to): the copy on the job's own topic comes after the
-    job, so it finds the job even if it had not started yet; the worker ignores a
-    cancel of a stream it is not generating.
-    """
+    stream_id: str
+    input_id: str
+    data: dict[str, Any]
+    #: Who sent it (the token's tenant and ``sub``) and when (ms since the epoch).
+    tenant: str
+    sub: str
+    ts: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"type": INPUT, "stream_id": self.stream_id,
+                             "input_id": self.input_id, "data": self.data,
+                             "tenant": self.tenant, "sub": self.sub, "ts": self.ts})
+
+
+async def send_control(producer: AIOKafkaProducer, namespace: str, stream_id: str,
+                       record: bytes, *, partitions: int) -> None:
+    """Send a control record to the stream's partition of both jobs topics."""
     partition = stream_partition(stream_id, partitions)
-    futures = [await producer.send(topic, cancel_record(stream_id), key=stream_id.encode(),
+    futures = [await producer.send(topic, record, key=stream_id.encode(),
                                    partition=partition) for topic in jobs_topics(namespace)]
     for fut in futures:
         await fut
 
 
+async def send_cancel(producer: AIOKafkaProducer, namespace: str, stream_id: str, *,
+                      partitions: int) -> None:
+    """Ask the worker that owns the stream's job to stop it."""
+    await send_control(producer, namespace, stream_id, cancel_record(stream_id),
+                       partitions=partitions)
+
+
+async def send_input(producer: AIOKafkaProducer, namespace: str, record: InputRecord, *,
+                     partitions: int) -> None:
+    """Hand an input to the worker that owns (or will own) the stream's job."""
+    await send_control(producer, namespace, record.stream_id, record.to_json(),
+                       partitions=partitions)
+
+
 def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
-                     ) -> Job | str | None:
-    """A :class:`Job` (with the trace-context ``headers`` of its record), the stream id
-    of a cancel record, or None for anything else."""
+                     ) -> Job | InputRecord | str | None:
+    """A :class:`Job` (with the trace-context ``headers`` of its record), an
+    :class:`InputRecord`, the stream id of a cancel record, or None for anything else."""
     try:
         obj = orjson.loads(raw)
         if obj.get("type") == GENERATE:
@@ -88,6 +124,13 @@ def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
                        trace=trace_headers_of(headers))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
+        if obj.get("type") == INPUT:
+            data = obj["data"]
+            if not isinstance(data, dict):
+                return None
+            return InputRecord(stream_id=str(obj["stream_id"]), input_id=str(obj["input_id"]),
+                               data=data, tenant=str(obj.get("tenant", "")),
+                               sub=str(obj.get("sub", "")), ts=int(obj.get("ts", 0)))
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
     return None

@@ -9,6 +9,7 @@ from typing import Any, Final, NamedTuple
 from schemas.events import (
     EVENT_TYPE_PATTERN,
     HEADER_GENERATOR,
+    HEADER_INPUT,
     HEADER_SEQ,
     HEADER_TRACEPARENT,
     HEADER_TYPE,
@@ -31,6 +32,8 @@ class LogRecord(NamedTuple):
     generator: str | None = None
     #: The W3C ``traceparent`` header (of the span that wrote it), else None.
     traceparent: str | None = None
+    #: The ``tm-input`` header (an input a worker wrote for a generated stream), else None.
+    input_id: str | None = None
 
     @classmethod
     def from_consumer(cls, record: Any) -> LogRecord | None:
@@ -40,7 +43,7 @@ class LogRecord(NamedTuple):
             return None
         kind = ""
         seq = -1
-        generator = traceparent = None
+        generator = traceparent = input_id = None
         for name, raw in record.headers:
             if name == HEADER_TYPE:
                 kind = raw.decode("ascii", "replace")
@@ -53,7 +56,9 @@ class LogRecord(NamedTuple):
                 generator = raw.decode("ascii", "replace")
             elif name == HEADER_TRACEPARENT:
                 traceparent = raw.decode("ascii", "replace")
+            elif name == HEADER_INPUT:
+                input_id = raw.decode("ascii", "replace")
         if seq < 0 or _TYPE_RE.search(kind) is None:
             return None
         return cls(record.partition, record.offset, record.key, record.value, kind, seq,
-                   record.timestamp, generator, traceparent)
+                   record.timestamp, generator, traceparent, input_id)

@@ -123,6 +123,12 @@ class GatewaySettings:
         "the WebSocket 9-15, brotli 10 at least): its memory and how far back it finds repeats")
     ws_compression: bool = _env(
         "WS_COMPRESSION", True, "permessage-deflate on the WebSocket, for clients that offer it")
+    input_wait_s: float = _env(
+        "INPUT_WAIT_SECONDS", 10.0, "longest wait of an input request to a generated stream "
+        "for its worker to write the input event (then 504)")
+    input_pending: int = _env(
+        "INPUT_PENDING", 8, "most inputs to one generated stream that one gateway waits "
+        "for at once (then 429)")
     catchup_readers: int = _env("CATCHUP_READERS", 8, "concurrent catch-up reads from Kafka")
     max_body_bytes: int = _env("MAX_BODY_BYTES", 1024 * 1024, "largest accepted request body")
     request_timeout_s: float = _env(
@@ -302,6 +308,9 @@ class WorkerSettings:
     priority_reserve: float = _env(
         "WORKER_PRIORITY_RESERVE", 0.1, "share of a worker's job slots that only jobs of "
         "priority tiers may take")
+    stream_inputs: int = _env(
+        "WORKER_STREAM_INPUTS", 100, "most inputs one generated stream takes (later ones "
+        "are dropped with a warning)")
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority_reserve <= 1:

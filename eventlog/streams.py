@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -61,6 +62,15 @@ async def send_event(producer: AIOKafkaProducer, topic: str, partition: int,
     return fut
 
 
+class LoggedInput(NamedTuple):
+    """An ``input`` event a scan found: its seq, its input id (the ``tm-input`` header;
+    None on an external stream's input) and its data."""
+
+    seq: int
+    input_id: str | None
+    data: dict[str, Any]
+
+
 @dataclass(slots=True)
 class StreamState:
     """What a scan of the log found for one stream."""
@@ -69,6 +79,9 @@ class StreamState:
     terminal: str | None = None
     terminal_offset: int | None = None
     scanned_until: int = 0
+    #: The stream's ``input`` events in seq order, when the scan was asked to collect
+    #: them (None: not collected).
+    inputs: list[LoggedInput] | None = None
 
     def apply(self, rec_offset: int, rec_type: str, rec_seq: int) -> None:
         if rec_seq <= self.last_seq or self.terminal is not None:
@@ -79,32 +92,46 @@ class StreamState:
             self.terminal_offset = rec_offset
 
 
+def _data_of(value: bytes) -> dict[str, Any]:
+    """An envelope's ``data`` ({} for a record whose value is not one)."""
+    try:
+        data = orjson.loads(value).get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = None,
-               ) -> StreamState:
-    """Bring ``state`` (or a new one) up to the partition's last stable offset."""
-    state = state or StreamState(scanned_until=info.first_offset)
+               *, inputs: bool = False) -> StreamState:
+    """Bring ``state`` (or a new one) up to the partition's last stable offset;
+    ``inputs``: a new state collects the stream's ``input`` events too."""
+    state = state or StreamState(scanned_until=info.first_offset,
+                                 inputs=[] if inputs else None)
     log_start, end = await reader.bounds(info.topic, info.partition)
     start = max(state.scanned_until, log_start)
     if start < end:
         async with reader.open(info.topic, info.partition, start) as cursor:
             async for rec in cursor.records(until=end, key=info.stream_id.encode()):
+                if (state.inputs is not None and rec.type == events.INPUT
+                        and rec.seq > state.last_seq and state.terminal is None):
+                    state.inputs.append(LoggedInput(rec.seq, rec.input_id, _data_of(rec.value)))
                 state.apply(rec.offset, rec.type, rec.seq)
     state.scanned_until = max(state.scanned_until, end)
     return state
 
 
 async def scan_from_start(reader: LogReader, info: StreamInfo, *, timeout_s: float = 30.0,
-                          ) -> StreamState:
+                          inputs: bool = False) -> StreamState:
     """:func:`scan` once the partition's readable end has passed the stream's first event.
 
     The first event was acknowledged before the stream's job was written, yet a reader can
     briefly see an end below it: a partition leader elected a moment ago reports its high
     watermark before its followers have caught up with it. A scan that stops there would
     take the stream for one without events and write its seq 0 again. Waits, bounded, then
-    fails as :class:`KafkaUnavailable` (retriable)."""
+    fails as :class:`KafkaUnavailable` (retriable). ``inputs``: as for :func:`scan`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    state = await scan(reader, info)
+    state = await scan(reader, info, inputs=inputs)
     while state.last_seq < 0 and state.scanned_until <= info.first_offset:
         if loop.time() > deadline:
             raise KafkaUnavailable(

@@ -225,9 +225,12 @@ class Hub:
 
     def __init__(self, kafka: KafkaSettings, *, tail_bytes: int,
                  client_buffer_bytes: int, idle_detach_s: float = 30.0,
-                 on_terminal: Callable[[str, str], None] | None = None) -> None:
+                 on_terminal: Callable[[str, str], None] | None = None,
+                 on_input: Callable[[str, int, str], None] | None = None) -> None:
         self._kafka = kafka
         self._on_terminal = on_terminal
+        #: Called with (input id, seq, event id) for an input event a worker wrote.
+        self._on_input = on_input
         self._tail_bytes = tail_bytes
         self._client_buffer = client_buffer_bytes
         self._idle_detach_s = idle_detach_s
@@ -439,5 +442,8 @@ class Hub:
             tail.append(frame)
             if frame.terminal and self._on_terminal is not None:
                 self._on_terminal(rec.key.decode(errors="replace"), rec.type)
+            elif rec.input_id is not None and self._on_input is not None:
+                self._on_input(rec.input_id, rec.seq,
+                               encode_event_id(epoch, rec.partition, offset))
             for sub in subs.get((tp, rec.key), ()):
                 sub.push(frame)

@@ -35,6 +35,7 @@ _TITLES: Final = {
     413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
     422: "Unprocessable Content", 426: "Upgrade Required",
     429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 

@@ -25,6 +25,7 @@ from gateway.analytics_recorder import Recorder, tenant_of
 from gateway.breaker import CircuitBreaker
 from gateway.compression import Codings
 from gateway.hub import Hub
+from gateway.inputs import InputWaiters
 from gateway.limits import Limits
 from gateway.lookup import StreamLookup
 from gateway.metrics import Metrics
@@ -72,9 +73,12 @@ class Services:
     analytics: AnalyticsFeed | None = None
     #: How SSE and long-poll answers are compressed (``gateway.compression``).
     codings: Codings = field(init=False)
+    #: Inputs sent to generated streams' workers, waiting for their events.
+    inputs: InputWaiters = field(init=False)
 
     def __post_init__(self) -> None:
         self.codings = Codings.of(self.settings.gateway)
+        self.inputs = InputWaiters(self.settings.gateway.input_pending)
 
     async def connect(self) -> None:
         s = self.settings
@@ -88,7 +92,7 @@ class Services:
         self.reader = LogReader(s.kafka, size=s.gateway.catchup_readers, role="catchup")
         self.hub = Hub(s.kafka, tail_bytes=s.gateway.tail_bytes,
                        client_buffer_bytes=s.gateway.client_buffer_bytes,
-                       on_terminal=self._on_terminal)
+                       on_terminal=self._on_terminal, on_input=self.inputs.seen)
         await self.hub.start([topic])
         self.lookup = StreamLookup(kafka=s.kafka, log_settings=s.log, hub=self.hub,
                                    reader=self.reader, wait_s=s.gateway.index_wait_s,
@@ -118,6 +122,7 @@ class Services:
 
     def _on_terminal(self, stream_id: str, event_type: str) -> None:
         self.metrics.count_terminal(event_type)
+        self.inputs.ended(stream_id)
         if self.limits is not None:
             self.limits.stream_ended(stream_id)
 

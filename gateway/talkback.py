@@ -2,26 +2,38 @@
 (``POST /v1/streams/{id}/input``) and over the WebSocket (``{"op": ...}`` messages).
 
 An input is an ``input`` event (``schemas/json/input.json``; its ``data`` is what the
-client sent, at most ``TIDEMARK_INPUT_MAX_BYTES`` of JSON) appended through the same
-path as the publish route (``eventlog.streams.Appender``): in order, with the next seq
-and an id like any other event, seen by every follower on every transport. Only
-``external`` streams take input for now: a worker-generated stream's seqs belong to its
-worker, which does not read inputs yet (the generator side is still to come), so a
-gateway appending there would collide with the worker's next seq; those answer 409.
+client sent, at most ``TIDEMARK_INPUT_MAX_BYTES`` of JSON): in order, with the next seq
+and an id like any other event, seen by every follower on every transport.
+
+- An ``external`` stream: appended through the publish route's path
+  (``eventlog.streams.Appender``).
+- A worker-generated stream, whose seqs belong to its worker: the gateway sends an
+  ``input`` control record (``eventlog.jobs.InputRecord``, with a new input id) to the
+  stream's jobs partition, like a cancel; the owning worker writes the event (carrying
+  the input id in its ``tm-input`` header) and hands it to its generator. The gateway
+  answers once its hub has read that event (``gateway.inputs``), at most
+  ``TIDEMARK_INPUT_WAIT_SECONDS`` later: then 504, the input may still be written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from eventlog.streams import Draft
+from eventlog import index
+from eventlog.errors import StreamEnded
+from eventlog.jobs import InputRecord, send_input
+from eventlog.streams import Draft, now_ms
 from gateway import auth
 from gateway.audit import AUDIT
 from gateway.auth import Identity
+from gateway.inputs import Written
+from gateway.lookup import Found
 from gateway.problems import Problem
 from gateway.routes import (
     EXTERNAL,
@@ -34,6 +46,7 @@ from gateway.routes import (
     _ready,
     cancel_stream,
 )
+from gateway.services import Services
 from schemas import events
 from schemas.eventid import encode_event_id
 
@@ -51,11 +64,13 @@ async def append_input(request: web.Request, identity: Identity, stream_id: str,
     found = await _find(request, services, stream_id, identity)
     assert services.lookup is not None and services.appender is not None
     generator = await services.lookup.generator(found)
-    if generator != EXTERNAL:
-        raise Problem(409, f"stream {stream_id} is written by the {generator!r} generator, "
-                      "which does not take input yet; only external streams do")
     if services.limits is not None:
         await services.limits.publish(identity, size)
+    if generator != EXTERNAL:
+        written = await _through_worker(services, identity, found, body["data"])
+        services.metrics.published.inc()
+        request.app[AUDIT].record(request, "input", outcome="ok", stream=stream_id)
+        return written._asdict()
     async with _deadline(services):
         result = await services.appender.append(found.info, [Draft(events.INPUT, body["data"])])
     services.metrics.published.inc(len(result.written))
@@ -64,6 +79,39 @@ async def append_input(request: web.Request, identity: Identity, stream_id: str,
     epoch = await services.hub.epoch(found.info.topic)
     seq, offset = result.written[0]
     return {"seq": seq, "id": encode_event_id(epoch, found.info.partition, offset)}
+
+
+async def _through_worker(services: Services, identity: Identity, found: Found,
+                          data: dict[str, Any]) -> Written:
+    """Hand ``data`` to the worker of a generated stream; where its event is, once the
+    hub has read it."""
+    assert services.lookup is not None and services.hub is not None
+    assert services.producer is not None
+    stream_id = found.info.stream_id
+    record = InputRecord(stream_id=stream_id, input_id=uuid.uuid4().hex, data=data,
+                         tenant=identity.tenant, sub=identity.sub, ts=now_ms())
+    await services.hub.attach(found.info.topic)
+    # Expected before the status is read: a terminal event after it fails the wait.
+    with services.inputs.expect(stream_id, record.input_id) as written:
+        info = await services.lookup.current(found)
+        if info.finished:
+            raise StreamEnded(f"stream {stream_id} has ended ({info.status}): it takes no "
+                              "more input")
+        if info.status == index.QUEUED:
+            # No worker has started its job: it may wait for a slot for long.
+            raise Problem(409, f"stream {stream_id} has not started yet (queued): send "
+                          "input once its worker runs it (its first events have come)")
+        async with _deadline(services):
+            await send_input(services.producer, info.namespace, record,
+                             partitions=services.settings.log.partitions)
+        wait_s = services.settings.gateway.input_wait_s
+        try:
+            return await asyncio.wait_for(written, wait_s)
+        except TimeoutError:
+            raise Problem(504, f"the input went to stream {stream_id}'s worker but was not in "
+                          f"the stream after {wait_s:g} s (no worker has the stream now?); "
+                          "it may still arrive: follow the stream",
+                          input_id=record.input_id) from None
 
 
 async def post_input(request: web.Request) -> web.Response:

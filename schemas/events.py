@@ -44,6 +44,10 @@ HEADER_GENERATOR: Final = "tm-generator"
 #: stream a record belongs to; gateways check version 3 ids by their tags instead.
 HEADER_TENANT: Final = "tm-tenant"
 HEADER_OWNER: Final = "tm-owner"
+#: On an ``input`` event a worker wrote for a generated stream: the input's id (from its
+#: jobs-topic record), so the gateway that took the input finds its event, and a worker
+#: that takes the stream over writes no input twice.
+HEADER_INPUT: Final = "tm-input"
 
 #: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
 #: and in Python, whose bare ``$`` also matches before a trailing newline.

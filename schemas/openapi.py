@@ -130,6 +130,9 @@ _RESPONSES: Final[dict[str, Any]] = {
     "Conflict": _problem("the request conflicts with the stream's state (a seq conflict, "
                          "a stream that has ended, a stream another generator writes)"),
     "Gone": _problem("the stream's events were deleted by retention"),
+    "InputNotWritten": _problem("a generated stream's worker had not written the input "
+                                "within TIDEMARK_INPUT_WAIT_SECONDS; it may still arrive "
+                                "(input_id names it)"),
     "RequestTimeout": _problem("the request body did not arrive within "
                                "TIDEMARK_BODY_TIMEOUT; the connection is closed"),
     "ContentTooLarge": _problem("the body is larger than TIDEMARK_MAX_BODY_BYTES"),
@@ -154,7 +157,7 @@ def _refs(*names: str) -> dict[str, Any]:
              "ContentTooLarge": "413", "UriTooLong": "414", "UnsupportedMediaType": "415",
              "NoSuchFile": "404",
              "Unprocessable": "422", "UpgradeRequired": "426", "TooManyRequests": "429",
-             "Unavailable": "503"}
+             "Unavailable": "503", "InputNotWritten": "504"}
     return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in names}
 
 
@@ -525,7 +528,8 @@ def _paths() -> dict[str, Any]:
                 responses={"200": _json(_schema("PublishResult"), "the events were written"),
                            **_refs("BadRequest", *_GUARDED, "NotFound", "RequestTimeout",
                                    "Conflict", "Gone", "ContentTooLarge",
-                                   "UnsupportedMediaType", "Unprocessable", "Unavailable")}),
+                                   "UnsupportedMediaType", "Unprocessable", "Unavailable",
+                                   "InputNotWritten")}),
         },
         "/v1/streams/{id}/ws": {
             "get": _op(
@@ -572,14 +576,19 @@ def _paths() -> dict[str, Any]:
                 "streamInput", "Talk back: append an input event to one's stream",
                 scope="streams:publish",
                 description="The input goes into the stream's log as an `input` event, in "
-                            "order, with the next seq, and every follower sees it. Only "
-                            "external streams take input for now (others: 409); its data "
+                            "order, with the next seq, and every follower sees it. An "
+                            "external stream's is appended at once; a generated stream's "
+                            "goes to its worker, which writes it (and hands it to its "
+                            "generator): the answer comes once it is in the log (504 "
+                            "past TIDEMARK_INPUT_WAIT_SECONDS). A stream that has ended, "
+                            "or a generated one not started yet (queued): 409. Its data "
                             "is at most TIDEMARK_INPUT_MAX_BYTES of JSON (413).",
                 parameters=[_STREAM_ID], requestBody=_body("InputRequest"),
                 responses={"200": _json(_schema("InputResult"), "the input was written"),
                            **_refs("BadRequest", *_GUARDED, "NotFound", "RequestTimeout",
                                    "Conflict", "Gone", "ContentTooLarge",
-                                   "UnsupportedMediaType", "Unprocessable", "Unavailable")}),
+                                   "UnsupportedMediaType", "Unprocessable", "Unavailable",
+                                   "InputNotWritten")}),
         },
         "/v1/streams/{id}/cancel": {
             "post": _op(

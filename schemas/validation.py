@@ -73,6 +73,7 @@ class Validators:
         names = ["create_stream", "event_input", "publish", "envelope", "reset", "input_request",
                  *sorted(events.BUILTIN_TYPES)]
         names.append("log_levels")  # the admin endpoints' body (gateways and workers)
+        names.append("input_record")  # the jobs topics' input control record
         self._schemas = {name: load_schema(name) for name in names}
         registry: Registry[Any] = Registry().with_resources(
             (schema["$id"], Resource.from_contents(schema)) for schema in self._schemas.values()

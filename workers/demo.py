@@ -14,7 +14,6 @@ format was made.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
@@ -23,7 +22,7 @@ from eventlog.jobs import Job
 from schemas import events
 from schemas.context import CONCISE, DETAILED
 from workers.generators import Draft
-from workers.pacing import Pacer
+from workers.pacing import Pacer, Schedule
 
 DEFAULT_TOKENS: Final = 40
 DEFAULT_RATE: Final = 20.0
@@ -97,15 +96,11 @@ class DemoGenerator:
         generator that fell behind (a stalled process) catches up by at most
         ``MAX_CATCH_UP_S`` of tokens."""
         fail_at = job.options.get("fail_at_seq")
-        loop = asyncio.get_running_loop()
-        due = loop.time()
+        schedule = Schedule(self._pacer, MAX_CATCH_UP_S)
         for seq, (kind, data, delay) in enumerate(self.plan(job), start=1):
             if seq < start_seq:
                 continue
-            if delay:
-                due = max(due + delay, loop.time() - MAX_CATCH_UP_S)
-                # Behind schedule: no wait, but the loop still gets a turn.
-                await self._pacer.sleep_until(due)
+            await schedule.wait(delay)
             if fail_at is not None and seq >= fail_at:
                 yield Draft(seq, events.ERROR, {
                     "code": "demo_failure", "retryable": False,

@@ -57,6 +57,8 @@ class Entry:
     #: The stream's generation span (tracing on): the event's record carries the trace
     #: context of a ``tidemark.transaction`` span under it (``workers.tracing``).
     span: Span | None = None
+    #: Headers the event's record carries beyond its own (an input's ``tm-input``).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class OffsetTracker:
@@ -117,6 +119,11 @@ class Outbox:
         while len(self._entries) >= self._cap:
             self._room.clear()
             await self._room.wait()
+        self.put_nowait(entry)
+
+    def put_nowait(self, entry: Entry) -> None:
+        """Queue an entry now, even past the cap (a stream's inputs, which must take
+        their seq at once; bounded by ``TIDEMARK_WORKER_STREAM_INPUTS`` per stream)."""
         if not self._entries:
             self._since = self._loop.time()
         self._entries.append(entry)
@@ -213,6 +220,8 @@ class Outbox:
             if builder is None:
                 builder = builders[key] = producer.create_batch()
             value, stream_key, headers = ev.to_json(), ev.stream.encode(), ev.headers()
+            if entry.headers:
+                headers.extend(entry.headers)
             if spans is not None:
                 headers.extend(spans.headers(entry))
             meta = builder.append(timestamp=None, key=stream_key, value=value, headers=headers)

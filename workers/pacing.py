@@ -40,3 +40,27 @@ class Pacer:
         for fut in self._slots.pop(slot, ()):
             if not fut.done():  # a cancelled sleeper's future is done already
                 fut.set_result(None)
+
+
+class Schedule:
+    """An absolute schedule for one generation: each :meth:`wait` ``delay`` is due
+    ``delay`` after the last one was, so the time spent between them (writing events)
+    does not slow the rate down. A generation that fell behind (a stalled process)
+    catches up by at most ``max_catch_up_s``."""
+
+    def __init__(self, pacer: Pacer, max_catch_up_s: float) -> None:
+        self._pacer = pacer
+        self._max_catch_up = max_catch_up_s
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time()
+
+    def restart(self) -> None:
+        """Count from now (after a wait that is not part of the schedule)."""
+        self._due = self._loop.time()
+
+    async def wait(self, delay: float) -> None:
+        if not delay:
+            return
+        self._due = max(self._due + delay, self._loop.time() - self._max_catch_up)
+        # Behind schedule: no wait, but the loop still gets a turn.
+        await self._pacer.sleep_until(self._due)

@@ -65,15 +65,16 @@ from eventlog.clients import (
     stop_client,
 )
 from eventlog.errors import KafkaUnavailable
-from eventlog.jobs import Job, parse_job_record
+from eventlog.index import StreamInfo
+from eventlog.jobs import InputRecord, Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
-from schemas.events import Event
+from schemas.events import HEADER_INPUT, Event
 from workers.experiments import announced
-from workers.generators import Draft, Generator
+from workers.generators import Draft, Generator, Inputs, InteractiveGenerator, takes_input
 from workers.lag import JobsLag
 from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
@@ -119,7 +120,7 @@ def reserved_slots(max_jobs: int, share: float) -> int:
 class _Stream:
     """A stream being generated here."""
 
-    def __init__(self, job: Job, offset: int, tp: TopicPartition) -> None:
+    def __init__(self, job: Job, offset: int, tp: TopicPartition, *, max_inputs: int) -> None:
         self.job = job
         self.offset = offset
         self.tp = tp
@@ -127,6 +128,58 @@ class _Stream:
         self.cancel_requested = False
         #: True only while the task awaits the generator's next draft.
         self.in_generator = False
+        #: Inputs received from the jobs partition and not written yet, in order; the ids
+        #: of every input in the log, written, or waiting here (none is written twice).
+        self.inbox: deque[InputRecord] = deque()
+        self.input_ids: set[str] = set()
+        self.max_inputs = max_inputs
+        #: The generator's inputs, if it takes input.
+        self.inputs: Inputs | None = None
+        #: Where the stream's events go, once the log was scanned (None before): the
+        #: outbox, the index record, the generation span, the next seq, and whether
+        #: nothing was written yet (the first write carries the index record).
+        self.outbox: Outbox | None = None
+        self.info: StreamInfo | None = None
+        self.span: Span | None = None
+        self.seq = 0
+        self.first = True
+
+    def offer(self, record: InputRecord) -> None:
+        """An input for this stream from the jobs partition (maybe one it already has):
+        written at once while the task awaits the generator (the generator may be
+        waiting for it), else when the task next asks the generator for a draft."""
+        if record.input_id in self.input_ids:
+            return
+        if len(self.input_ids) >= self.max_inputs:
+            log.warning("stream %s: dropping input %s, the stream took %s inputs already",
+                        self.job.stream_id, record.input_id, self.max_inputs)
+            return
+        self.input_ids.add(record.input_id)
+        self.inbox.append(record)
+        if self.in_generator:
+            self.write_inputs()
+
+    def write_inputs(self) -> None:
+        """Queue the inputs that arrived as the stream's next events (each carries its
+        input id, ``tm-input``) and hand them to the generator. Synchronous, so no draft
+        can take a seq meanwhile: past the outbox's cap if need be (bounded by
+        ``TIDEMARK_WORKER_STREAM_INPUTS``)."""
+        outbox = self.outbox
+        if outbox is None or self.cancel_requested:
+            return
+        while self.inbox:
+            record = self.inbox.popleft()
+            ev = Event(stream=self.job.stream_id, seq=self.seq, type=events.INPUT,
+                       ts=now_ms(), data=record.data)
+            outbox.put_nowait(Entry(event=ev, info=self.info, snapshot=self.first,
+                                    span=self.span,
+                                    headers=((HEADER_INPUT, record.input_id.encode()),)))
+            log.info("stream %s: input %s at seq %s", self.job.stream_id, record.input_id,
+                     self.seq)
+            self.first = False
+            self.seq += 1
+            if self.inputs is not None:
+                self.inputs.put(record.data)
 
     def request_cancel(self) -> None:
         """Stop the generator at once if it is being awaited, else at its next draft."""
@@ -147,7 +200,7 @@ class _Partition:
         self.streams: dict[str, _Stream] = {}
         #: Records read and not handled yet, in order: the first is a job waiting for a
         #: slot. The partition is paused while there are any.
-        self.backlog: deque[tuple[int, Job | str | None]] = deque()
+        self.backlog: deque[tuple[int, Job | InputRecord | str | None]] = deque()
         self.paused = False
 
 
@@ -170,7 +223,8 @@ class _Writer:
 class Worker:
     """Runs until cancelled: consumes jobs, generates streams, commits in transactions."""
 
-    def __init__(self, settings: Settings, generators: Mapping[str, Generator]) -> None:
+    def __init__(self, settings: Settings,
+                 generators: Mapping[str, Generator | InteractiveGenerator]) -> None:
         self.settings = settings
         self.generators = dict(generators)
         self.max_jobs = settings.worker.max_jobs
@@ -382,7 +436,8 @@ class Worker:
                 return False
             pj.backlog.popleft()
             pj.tracker.begin(offset)
-            stream = _Stream(parsed, offset, pj.tp)
+            stream = _Stream(parsed, offset, pj.tp,
+                             max_inputs=self.settings.worker.stream_inputs)
             pj.streams[parsed.stream_id] = stream
             self.running += 1
             self.metrics.started.labels(_kind(pj.priority)).inc()
@@ -395,6 +450,12 @@ class Worker:
             if running is not None:
                 log.info("cancel requested for stream %s", parsed)
                 running.request_cancel()
+        elif isinstance(parsed, InputRecord):
+            # Skipped like a cancel: while the job runs its offset (below this one) is
+            # not committed, so a worker that takes the job over reads the input again.
+            running = self._generating(pj.tp.partition, parsed.stream_id)
+            if running is not None:
+                running.offer(parsed)
         elif parsed is None:
             log.warning("skipping unreadable job record at %s offset %s", pj.tp, offset)
         pj.tracker.skip(offset)
@@ -441,13 +502,19 @@ class Worker:
 
     async def _generate(self, stream: _Stream, outbox: Outbox, span: Span | None = None,
                         ) -> None:
-        """Write the job's events from the first seq the log lacks; ``span``: the
-        generation span (tracing on), whose trace the events' records carry."""
+        """Write the job's events from the first seq the log lacks, and the stream's
+        inputs as they arrive; ``span``: the generation span (tracing on), whose trace
+        the events' records carry."""
         job = stream.job
-        state = await scan_from_start(self.reader, job.stream)
+        state = await scan_from_start(self.reader, job.stream, inputs=True)
         if state.terminal is not None:
             await outbox.put_and_wait(Entry(jobs_tp=stream.tp, done_offset=stream.offset))
             return
+        logged = state.inputs or []
+        # Inputs already in the log are not written again (a takeover re-reads them).
+        in_log = {i.input_id for i in logged if i.input_id is not None}
+        stream.input_ids |= in_log
+        stream.inbox = deque(r for r in stream.inbox if r.input_id not in in_log)
         info = job.stream.evolve(status=index.RUNNING, updated_at=now_ms())
         log.debug("stream %s: generating from seq %s", job.stream_id, state.last_seq + 1)
         seq = state.last_seq + 1
@@ -457,26 +524,29 @@ class Worker:
             log.info("resuming stream %s at seq %s", job.stream_id, seq)
             self.metrics.count_stream("resumed", job.stream.tenant)
             self.metrics.takeovers.inc()
-        generator = self.generators.get(job.generator)
-        drafts = (announced(job, seq, generator.events) if generator is not None
-                  else _fail(seq, "unknown_generator", f"no generator named {job.generator!r}"))
-        first = True
+        # The generator numbers its events as if there were no inputs.
+        own = seq - len(logged)
+        drafts = self._drafts(stream, own, [i.data for i in logged])
+        stream.outbox, stream.info, stream.span, stream.seq = outbox, info, span, seq
         try:
             while True:
-                draft = await self._next(stream, drafts, seq)
+                stream.write_inputs()
+                draft = await self._next(stream, drafts, own)
+                seq = stream.seq
                 if draft is None:
                     # The generator stopped without a terminal event: end it as failed.
-                    draft = Draft(seq, events.ERROR, {
+                    draft = Draft(own, events.ERROR, {
                         "code": "generator_incomplete", "retryable": False,
                         "message": "the generator ended without a result"})
-                elif draft.seq != seq:
-                    draft = Draft(seq, events.ERROR, {
+                elif draft.seq != own:
+                    draft = Draft(own, events.ERROR, {
                         "code": "generator_error", "retryable": False,
-                        "message": f"generator yielded seq {draft.seq}, expected {seq}"})
+                        "message": f"generator yielded seq {draft.seq}, expected {own}"})
                 ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
                            data=draft.data)
                 if ev.terminal:
-                    await outbox.put_and_wait(Entry(event=ev, info=info, snapshot=first,
+                    await outbox.put_and_wait(Entry(event=ev, info=info,
+                                                    snapshot=stream.first,
                                                     jobs_tp=stream.tp,
                                                     done_offset=stream.offset, span=span))
                     note_end(span, ev)
@@ -484,14 +554,30 @@ class Worker:
                     log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
                              ev.seq)
                     return
-                await outbox.put(Entry(event=ev, info=info, snapshot=first, span=span))
-                first = False
-                seq += 1
+                await outbox.put(Entry(event=ev, info=info, snapshot=stream.first, span=span))
+                stream.first = False
+                stream.seq = seq + 1
+                own += 1
         finally:
+            stream.outbox = None  # no input is written after this
             aclose = getattr(drafts, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):
                     await aclose()
+
+    def _drafts(self, stream: _Stream, start: int, logged: list[dict[str, Any]]) -> Any:
+        """The generator's drafts from its seq ``start``; a generator that takes input
+        reads ``logged`` (the log's inputs) and then those written from here on."""
+        job = stream.job
+        generator = self.generators.get(job.generator)
+        if generator is None:
+            return _fail(start, "unknown_generator", f"no generator named {job.generator!r}")
+        if takes_input(generator):
+            interactive = generator
+            inputs = stream.inputs = Inputs(logged)
+            return announced(job, start, lambda j, s: interactive.events(j, s, inputs))
+        plain: Generator = generator  # type: ignore[assignment]
+        return announced(job, start, plain.events)
 
     @staticmethod
     async def _next(stream: _Stream, drafts: Any, seq: int) -> Draft | None:

@@ -1,7 +1,8 @@
 """Talking back, checked from outside: a client's input goes into its stream's log as an
 ``input`` event (over HTTP or the WebSocket), in order, with an id like any other event,
 and every follower on every transport sees it; ``{"op": "cancel"}`` on the WebSocket
-ends the stream like the cancel route. Refusals are the publish route's problems."""
+ends the stream like the cancel route. Refusals are the publish route's problems.
+Input to worker-generated streams: tests/e2e/test_interactive.py."""
 
 from __future__ import annotations
 
@@ -104,9 +105,9 @@ async def test_a_read_only_websocket_may_not_talk_back(
 async def test_input_refusals_are_the_publish_routes_problems(
         base: str, http: aiohttp.ClientSession) -> None:
     sid = await create(http, base, generator="external")
-    demo = await create(http, base)  # written by a worker: no input yet
+    queued = await create(http, base)  # a demo stream no worker runs here: queued
     cases: list[tuple[aiohttp.ClientSession, str, object, int]] = [
-        (http, demo, {"data": {}}, 409),
+        (http, queued, {"data": {}}, 409),
         (http, sid, {"data": "text"}, 422),
         (http, sid, {"data": {}, "extra": 1}, 422),
         (http, sid, {}, 422),

@@ -12,10 +12,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from eventlog.index import StreamInfo
-from eventlog.jobs import Job
+from eventlog.jobs import InputRecord, Job, parse_job_record
 from schemas import events
 from schemas.validation import CreateRequest, EventInput, InvalidInput, Validators, load_schema
 from workers.demo import DemoGenerator
+from workers.generators import Inputs
+from workers.interactive import InteractiveGenerator
 
 SCHEMA_DIR = resources.files("schemas").joinpath("json")
 SCHEMA_FILES = sorted(p.name for p in SCHEMA_DIR.iterdir() if p.name.endswith(".json"))
@@ -351,3 +353,39 @@ def test_unknown_option_key_is_named(validators: Validators) -> None:
         validators.create_request({"query": "q", "options": {"tokenz": 3}})
     assert info.value.pointer == "/options"
     assert "tokenz" in info.value.reason
+
+
+# --- talking back: the input control record and the interactive generator's events -------
+
+
+def test_an_input_record_is_valid_and_parses_back(validators: Validators) -> None:
+    record = InputRecord(stream_id="s3-abc", input_id="0" * 32, data={"answer": "speed"},
+                         tenant="acme", sub="alice", ts=1_795_557_395_923)
+    validators.check("input_record", orjson.loads(record.to_json()))
+    assert parse_job_record(record.to_json()) == record
+
+
+@pytest.mark.parametrize("change", [{"input_id": "not hex"}, {"data": [1]}, {"ts": -1},
+                                    {"extra": 1}, {"type": "cancel"}])
+def test_the_input_record_schema_refuses_bad_records(
+        validators: Validators, change: dict[str, Any]) -> None:
+    record = orjson.loads(InputRecord(stream_id="s3-abc", input_id="0" * 32, data={},
+                                      tenant="", sub="", ts=0).to_json())
+    with pytest.raises(InvalidInput):
+        validators.check("input_record", {**record, **change})
+
+
+def test_a_job_record_parser_drops_an_input_record_without_an_object() -> None:
+    assert parse_job_record(b'{"type": "input", "stream_id": "s", "input_id": "i", '
+                            b'"data": [1]}') is None
+    assert parse_job_record(b'{"type": "input", "stream_id": "s"}') is None
+
+
+async def test_every_interactive_event_passes_the_publish_validator(
+        validators: Validators) -> None:
+    job = demo_job()
+    inputs = Inputs([{"answer": "cost"}])
+    drafts = [d async for d in InteractiveGenerator().events(job, 1, inputs)]
+    assert drafts[-1].type == events.RESULT
+    for draft in drafts:
+        validators.publish_request({"type": draft.type, "data": draft.data})

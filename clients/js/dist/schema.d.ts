@@ -17,6 +17,14 @@ export interface StatusData {
     state: string;
     message?: string;
     /**
+     * with state waiting_for_input (the interactive generator): the reply asked for, sent as POST /v1/streams/{id}/input {"data": {<field>: <reply>}}
+     */
+    input?: {
+        field?: string;
+        choices?: string[];
+        [k: string]: unknown;
+    };
+    /**
      * on a stream's first event: the A/B variants it was assigned (experiment name to variant name)
      */
     experiments?: {
@@ -97,7 +105,14 @@ export interface CreateStreamRequest {
     options?: {
         tokens?: number;
         tokens_per_second?: number;
+        /**
+         * demo generator: end with an error at this seq
+         */
         fail_at_seq?: number | null;
+        /**
+         * interactive generator: longest wait for the reply to its question, in seconds (default 60); past it the stream ends with error input_timeout
+         */
+        reply_timeout_s?: number;
     };
     /**
      * Per-user context: whose session the stream belongs to and how it is delivered (docs/context.md)
