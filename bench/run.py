@@ -32,6 +32,7 @@ from typing import Any
 from bench import (
     report,
     scenarios,
+    scn_durable,
     scn_history,
     scn_priority,
     scn_storm,
@@ -43,7 +44,7 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants")
+             "storm", "processes", "history", "priority", "tenants", "durable")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
             "priority": lambda: {"priority": scn_priority.priority(b)},
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
+            "durable": lambda: {"durable": scn_durable.durable(
+                b, scn_durable.FULL if args.full else scn_durable.SHORT)},
         }
         for name in SCENARIOS:
             if name in only:
