@@ -11,9 +11,9 @@ one process), side by side in the same run, on fresh processes.
    one stream; the official client's ``IdempotentProducer`` (``@durable-streams/client``
    0.2.7, ``conformance/ds-load.mjs``, linger 0) appends ``{"bench_ns": <unix ns>}`` at a
    steady rate for the window; each reader takes its latency from the append call to the
-   ``event: data`` that carries it (same machine clock). Delivered: ``data`` events
-   received against appends x readers (a server that coalesces appends into one event
-   under load shows fewer).
+   ``event: data`` that carries it (same machine clock). Delivered: messages received
+   against appends x readers; ``data`` events: how many events carried them (a server
+   that falls behind sends several appends in one).
 
 Per case the CPU of every process over the window: the server, the broker (Tidemark),
 the Go client and the Node writer. Go keeps the client's cost per request low (the
@@ -114,13 +114,15 @@ def _fanout(b: Bench, prof: DurableProfile, target: str, url: str,
         if writer is not None:
             b.reg.stop(writer)
         swarm.finish()
-    data = ((got.get("events_by_type") or {}).get("data", 0)
-            - (start.get("events_by_type") or {}).get("data", 0))
+    timed = got.get("timed", 0) - start.get("timed", 0)
+    events = ((got.get("events_by_type") or {}).get("data", 0)
+              - (start.get("events_by_type") or {}).get("data", 0))
     conns = dialed.get("connections", {})
     return {"readers": prof.readers, "connected": conns.get("established"),
             "dial_failures": conns.get("failures"), "appended": wrote["appended"],
             "writer_errors": wrote["errors"],
-            "expected_deliveries": wrote["appended"] * prof.readers, "delivered": data,
+            "expected_deliveries": wrote["appended"] * prof.readers, "delivered": timed,
+            "data_events": events,
             "latency_ms": got.get("latency", {}), "window": window(before, after)}
 
 
@@ -201,12 +203,13 @@ def render(sc: dict[str, Any]) -> list[str]:
                           f"{_f(a.get('appends'))} / {_f(a.get('failed'))}",
                           _cpu(a, "server"), _cpu(a, "kafka"), _cpu(a, "client"), _other(a)])
         if f.get("error"):
-            frows.append([name, "error: " + f["error"][-160:].replace("|", "/")] + ["-"] * 10)
+            frows.append([name, "error: " + f["error"][-160:].replace("|", "/")] + ["-"] * 11)
         else:
             lat = f.get("latency_ms", {})
             frows.append([name, f"{_f(f.get('connected'))} / {_f(f.get('readers'))}",
                           _f(f.get("appended")),
                           f"{_f(f.get('delivered'))} / {_f(f.get('expected_deliveries'))}",
+                          _f(f.get("data_events")),
                           _f(lat.get("p50_ms"), 1), _f(lat.get("p99_ms"), 1),
                           _f(lat.get("max_ms"), 1), _cpu(f, "server"), _cpu(f, "kafka"),
                           _cpu(f, "client"), _cpu(f, "writer"), _other(f)])
@@ -218,6 +221,7 @@ def render(sc: dict[str, Any]) -> list[str]:
               f"{_f(st.get('rate'))} appends/s (official client) for {_f(st.get('fanout_s'))} "
               "s, latency from the append call to each reader's `data` event:", ""]
     lines += _table(["server", "readers connected", "appends", "delivered / expected",
+                     "data events",
                      "p50 ms", "p99 ms", "max ms", "server CPU", "broker CPU",
                      "readers CPU (Go)", "writer CPU (Node)", "other procs CPU"], frows)
     r = d.get("ratios", {})

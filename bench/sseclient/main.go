@@ -73,6 +73,7 @@ type Stats struct {
 	negativeLatency  atomic.Uint64
 	postFailed       atomic.Uint64
 	posts            atomic.Uint64
+	timed            atomic.Uint64 // bench_ns values received (latency samples)
 
 	mu       sync.Mutex
 	failures map[string]int64
@@ -158,8 +159,9 @@ func (st *Stats) report(kind, label string, began time.Time, swap bool) map[stri
 		"first_seq_mismatch": st.firstSeqMismatch.Load(), "seq_gaps": st.seqGaps.Load(),
 		"seq_duplicates": st.seqDuplicates.Load(), "negative_latency": st.negativeLatency.Load(),
 		"post_failed": st.postFailed.Load(), "posts": st.posts.Load(),
-		"cpu":         map[string]any{"user_s": user, "sys_s": sys, "total_s": user + sys},
-		"max_rss_kb":  maxrss,
+		"timed":      st.timed.Load(),
+		"cpu":        map[string]any{"user_s": user, "sys_s": sys, "total_s": user + sys},
+		"max_rss_kb": maxrss,
 	}
 	for name, h := range hists {
 		out[name] = h.Summary()
