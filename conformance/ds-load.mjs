@@ -179,6 +179,7 @@ async function write() {
   await sleep(500)
   const cpu0 = process.cpuUsage()
   console.log("READY")
+  await sleep(1000)  // the harness restarts the readers' counts meanwhile
   const end = Date.now() + cfg.seconds * 1000
   const period = 1000 / cfg.rate
   await Promise.all(streams.map(async (st) => {
