@@ -203,5 +203,6 @@ async function write() {
 
 const modes = { chaos, write }
 const report = await modes[cfg.mode]()
-console.log(`REPORT ${JSON.stringify(report)}`)
-process.exit(0)
+// Exit once the report is written: process.exit() right after a write to a pipe cuts off
+// what the pipe has not taken yet (a long run's report is megabytes).
+process.stdout.write(`REPORT ${JSON.stringify(report)}\n`, () => process.exit(0))

@@ -99,12 +99,12 @@ def check(report: Report, client: dict[str, Any], contents: dict[str, list[Any]]
                 report.violations.append(f"{where} writer {w['id']}: errors {w['errors'][:3]}")
             mine = [i for wid, i in final if wid == w["id"]]
             if mine != list(range(w["appended"])):
-                dupes = len(mine) - len(set(mine))
-                missing = len(set(range(w["appended"])) - set(mine))
+                dupes = sorted({i for i in mine if mine.count(i) > 1})
+                missing = sorted(set(range(w["appended"])) - set(mine))
                 report.violations.append(
                     f"{where} writer {w['id']}: appended {w['appended']}, the stream holds "
-                    f"{len(mine)} ({dupes} repeated, {missing} missing, in order: "
-                    f"{mine == sorted(mine)})")
+                    f"{len(mine)} ({len(dupes)} repeated {dupes[:5]}, {len(missing)} missing "
+                    f"{missing[:5]}, in order: {mine == sorted(mine)})")
         ids = {w["id"] for w in st["writers"]}
         if strays := [x for x in final if x[0] not in ids]:
             report.violations.append(f"{where}: messages of no writer {strays[:3]}")
