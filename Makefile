@@ -86,12 +86,15 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The long chaos runs (the test suite runs short ones): each prints a JSON report. The
-# second is on a 3-node KRaft cluster whose partition leaders are SIGKILLed (docs/cluster.md).
+# second is on a 3-node KRaft cluster whose partition leaders are SIGKILLed (docs/cluster.md);
+# the third is the Durable Streams surface with the official client (docs/durable-streams.md).
 CHAOS_ARGS ?= --seconds 300 --streams 60
 CLUSTER_CHAOS_ARGS ?= --cluster 3 --seconds 120 --streams 60
+DS_CHAOS_ARGS ?= --seconds 180 --streams 4
 chaos: setup
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 	$(BIN)/python -m tests.chaos $(CLUSTER_CHAOS_ARGS)
+	$(BIN)/python -m tests.ds_chaos $(DS_CHAOS_ARGS)
 
 # The long fuzz run (the test suite runs a short one): schemathesis against a real
 # gateway's /v1/openapi.json; prints a JSON report (docs/api.md).

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.procs import REPO, Proc, base_env, free_port, wait_port, wait_ready
+from tests.procs import Gateways, Proc, base_env, start_broker, start_reference
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -85,10 +84,8 @@ def gateway_env(workdir: Path, bootstrap: str | None, procs: list[Proc],
     """The environment of a bench's gateways (no auth, 4 partitions, a new namespace) on
     ``bootstrap``, else on a new broker (added to ``procs`` and ``pids``)."""
     if not bootstrap:
-        broker = Proc("kafka", ["kafka", "--data-dir", str(workdir / "kafka")],
-                      base_env(), workdir)
+        broker, bootstrap = start_broker(workdir)
         procs.append(broker)
-        bootstrap = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
         pids["broker"] = broker.popen.pid
     return base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap, TIDEMARK_AUTH="none",
                     TIDEMARK_PARTITIONS="4", TIDEMARK_NAMESPACE="b" + uuid.uuid4().hex[:8])
@@ -99,27 +96,18 @@ async def run(*, n: int, workdir: Path, bootstrap: str | None) -> dict[str, Any]
     out: dict[str, Any] = {"setup": "2 gateways (TIDEMARK_AUTH=none, 4 partitions) on one "
                                     "local KRaft broker; reference: @durable-streams/server "
                                     "0.3.7 in memory; client: Python aiohttp, sequential"}
+    gateways: Gateways | None = None
     try:
         pids: dict[str, int] = {}
         env = gateway_env(workdir, bootstrap, procs, pids)
-        gws = []
-        for i in range(2):
-            port = free_port()
-            proc = Proc(f"gateway{i}", ["gateway", "--port", str(port)], env, workdir)
-            procs.append(proc)
-            gws.append(f"http://127.0.0.1:{port}")
-            await wait_ready(gws[-1], proc)
-            pids[f"gateway{i}"] = proc.popen.pid
-        port = free_port()
-        ref = Proc("reference", [], base_env(), workdir, argv=[
-            shutil.which("node") or "node", str(REPO / "conformance" / "reference-server.mjs"),
-            str(port)])
+        gateways = Gateways(env, workdir)
+        await gateways.start_all(haproxy=False)
+        pids.update({p.name: p.popen.pid for p in gateways.procs})
+        ref, ref_url = start_reference(workdir)
         procs.append(ref)
-        wait_port(port, ref)
-        ds = [g + "/ds" for g in gws]
+        ds = [g + "/ds" for g in gateways.urls]
         out["cases"] = [
-            await case("reference server", [f"http://127.0.0.1:{port}"], n,
-                       {"reference": ref.popen.pid}),
+            await case("reference server", [ref_url], n, {"reference": ref.popen.pid}),
             await case("one gateway", ds[:1], n, pids),
             await case("alternating two gateways", ds, n, pids),
         ]
@@ -127,6 +115,8 @@ async def run(*, n: int, workdir: Path, bootstrap: str | None) -> dict[str, Any]
         for c in out["cases"]:
             c["ratio_to_reference"] = round(c["appends_per_s"] / base, 3)
     finally:
+        if gateways is not None:
+            gateways.stop()
         for proc in reversed(procs):
             proc.stop()
     return out

@@ -33,6 +33,7 @@ from bench import (
     report,
     scenarios,
     scn_compression,
+    scn_durable,
     scn_history,
     scn_priority,
     scn_storm,
@@ -44,7 +45,7 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants", "compression")
+             "storm", "processes", "history", "priority", "tenants", "compression", "durable")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
             "compression": lambda: {"compression": scn_compression.compression(
                 b, profile.name, tuple(args.compression_modes.split(",")))},
+            "durable": lambda: {"durable": scn_durable.durable(
+                b, scn_durable.FULL if args.full else scn_durable.SHORT)},
         }
         for name in SCENARIOS:
             if name in only:

@@ -88,10 +88,12 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Swarm:
-    """``procs`` client processes sharing ``targets`` (lines of the -urls file)."""
+    """``procs`` client processes sharing ``targets`` (lines of the -urls file, or of the
+    ``-post-urls`` file of closed-loop writers with ``targets_flag="-post-urls"``)."""
 
     def __init__(self, reg: Registry, binary: Path, name: str, targets: list[str], *,
-                 procs: int = 1, duration: float = 600, args: list[str] | None = None) -> None:
+                 procs: int = 1, duration: float = 600, args: list[str] | None = None,
+                 targets_flag: str = "-urls") -> None:
         self.reg = reg
         self.name = name
         self.procs: list[Proc] = []
@@ -101,7 +103,7 @@ class Swarm:
             path = reg.logdir / f"{name}.{i}.urls"
             path.write_text("\n".join(share) + "\n")
             self.procs.append(reg.start(
-                f"{name}.{i}", [str(binary), "-urls", str(path), "-duration", str(duration),
+                f"{name}.{i}", [str(binary), targets_flag, str(path), "-duration", str(duration),
                                 "-label", name, *(args or [])], base_env()))
 
     def _kind(self, proc: Proc, kind: str) -> list[dict[str, Any]]:

@@ -544,7 +544,6 @@ async def _long_poll(ctx: _Ctx, stream: Stream, frm: Position) -> web.StreamResp
 
 
 async def _sse(ctx: _Ctx, stream: Stream, frm: Position) -> web.StreamResponse:
-    settings = ctx.ds.settings.durable
     headers = {hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
                "Cross-Origin-Resource-Policy": "cross-origin", "X-Accel-Buffering": "no"}
     if not p.is_text(stream.content_type):
@@ -554,6 +553,19 @@ async def _sse(ctx: _Ctx, stream: Stream, frm: Position) -> web.StreamResponse:
         headers["Access-Control-Expose-Headers"] = ", ".join(p.RESPONSE_HEADERS)
     response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(ctx.request)
+    try:
+        await _sse_events(ctx, stream, frm, response)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; it resumes from its last offset
+    return response
+
+
+async def _sse_events(ctx: _Ctx, stream: Stream, frm: Position,
+                      response: web.StreamResponse) -> None:
+    """The events of one SSE response, until the stream closes, the response has lasted
+    ``TIDEMARK_DS_SSE_MAX_SECONDS`` or the gateway shuts down."""
+    settings = ctx.ds.settings.durable
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.sse_max_s
     client_cursor = ctx.request.query.get("cursor")
@@ -591,8 +603,6 @@ async def _sse(ctx: _Ctx, stream: Stream, frm: Position) -> web.StreamResponse:
         await ctx.ds.changed(stream, version, min(remaining, 15.0))
         if stream.version == version and not stream.gone:
             await response.write(b": ping\n\n")
-    await response.write_eof()
-    return response
 
 
 def _json(obj: dict[str, Any]) -> str:

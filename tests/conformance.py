@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.procs import REPO, Proc, base_env, free_port, start_haproxy, wait_port, wait_ready
+from tests.procs import REPO, Gateways, Proc, base_env, start_broker, start_reference
 
 SUITE_DIR = REPO / "conformance"
 #: The settings of the gateways under test (beyond the broker and namespace).
@@ -106,39 +105,26 @@ async def run(*, workdir: Path, bootstrap: str | None = None,
     npm_install()
     procs: list[Proc] = []
     out: dict[str, Any] = {"workdir": str(workdir)}
+    gateways: Gateways | None = None
     try:
         if not bootstrap:
-            broker = Proc("kafka", ["kafka", "--data-dir", str(workdir / "kafka")],
-                          base_env(), workdir)
+            broker, bootstrap = start_broker(workdir)
             procs.append(broker)
-            bootstrap = broker.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
         env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap,
                        TIDEMARK_NAMESPACE="ds" + uuid.uuid4().hex[:10], **GATEWAY_SETTINGS)
-        urls = []
-        for i in range(2):
-            port = free_port()
-            gateway = Proc(f"gateway{i}", ["gateway", "--port", str(port)], env, workdir)
-            procs.append(gateway)
-            urls.append(f"http://127.0.0.1:{port}")
-        for url, gateway in zip(urls, procs[-2:], strict=True):
-            await wait_ready(url, gateway)
-        haproxy, balancer = start_haproxy(urls, workdir)
-        procs.append(haproxy)
-        tidemark = await run_suite(balancer + "/ds", workdir, "tidemark")
+        gateways = Gateways(env, workdir)
+        await gateways.start_all()
+        tidemark = await run_suite(gateways.balancer + "/ds", workdir, "tidemark")
         out["tidemark"] = tidemark.as_dict()
         if reference:
-            port = free_port()
-            node = shutil.which("node") or "node"
-            ref = Proc("reference", [], base_env(), workdir, argv=[
-                node, str(SUITE_DIR / "reference-server.mjs"), str(port)])
+            ref, ref_url = start_reference(workdir)
             procs.append(ref)
-            wait_port(port, ref)
-            out["reference"] = (await run_suite(f"http://127.0.0.1:{port}", workdir,
-                                                "reference")).as_dict()
-        for proc in procs:
-            if proc.name.startswith("gateway") and not proc.alive:
-                out.setdefault("errors", []).append(f"{proc.name} exited:\n{proc.logs()}")
+            out["reference"] = (await run_suite(ref_url, workdir, "reference")).as_dict()
+        if exited := gateways.exited():
+            out["errors"] = exited
     finally:
+        if gateways is not None:
+            gateways.stop()
         for proc in reversed(procs):
             proc.stop()
     return out

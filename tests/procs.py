@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -222,3 +223,73 @@ def start_redis(logdir: Path, port: int | None = None) -> tuple[Proc, str]:
         "--appendonly", "no", "--dir", str(logdir)])
     wait_port(port, proc)
     return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def start_broker(logdir: Path, name: str = "kafka") -> tuple[Proc, str]:
+    """``tidemark kafka`` with its data in ``logdir/kafka-data``; started again with the
+    same ``logdir`` it comes back as the same broker on the same listener. Returns the
+    process and its bootstrap address."""
+    proc = Proc(name, ["kafka", "--data-dir", str(logdir / "kafka-data")], base_env(), logdir)
+    return proc, proc.wait_line("TIDEMARK_KAFKA_BOOTSTRAP=", 120).split("=", 1)[1]
+
+
+def start_reference(logdir: Path) -> tuple[Proc, str]:
+    """The Durable Streams reference Node server (``@durable-streams/server``, in memory,
+    ``conformance/reference-server.mjs``) on a free port; the process and its URL."""
+    port = free_port()
+    proc = Proc("reference", [], base_env(), logdir, argv=[
+        shutil.which("node") or "node", str(REPO / "conformance" / "reference-server.mjs"),
+        str(port)])
+    wait_port(port, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+class Gateways:
+    """``count`` gateways with the same settings, each on a port of its own that it keeps
+    across restarts, optionally behind HAProxy (round robin, no stickiness): the set-up of
+    the Durable Streams conformance run, its chaos run and its lease benchmark."""
+
+    def __init__(self, env: dict[str, str], logdir: Path, count: int = 2) -> None:
+        self.env = env
+        self.logdir = logdir
+        self.ports = [free_port() for _ in range(count)]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.procs: list[Proc] = []
+        self.haproxy: Proc | None = None
+        self.balancer = ""
+        self._started = 0
+
+    def start(self, i: int) -> Proc:
+        """Start gateway ``i`` (not waiting for it); the current process of slot ``i`` is
+        ``self.procs[i]``."""
+        name = f"gateway{i}" if self._started < len(self.ports) else \
+            f"gateway{i}-{self._started}"
+        self._started += 1
+        proc = Proc(name, ["gateway", "--port", str(self.ports[i])], self.env, self.logdir)
+        if i < len(self.procs):
+            self.procs[i] = proc
+        else:
+            self.procs.append(proc)
+        return proc
+
+    async def start_all(self, *, haproxy: bool = True) -> None:
+        for i in range(len(self.ports)):
+            self.start(i)
+        for url, proc in zip(self.urls, self.procs, strict=True):
+            await wait_ready(url, proc)
+        if haproxy:
+            self.haproxy, self.balancer = start_haproxy(self.urls, self.logdir)
+
+    async def restart(self, i: int) -> None:
+        """Start gateway ``i`` again (its old process must be gone) and wait until ready."""
+        await wait_ready(self.urls[i], self.start(i))
+
+    def exited(self) -> list[str]:
+        """The logs of every gateway that exited when nobody stopped it."""
+        return [f"{p.name} exited:\n{p.logs()}" for p in self.procs if not p.alive]
+
+    def stop(self) -> None:
+        if self.haproxy is not None:
+            self.haproxy.stop()
+        for proc in self.procs:
+            proc.stop()

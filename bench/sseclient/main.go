@@ -21,6 +21,7 @@
 //	                           connections until the server ends them (after the terminal
 //	                           event); {"kind":"dialed"} once every stream was created and
 //	                           every follower connected
+//	sseclient -post-urls FILE  closed-loop POSTs of -body to each URL (appends.go)
 package main
 
 import (
@@ -71,6 +72,8 @@ type Stats struct {
 	seqDuplicates    atomic.Uint64
 	negativeLatency  atomic.Uint64
 	postFailed       atomic.Uint64
+	posts            atomic.Uint64
+	timed            atomic.Uint64 // bench_ns values received (latency samples)
 
 	mu       sync.Mutex
 	failures map[string]int64
@@ -155,9 +158,10 @@ func (st *Stats) report(kind, label string, began time.Time, swap bool) map[stri
 		"closing_comments": st.closingComments.Load(), "bytes": st.bytes.Load(),
 		"first_seq_mismatch": st.firstSeqMismatch.Load(), "seq_gaps": st.seqGaps.Load(),
 		"seq_duplicates": st.seqDuplicates.Load(), "negative_latency": st.negativeLatency.Load(),
-		"post_failed": st.postFailed.Load(),
-		"cpu":         map[string]any{"user_s": user, "sys_s": sys, "total_s": user + sys},
-		"max_rss_kb":  maxrss,
+		"post_failed": st.postFailed.Load(), "posts": st.posts.Load(),
+		"timed":      st.timed.Load(),
+		"cpu":        map[string]any{"user_s": user, "sys_s": sys, "total_s": user + sys},
+		"max_rss_kb": maxrss,
 	}
 	for name, h := range hists {
 		out[name] = h.Summary()
@@ -303,6 +307,8 @@ func main() {
 		"bench_ns (data.bench_ns, ns) or ts (the envelope's ts, ms)")
 	rate := flag.Float64("rate", 0, "urls mode: open at most this many connections/s (0: no limit); see storm.go")
 	fromStart := flag.Bool("from-start", false, "urls mode: also time first events from the start; see storm.go")
+	postURLs := flag.String("post-urls", "", "append mode: closed-loop POSTs to each URL of this file; see appends.go")
+	contentType := flag.String("content-type", "application/json", "append mode: the POSTs' Content-Type")
 	flag.Parse()
 	if *latencyFrom != "bench_ns" && *latencyFrom != "ts" {
 		fmt.Fprintln(os.Stderr, "sseclient: -latency-from is bench_ns or ts")
@@ -332,7 +338,15 @@ func main() {
 
 	dialSem := make(chan struct{}, max(1, cfg.DialConcurrency))
 	var wg sync.WaitGroup
-	if *createURL != "" {
+	if *postURLs != "" {
+		targets, err := readTargets(*postURLs, nil)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sseclient:", err)
+			os.Exit(2)
+		}
+		emit(st.report("dialed", *label, began, false))
+		runAppends(ctx, targets, []byte(*body), *contentType, st, cfg.HeaderTimeout)
+	} else if *createURL != "" {
 		if cfg.MaxEvents == 0 && *followers == 0 {
 			cfg.MaxEvents = 1 // the first event is what create mode times
 		}

@@ -274,13 +274,23 @@ func (st *Stats) dispatch(cs *connState, t Target, cfg *Config, evType, data []b
 			}
 			st.latency.Load().Record(uint64(lat / 1000))
 		}
-	} else if ns, ok := intAfter(data, benchKey); ok {
-		lat := now.UnixNano() - ns
-		if lat < 0 {
-			st.negativeLatency.Add(1)
-			lat = 0
+	} else {
+		// Every "bench_ns": of the data: a Durable Streams event carries a JSON array of
+		// the messages appended since the last one.
+		for rest := data; ; {
+			ns, ok := intAfter(rest, benchKey)
+			if !ok {
+				break
+			}
+			lat := now.UnixNano() - ns
+			if lat < 0 {
+				st.negativeLatency.Add(1)
+				lat = 0
+			}
+			st.latency.Load().Record(uint64(lat / 1000))
+			st.timed.Add(1)
+			rest = rest[bytes.Index(rest, benchKey)+len(benchKey):]
 		}
-		st.latency.Load().Record(uint64(lat / 1000))
 	}
 	return cfg.MaxEvents > 0 && cs.events >= int64(cfg.MaxEvents)
 }
