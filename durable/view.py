@@ -13,7 +13,8 @@
 - :meth:`write`: the check-then-write of an operation, atomic across gateways with
   Kafka alone. Partition p has one ``transactional.id``; a gateway that writes to p
   first initialises it, which fences whichever gateway held it before and aborts its
-  open transaction, then reads p to its end, then checks the request against that
+  open transaction, then reads p to its high watermark (the fenced holder's last
+  transaction decided and, if committed, applied), then checks the request against that
   state and writes the record in a transaction. While its producer is not fenced no
   one else has written to p, so a write checked on its state commits only if that state
   was exact, and later writes need no new catch-up; a fenced producer is dropped and the
@@ -155,6 +156,9 @@ class DsLog:
         #: Asks partition ends only: a consumer with a fetch waiting on the broker would
         #: have its ListOffsets answered after that fetch (one connection, in order).
         self._probe: AIOKafkaConsumer | None = None
+        #: Asks high watermarks (``read_uncommitted``): where a partition ends once every
+        #: transaction in it is decided (see :meth:`_take_over`).
+        self._hw_probe: AIOKafkaConsumer | None = None
         self._catch_lock = asyncio.Lock()
         self._touch: AIOKafkaProducer | None = None
         self._touches = 0
@@ -217,6 +221,10 @@ class DsLog:
             kafka, "ds catch-up reader")
         self._probe = await started(
             lambda: make_consumer(kafka, role="ds-probe"), kafka, "ds end probe")
+        self._hw_probe = await started(
+            lambda: make_consumer(kafka, role="ds-hw-probe",
+                                  isolation_level="read_uncommitted"),
+            kafka, "ds high-watermark probe")
         self._touch = await started(
             lambda: make_producer(kafka, role="ds-touch", linger_ms=5), kafka, "ds touch")
         parts = await partitions_of(consumer, self.topic, timeout=30.0)
@@ -294,7 +302,7 @@ class DsLog:
 
     async def _stop_readers(self) -> None:
         for client in (self._touch, self._fetcher, self._catcher, self._probe,
-                       self._consumer):
+                       self._hw_probe, self._consumer):
             if client is not None:
                 with contextlib.suppress(KafkaError):
                     await stop_client(client)
@@ -317,11 +325,15 @@ class DsLog:
     def partition_of(self, key: str) -> int:
         return records.partition_of(key, self.partitions)
 
-    async def caught_up(self, *partitions: int) -> None:
+    async def caught_up(self, *partitions: int, decided: bool = False) -> None:
         """Wait until every write acknowledged before this call to ``partitions`` is
-        applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``)."""
+        applied here (:class:`KafkaUnavailable` after ``TIDEMARK_DS_CATCHUP_WAIT``).
+
+        ``decided``: read up to the high watermark rather than the last stable offset, so
+        that a transaction still open or being committed in them is decided and, if
+        committed, applied too (taking a lease: :meth:`_commit`)."""
         await self.wait_ready()
-        consumer = self._probe
+        consumer = self._hw_probe if decided else self._probe
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in set(partitions)]
         try:
@@ -549,7 +561,13 @@ class DsLog:
                 if also:
                     await self.caught_up(*also)
             else:
-                await self.caught_up(partition, *also)
+                # Just initialised: the holder it fenced may have a transaction whose
+                # commit is not in the partition's last stable offset yet (an append it
+                # never answered, retried here). Read until it is decided, so that retry
+                # is checked against it (answered as a duplicate, not written again).
+                await self.caught_up(partition, decided=True)
+                if also:
+                    await self.caught_up(*also)
                 lease.exact = True
             await self._also_of(batch)
             plans = [item.decide() for item in batch]
@@ -586,7 +604,14 @@ class DsLog:
                 self._closing_tasks.add(task := asyncio.ensure_future(stop_client(producer)))
                 task.add_done_callback(self._closing_tasks.discard)
                 raise
-            await self._fill(partition, metas[-1].offset + 1)
+            try:
+                await self._fill(partition, metas[-1].offset + 1)
+            except BaseException:
+                # Committed, but not applied here: later writes would be checked on a
+                # state without these records (a retry of one written again), so the
+                # next batch reads the partition to its end first.
+                lease.exact = False
+                raise
             offsets = {n: meta.offset for (n, _), meta in zip(writes, metas, strict=True)}
             return [(plan, offsets.get(n)) for n, plan in enumerate(plans)]
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
