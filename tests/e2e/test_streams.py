@@ -291,7 +291,11 @@ async def test_health_readiness_metrics_and_demo_page(
     async with http.get(f"{base}/") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
         page = await resp.text()
-    assert "EventSource" in page and "/v1/streams" in page
+    # The page follows its stream with the JavaScript SDK, which the gateway serves.
+    assert "/demo/assets/tidemark-client.js" in page and "/v1/streams" in page
+    async with http.get(f"{base}/demo/assets/tidemark-client.js") as resp:
+        assert resp.status == 200 and "javascript" in resp.content_type
+        assert "eventSource" in await resp.text()
 
 
 async def test_resume_older_than_the_memory_tail_catches_up_from_kafka_then_goes_live(
