@@ -17,6 +17,10 @@ The client decodes what it reads as a browser would (gzip/br incrementally, chun
 chunk; WebSocket frames with RSV1 inflated with the connection's context) and counts the
 events it decoded, so a mode that held events back would show fewer events, not fewer
 bytes.
+
+What it measures: the gateway's delivery (hub -> compressor -> socket), fed by the bench's
+publisher, which writes straight to Kafka without the worker's transactional outbox. That
+is the part compression changes; it is not the generated-token path (``worker_path``).
 """
 
 from __future__ import annotations
