@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
 import random
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from tests.procs import (
     auth_headers,
     base_env,
     free_port,
+    run_dir,
     start_haproxy,
     wait_ready,
 )
@@ -467,14 +466,12 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="run in DIR and keep every process's logs there")
     args = parser.parse_args()
-    with contextlib.nullcontext(str(args.keep)) if args.keep else \
-            tempfile.TemporaryDirectory(prefix="tidemark-chaos-") as tmp:
-        Path(tmp).mkdir(parents=True, exist_ok=True)
+    with run_dir(args.keep, "tidemark-chaos-") as tmp:
         if args.cluster:
-            report = asyncio.run(run_cluster(args.seconds, args.streams, args.seed, Path(tmp),
+            report = asyncio.run(run_cluster(args.seconds, args.streams, args.seed, tmp,
                                              nodes=args.cluster))
         else:
-            report = asyncio.run(run(args.seconds, args.streams, args.seed, Path(tmp)))
+            report = asyncio.run(run(args.seconds, args.streams, args.seed, tmp))
     sys.stdout.write(json.dumps({"seed": args.seed, **report.as_dict()}, indent=2) + "\n")
     return 1 if report.violations else 0
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.procs import REPO, Gateways, Proc, auth_headers, base_env, start_broker, token
+from tests.procs import REPO, Gateways, Proc, auth_headers, base_env, run_dir, start_broker, token
 
 SCRIPT = REPO / "conformance" / "ds-load.mjs"
 GATEWAY_SETTINGS = {
@@ -245,11 +243,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="run in DIR and keep every process's logs there")
     args = parser.parse_args()
-    with contextlib.nullcontext(str(args.keep)) if args.keep else \
-            tempfile.TemporaryDirectory(prefix="tidemark-ds-chaos-") as tmp:
-        Path(tmp).mkdir(parents=True, exist_ok=True)
+    with run_dir(args.keep, "tidemark-ds-chaos-") as tmp:
         report = asyncio.run(run(seconds=args.seconds, streams=args.streams, seed=args.seed,
-                                 workdir=Path(tmp), writers=args.writers,
+                                 workdir=tmp, writers=args.writers,
                                  followers=args.followers, rate=args.rate))
     sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
     return 1 if report.violations else 0

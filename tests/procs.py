@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +295,15 @@ class Gateways:
             self.haproxy.stop()
         for proc in self.procs:
             proc.stop()
+
+
+@contextlib.contextmanager
+def run_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """Where a long run (chaos) puts its processes' logs: ``keep`` (made if missing, kept),
+    else a temporary directory removed afterwards."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
