@@ -21,6 +21,8 @@ _MAX_PARTITION: Final = 99_999
 _MAX_OFFSET: Final = 2**63 - 1
 _EPOCH_RE: Final = re.compile(r"[0-9a-f]{8}")
 _ID_RE: Final = re.compile(r"1-([0-9a-f]{8})-(0|[1-9][0-9]{0,4})-(0|[1-9][0-9]{0,18})")
+#: The form of an id as a JSON Schema ``pattern`` (the API document's resume parameters).
+PATTERN: Final = f"^{_ID_RE.pattern}$"
 
 
 class InvalidEventId(TidemarkError):

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from schemas import openapi_analytics
+from schemas import eventid, openapi_analytics
 from schemas.openapi_ds import ds_paths
 from schemas.validation import load_schema
 
@@ -453,15 +453,21 @@ def _components() -> dict[str, Any]:
     }
 
 
+#: A resume position: an event id as the gateway sends it (schemas/eventid.py).
+_EVENT_ID: Final = {"type": "string", "maxLength": eventid.MAX_LENGTH,
+                    "pattern": eventid.PATTERN}
+
+
 def _paths() -> dict[str, Any]:
     sse_params = [
         _STREAM_ID,
         {"name": "Last-Event-ID", "in": "header", "required": False,
-         "description": "resume after this event (what EventSource sends on reconnect)",
-         "schema": {"type": "string", "maxLength": 256}},
+         "description": "resume after this event (what EventSource sends on reconnect); "
+                        "an id is opaque to clients, any other text is 400",
+         "schema": _EVENT_ID},
         {"name": "last_event_id", "in": "query", "required": False,
          "description": "resume after this event (when the header is absent)",
-         "schema": {"type": "string", "maxLength": 256}},
+         "schema": _EVENT_ID},
         {"name": "update_frequency", "in": "query", "required": False,
          "description": "override the stream's preference for this connection: `batched` "
                         "coalesces consecutive partial results",
