@@ -6,6 +6,9 @@ KAFKA_LIB := .cache/kafka/libs
 INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; 0: run in this process). The e2e tests mostly wait on
+# sockets and brokers, so two share two cores well (tests/conftest.py says how).
+TEST_WORKERS ?= 2
 NODE_STAMP := node_modules/.installed
 JS_STAMP   := clients/js/node_modules/.installed
 
@@ -83,7 +86,7 @@ run: setup
 	$(BIN)/tidemark dev
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The long chaos runs (the test suite runs short ones): each prints a JSON report. The
 # second is on a 3-node KRaft cluster whose partition leaders are SIGKILLed (docs/cluster.md);

@@ -258,11 +258,13 @@ class Run:
         self.report.kills[kind] = self.report.kills.get(kind, 0) + 1
 
     async def chaos(self, seconds: float) -> None:
-        """Kill something every few seconds; bring it back shortly after."""
+        """Kill something every few seconds; bring it back shortly after. The first kills
+        are one of each kind, in order, and every kind is killed once however short the
+        run."""
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         kinds = ["worker", "gateway", "broker-term", "broker-kill"]
-        while loop.time() < end:
+        while loop.time() < end or len(self.report.kills) < len(kinds):
             await asyncio.sleep(self.rng.uniform(3, 7))
             kind = kinds[len(self.report.kills) % len(kinds)] if len(self.report.kills) < 4 \
                 else self.rng.choice(kinds)

@@ -4,6 +4,12 @@ The broker is, in order of preference: the one named by TIDEMARK_KAFKA_BOOTSTRAP
 testcontainers Kafka when TIDEMARK_TEST_DOCKER=1 and a Docker engine answers; else a
 local single-node KRaft broker started through `tidemark kafka` from the jars that
 `make setup` fetched. If none can be had the tests that need it fail; none skip.
+
+Under pytest-xdist (`make test` runs ``-n 2``) the controller starts that one broker and
+hands its address to every worker, so a session still has one broker. Each test runs in a
+Kafka namespace of its own, so tests share it safely. Tests are scheduled by module (a
+module's fixtures start once), and the few that start clusters or load the machine on
+purpose (:data:`HEAVY`) run one after the other on the same worker.
 """
 
 from __future__ import annotations
@@ -26,9 +32,55 @@ def _docker_kafka() -> Iterator[str]:
         yield kafka.get_bootstrap_server()
 
 
+#: Modules that start brokers or clusters of their own, or load both cores for a minute:
+#: under xdist they share one worker, so no two of them overlap.
+HEAVY = frozenset({
+    "tests/e2e/test_chaos.py", "tests/e2e/test_cluster_chaos.py",
+    "tests/e2e/test_ds_conformance.py", "tests/e2e/test_fuzz.py",
+    "tests/integration/test_cluster.py", "tests/integration/test_broker.py",
+    "tests/e2e/test_broker_restart.py",
+})
+_SHARED_BROKER: dict[str, Proc | str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` groups: a module per group, :data:`HEAVY` modules in one."""
+    root = Path(str(config.rootpath))
+    for item in items:
+        module = Path(str(item.path)).relative_to(root).as_posix()
+        group = "heavy" if module in HEAVY else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """xdist controller, once per worker: start the session's broker on the first call
+    (unless one is given) and pass its address to the worker."""
+    if "bootstrap" not in _SHARED_BROKER and not os.environ.get("TIDEMARK_KAFKA_BOOTSTRAP") \
+            and os.environ.get("TIDEMARK_TEST_DOCKER") != "1":
+        import tempfile
+
+        logdir = Path(tempfile.mkdtemp(prefix="tidemark-test-kafka-"))
+        broker = Proc("kafka", ["kafka", "--data-dir", str(logdir / "data")], base_env(),
+                      logdir)
+        _SHARED_BROKER["proc"] = broker
+        _SHARED_BROKER["bootstrap"] = broker.wait_line(
+            "TIDEMARK_KAFKA_BOOTSTRAP=", timeout=120).split("=", 1)[1]
+    if "bootstrap" in _SHARED_BROKER:
+        node.workerinput["tidemark_kafka_bootstrap"] = _SHARED_BROKER["bootstrap"]  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    broker = _SHARED_BROKER.pop("proc", None)
+    if isinstance(broker, Proc):
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = os.environ.get("TIDEMARK_KAFKA_BOOTSTRAP")
+def kafka_bootstrap(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("TIDEMARK_KAFKA_BOOTSTRAP") or getattr(
+        request.config, "workerinput", {}).get("tidemark_kafka_bootstrap")
     if given:
         yield given
         return

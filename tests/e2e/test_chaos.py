@@ -24,7 +24,7 @@ def test_the_checkers_oracle_agrees_with_the_generator(query: str) -> None:
 
 @pytest.mark.timeout(420)
 async def test_chaos_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    report = await chaos.run(seconds=45, streams=10, seed=20261124, workdir=tmp_path)
+    report = await chaos.run(seconds=30, streams=10, seed=20261124, workdir=tmp_path)
     summary = report.as_dict()
     assert report.streams == 10
     assert {"worker", "gateway", "broker-term", "broker-kill"} <= set(report.kills), summary
