@@ -35,6 +35,7 @@ from gateway.transport import Transport
 from gateway.urls import transport_urls
 from schemas import events
 from schemas.eventid import EventId, encode_event_id, parse_event_id
+from schemas.streamid import owner_of
 from schemas.validation import Validators
 
 #: ``external`` streams are written by a backend service through the publish API or the
@@ -136,6 +137,18 @@ async def _find(request: web.Request, services: Services, stream_id: str, identi
     if not request["tidemark.id_decides"]:
         auth.check_record(identity, found.info, default_tenant=_default_tenant(request))
     return found
+
+
+def _whose(request: web.Request, identity: Identity, info: StreamInfo) -> StreamInfo:
+    """``info`` with its tenant and owner, before the gateway writes its index record (an
+    external stream's end). A stream whose id decides whose it is was located from the
+    log, which does not say: its id's tags do (checked against the caller by
+    :func:`auth.check_stream`), so the record does not fall to the default tenant.
+    An admin ending another user's stream cannot tell that user: the owner stays ""."""
+    if not request["tidemark.id_decides"] or info.tenant:
+        return info
+    owner = owner_of(info.stream_id, identity.tenant, identity.sub)
+    return info.evolve(tenant=identity.tenant, owner=owner or "")
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -280,7 +293,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
     if generator != EXTERNAL:
         raise Problem(409, f"stream {stream_id} is written by the {generator!r} "
                       "generator; only external streams accept published events")
-    info = found.info
+    info = _whose(request, identity, found.info).evolve(generator=EXTERNAL)
     assert services.appender is not None and services.hub is not None
     if services.limits is not None:
         await services.limits.publish(identity, len(await request.read()))
@@ -324,7 +337,8 @@ async def cancel_stream(request: web.Request, identity: Identity, stream_id: str
     async with _deadline(services):
         if info.generator == EXTERNAL:
             await services.appender.append(
-                info, [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
+                _whose(request, identity, info),
+                [Draft(events.CANCELLED, {"reason": "cancelled by request"})])
         else:
             # The cancel goes to the job's partition, so the owning worker sees it.
             await send_cancel(services.producer, info.namespace, stream_id,

@@ -113,6 +113,19 @@ def belongs_to(stream_id: str, tenant: str, owner: str | None) -> bool | None:
     return tags[8:] in (_tag("owner", tenant, owner, rand), _tag("owner", tenant, "", rand))
 
 
+def owner_of(stream_id: str, tenant: str, sub: str) -> str | None:
+    """Whom a version 3 id of ``tenant`` was made for: "" (the whole tenant) or ``sub``;
+    None when it is neither (another user's stream, another tenant's, or no tags)."""
+    if belongs_to(stream_id, tenant, None) is not True:
+        return None
+    tags = _ID_RE.fullmatch(stream_id).group(6)  # type: ignore[union-attr]
+    rand = random_part(stream_id)
+    for owner in ("", sub):
+        if tags[8:] == _tag("owner", tenant, owner, rand):
+            return owner
+    return None
+
+
 def is_reserved(stream_id: str) -> bool:
     """True for ids of the self-describing form (which only Tidemark may make)."""
     return _RESERVED_RE.match(stream_id) is not None

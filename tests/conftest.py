@@ -22,6 +22,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from eventlog.index import StreamIndex, StreamInfo
+from eventlog.settings import load_settings
 from tests.procs import Proc, auth_headers, base_env, free_port, wait_ready
 
 
@@ -131,6 +133,18 @@ class Cluster:
         line = proc.wait_line("Worker started")
         proc.metrics_url = line.rsplit(" ", 1)[1]
         return proc
+
+    async def index_records(self, *stream_ids: str) -> list[StreamInfo | None]:
+        """The streams' latest records in the namespace's stream index (what analytics
+        read), read by an index reader of the test's own."""
+        settings = load_settings(self.env)
+        idx = StreamIndex(settings.kafka, namespace=settings.log.namespace)
+        await idx.start()
+        try:
+            assert await idx.load(timeout=20)
+            return [idx.get(sid) for sid in stream_ids]
+        finally:
+            await idx.stop()
 
     def proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)

@@ -281,6 +281,33 @@ async def test_sdk_streams_with_their_own_ids_belong_to_their_tenant(setup: Setu
         assert status == 404
 
 
+async def test_an_external_stream_ended_through_the_api_stays_its_tenants_and_owners(
+        setup: Setup) -> None:
+    """Gateways locate a stream from its id and the log, which do not say whose it is;
+    the index record they write when an external stream ends (publish or cancel) must
+    still name its tenant and owner, or analytics would count it for the default tenant."""
+    async with aiohttp.ClientSession() as http:
+        published = await create(http, setup.lb, ALICE, generator="external")
+        cancelled = await create(http, setup.lb, ALICE, generator="external")
+        status, body, _ = await answer(
+            http, "POST", f"{setup.lb}/v1/streams/{published['stream_id']}/events",
+            bearer(**ALICE), json={"type": "result", "data": {"text": "a"}})
+        assert status == 200, body
+        status, body, _ = await answer(
+            http, "POST", f"{setup.lb}/v1/streams/{cancelled['stream_id']}/cancel",
+            bearer(**ALICE))
+        assert status == 202, body
+    for _ in range(50):
+        records = await setup.cluster.index_records(published["stream_id"],
+                                                    cancelled["stream_id"])
+        if all(r is not None and r.finished for r in records):
+            break
+        await asyncio.sleep(0.2)
+    statuses = [(r.status, r.tenant, r.owner, r.generator) if r else None for r in records]
+    assert statuses == [("completed", "acme", "alice", "external"),
+                        ("cancelled", "acme", "alice", "external")]
+
+
 async def test_the_audit_log_says_who_did_what_and_every_denial(setup: Setup) -> None:
     async with aiohttp.ClientSession() as http:
         made = await create(http, setup.lb, ALICE, generator="external")

@@ -15,8 +15,6 @@ import orjson
 import pytest
 
 from eventlog.experiments import parse_experiments
-from eventlog.index import StreamIndex, StreamInfo
-from eventlog.settings import load_settings
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.procs import auth_headers
@@ -98,18 +96,6 @@ async def timed(http: aiohttp.ClientSession, url: str, sub: str, *,
     return out
 
 
-async def index_records(cluster: Cluster, *stream_ids: str) -> list[StreamInfo | None]:
-    """The streams' latest records in the stream index (what the analytics read)."""
-    settings = load_settings(cluster.env)
-    idx = StreamIndex(settings.kafka, namespace=settings.log.namespace)
-    await idx.start()
-    try:
-        assert await idx.load(timeout=20)
-        return [idx.get(sid) for sid in stream_ids]
-    finally:
-        await idx.stop()
-
-
 def events_of(timeline: list[tuple[float, Event | str]]) -> list[Event]:
     return [e for _, e in timeline if isinstance(e, Event)]
 
@@ -180,7 +166,7 @@ async def test_variants_are_recorded_and_change_what_the_generator_and_subscribe
         assert body["status"] == "completed"
 
     # The stream index (the worker's last snapshot) keeps them: what analytics split by.
-    records = await index_records(cluster, made_t["stream_id"], made_c["stream_id"])
+    records = await cluster.index_records(made_t["stream_id"], made_c["stream_id"])
     assert [(r.status, r.experiments) for r in records if r is not None] == [
         ("completed", {"delivery": "treatment"}), ("completed", {"delivery": "control"})]
 
@@ -222,7 +208,7 @@ async def test_a_variants_heartbeat_is_the_ping_interval_its_subscribers_get(
                          json={"type": "result", "data": {"text": "done"}},
                          headers=auth_headers(sub=treatment)) as resp:
         assert resp.status == 200, await resp.text()
-    (record,) = await index_records(cluster, made_t["stream_id"])
+    (record,) = await cluster.index_records(made_t["stream_id"])
     assert record is not None and record.status == "completed"
     assert record.experiments == {"delivery": "treatment"}
 

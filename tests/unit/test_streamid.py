@@ -13,6 +13,7 @@ from schemas.streamid import (
     belongs_to,
     is_reserved,
     new_stream_id,
+    owner_of,
     parse_stream_id,
     random_part,
 )
@@ -69,6 +70,17 @@ def test_a_tenant_wide_stream_belongs_to_every_user_of_its_tenant() -> None:
     sid = _new(partition=1, floor=2, created_ms=3)
     assert belongs_to(sid, "acme", "anyone") is True
     assert belongs_to(sid, "evil", "anyone") is False
+
+
+def test_the_tags_tell_whom_a_stream_was_made_for() -> None:
+    alices = _new(partition=1, floor=2, created_ms=3, owner="alice")
+    everyones = _new(partition=1, floor=2, created_ms=3)
+    assert owner_of(alices, "acme", "alice") == "alice"
+    assert owner_of(alices, "acme", "bob") is None      # an admin's: it cannot tell
+    assert owner_of(everyones, "acme", "bob") == ""     # the whole tenant's
+    assert owner_of(alices, "other", "alice") is None
+    assert owner_of("s2-1-2-3-0123456789abcdef01234567", "acme", "alice") is None
+    assert owner_of("my-own-id", "acme", "alice") is None
 
 
 def test_retagging_an_id_makes_another_stream_id() -> None:
