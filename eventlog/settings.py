@@ -108,6 +108,9 @@ class GatewaySettings:
     poll_max_bytes: int = _env(
         "POLL_MAX_BYTES", 1024 * 1024, "most envelope bytes in one long-poll answer (one "
         "larger event still goes alone)")
+    ai_chat_generator: str = _env(
+        "AI_CHAT_GENERATOR", "demo", "generator of the AI SDK chat route's answers when "
+        "the request names none (docs/ai-sdk.md)")
     input_max_bytes: int = _env(
         "INPUT_MAX_BYTES", 64 * 1024, "largest `data` of an input event (its JSON bytes), "
         "over HTTP or the WebSocket")
