@@ -51,7 +51,6 @@ from gateway.routes import (
     make_stream,
     session_of,
 )
-from gateway.services import Services
 from schemas import events
 
 #: The header the AI SDK's own responses carry (``UI_MESSAGE_STREAM_HEADERS``).
@@ -189,11 +188,17 @@ async def _serve(request: web.Request, identity: Identity, stream_id: str,
     return await streaming.serve(session, None)
 
 
-async def _latest(request: web.Request, services: Services, identity: Identity,
-                  chat_id: str) -> StreamInfo | None:
+async def _latest(request: web.Request, scope: str,
+                  ) -> tuple[Identity, str, StreamInfo | None]:
+    """The caller (holding ``scope``), the path's chat id, and the record of the chat's
+    latest answer (None: it has none)."""
+    identity = await _authorize(request, scope)
+    chat_id = _chat_id(request)
+    services = await _ready(request)
     assert services.lookup is not None
-    return await services.lookup.alias(
+    latest = await services.lookup.alias(
         chat_key(services.settings.log.namespace, identity, chat_id))
+    return identity, chat_id, latest
 
 
 async def post_chat(request: web.Request) -> web.StreamResponse:
@@ -218,20 +223,14 @@ async def post_chat(request: web.Request) -> web.StreamResponse:
 
 
 async def resume_chat(request: web.Request) -> web.StreamResponse:
-    identity = await _authorize(request, auth.READ)
-    chat_id = _chat_id(request)
-    services = await _ready(request)
-    latest = await _latest(request, services, identity, chat_id)
+    identity, _, latest = await _latest(request, auth.READ)
     if latest is None:
         return web.Response(status=204)  # the transport's "nothing to resume"
     return await _serve(request, identity, latest.stream_id)
 
 
 async def stop_chat(request: web.Request) -> web.Response:
-    identity = await _authorize(request, auth.CANCEL)
-    chat_id = _chat_id(request)
-    services = await _ready(request)
-    latest = await _latest(request, services, identity, chat_id)
+    identity, chat_id, latest = await _latest(request, auth.CANCEL)
     if latest is None:
         raise Problem(404, f"chat {chat_id!r} has no answer")
     claim(request, identity, latest.stream_id)
