@@ -90,6 +90,14 @@ async def enqueue(producer: AIOKafkaProducer, info: StreamInfo) -> asyncio.Futur
     return fut
 
 
+async def put_alias(producer: AIOKafkaProducer, key: str, info: StreamInfo) -> None:
+    """Write ``info`` under another ``key`` too (an alias, e.g. an AI SDK chat's latest
+    answer: ``gateway.ai_chat``), and wait for the ack. Alias keys are not stream ids
+    (they hold a character no stream id has), so no stream lookup meets one; the
+    janitor tombstones an alias with its stream, since the value is the stream's record."""
+    await (await producer.send(STREAMS_TOPIC, info.to_json(), key=key.encode()))
+
+
 class StreamIndex:
     """An in-memory view of the index topic, kept current by :meth:`run`."""
 

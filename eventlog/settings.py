@@ -108,6 +108,9 @@ class GatewaySettings:
     poll_max_bytes: int = _env(
         "POLL_MAX_BYTES", 1024 * 1024, "most envelope bytes in one long-poll answer (one "
         "larger event still goes alone)")
+    ai_chat_generator: str = _env(
+        "AI_CHAT_GENERATOR", "demo", "generator of the AI SDK chat route's answers when "
+        "the request names none (docs/ai-sdk.md)")
     input_max_bytes: int = _env(
         "INPUT_MAX_BYTES", 64 * 1024, "largest `data` of an input event (its JSON bytes), "
         "over HTTP or the WebSocket")
@@ -390,6 +393,45 @@ class DurableSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OpenAISettings:
+    """The ``openai`` generator's upstream: any OpenAI-compatible chat-completions
+    endpoint (docs/generators.md)."""
+
+    url: str = _env(
+        "OPENAI_URL", "", "base URL of an OpenAI-compatible API, e.g. "
+        "http://127.0.0.1:8000/v1 (the generator POSTs to <url>/chat/completions; empty: "
+        "every openai stream ends with error openai_not_configured)")
+    model: str = _env("OPENAI_MODEL", "", "the model name sent upstream")
+    api_key: str = field(default="", repr=False, metadata={
+        "env": PREFIX + "OPENAI_API_KEY",
+        "help": "bearer key sent upstream (empty: no Authorization header); never logged"})
+    connect_timeout_s: float = _env(
+        "OPENAI_CONNECT_TIMEOUT", 10.0, "longest wait to connect and for the response "
+        "headers (seconds)")
+    read_timeout_s: float = _env(
+        "OPENAI_READ_TIMEOUT", 60.0, "longest silence between two chunks of an answer "
+        "(seconds); past it the stream ends with a retryable error")
+    retries: int = _env(
+        "OPENAI_RETRIES", 3, "retries of a request answered 429 or 5xx, or not answered, "
+        "before its first token (0 to 10)")
+    max_retry_after_s: float = _env(
+        "OPENAI_MAX_RETRY_AFTER", 30.0, "longest wait before a retry, whatever the "
+        "upstream's Retry-After asks (seconds)")
+    max_answer_bytes: int = _env(
+        "OPENAI_MAX_ANSWER_BYTES", 1_000_000, "longest answer text kept for the result "
+        "event; past it the stream ends with error answer_too_long")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.retries <= 10:
+            raise ConfigError("TIDEMARK_OPENAI_RETRIES must be from 0 to 10")
+        if min(self.connect_timeout_s, self.read_timeout_s) <= 0 or self.max_retry_after_s < 0:
+            raise ConfigError("TIDEMARK_OPENAI_CONNECT_TIMEOUT and TIDEMARK_OPENAI_READ_TIMEOUT "
+                              "must be positive, TIDEMARK_OPENAI_MAX_RETRY_AFTER >= 0")
+        if not 1024 <= self.max_answer_bytes <= 10_000_000:
+            raise ConfigError("TIDEMARK_OPENAI_MAX_ANSWER_BYTES must be from 1024 to 10000000")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -399,6 +441,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     durable: DurableSettings = field(default_factory=DurableSettings)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
     log_levels: str = _env(
@@ -537,7 +580,8 @@ def env_names() -> dict[str, str]:
     """Every variable Tidemark reads, with its help text (for docs and `--help`)."""
     out: dict[str, str] = {}
     for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, AuthSettings,
-                LimitSettings, AnalyticsSettings, DurableSettings, Settings):
+                LimitSettings, AnalyticsSettings, DurableSettings, OpenAISettings,
+                Settings):
         for f in dataclasses.fields(cls):
             if "env" in f.metadata:
                 out[f.metadata["env"]] = f.metadata["help"]
@@ -555,13 +599,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     limits = _section(LimitSettings, environ, known)
     analytics = _section(AnalyticsSettings, environ, known)
     durable = _section(DurableSettings, environ, known)
+    openai = _section(OpenAISettings, environ, known)
     top = _section(Settings, environ, known)
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
     for name in unknown:
         log.warning("unknown setting %s is ignored", name)
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
                                worker=worker, auth=auth, limits=limits,
-                               analytics=analytics, durable=durable)
+                               analytics=analytics, durable=durable, openai=openai)
 
 
 def otel_env_names() -> dict[str, str]:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from eventlog.settings import Settings
 from gateway import (
+    ai_chat,
     analytics_routes,
     auth,
     dashboard,
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     routes.add_routes(app)
     transports.add_routes(app)
+    ai_chat.add_routes(app)
     openapi.add_routes(app)
     experiments.add_routes(app)
     analytics_routes.add_routes(app)

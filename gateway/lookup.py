@@ -253,6 +253,19 @@ class StreamLookup:
         await self._hub.attach(info.topic)
         return Found(info, info.first_offset, None)
 
+    async def alias(self, key: str) -> StreamInfo | None:
+        """The record written under an alias key (``eventlog.index.put_alias``); on a miss
+        it first waits (bounded) for the index to catch up with every write made before
+        the call, so an alias written through another gateway is found. None when there
+        is none; :class:`KafkaUnavailable` (503, retry) when the index is behind."""
+        legacy = await self._legacy_index()
+        info = legacy.get(key)
+        if info is None:
+            if not await legacy.sync(timeout=self._wait_s):
+                raise KafkaUnavailable("the stream index is not read up to its end yet")
+            info = legacy.get(key)
+        return info
+
     async def _legacy_index(self) -> StreamIndex:
         async with self._legacy_lock:
             if self._legacy is None:

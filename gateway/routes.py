@@ -36,7 +36,7 @@ from gateway.urls import transport_urls
 from schemas import events
 from schemas.eventid import EventId, encode_event_id, parse_event_id
 from schemas.streamid import owner_of
-from schemas.validation import Validators
+from schemas.validation import CreateRequest, Validators
 
 #: ``external`` streams are written by a backend service through the publish API or the
 #: publisher SDK; every other generator runs on workers.
@@ -119,10 +119,17 @@ async def _caller(request: web.Request, scope: str) -> tuple[Identity, str]:
     has not shown the stream to be someone else's."""
     identity = await _authorize(request, scope)
     stream_id = _stream_id(request)
+    claim(request, identity, stream_id)
+    return identity, stream_id
+
+
+def claim(request: web.Request, identity: Identity, stream_id: str) -> None:
+    """This request is about ``stream_id``: refuse it now if the id alone shows the
+    stream to be someone else's, and note whether the id decided (else :func:`_find`
+    checks the stream's record)."""
     logcontext.bind(stream=stream_id)  # this request's log lines are about the stream
     request["tidemark.id_decides"] = auth.check_stream(
         identity, stream_id, default_tenant=_default_tenant(request))
-    return identity, stream_id
 
 
 def _default_tenant(request: web.Request) -> str:
@@ -181,6 +188,28 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
     services = await _ready(request)
     body = await _json_body(request)
     create = request.app[VALIDATORS].create_request(body)
+    info = await make_stream(request, identity, services, create)
+    stream_id = info.stream_id
+    url = f"/v1/streams/{stream_id}/events"
+    answer: dict[str, Any] = {"stream_id": stream_id, "events_url": url,
+                              "status_url": f"/v1/streams/{stream_id}",
+                              "experiments": info.experiments}
+    authenticator = request.app[AUTHENTICATOR]
+    if authenticator.can_issue:
+        # A browser page follows the answer with this and can do nothing else with it.
+        token, expires = authenticator.issue_read_token(identity, stream_id)
+        answer.update(events_url=f"{url}?{auth.QUERY}={token}", read_token=token,
+                      read_token_expires_at=expires)
+    answer["urls"] = transport_urls(
+        stream_id, f"{auth.QUERY}={answer['read_token']}" if "read_token" in answer else "")
+    return _json(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
+
+
+async def make_stream(request: web.Request, identity: Identity, services: Services,
+                      create: CreateRequest) -> StreamInfo:
+    """Create the stream ``create`` asks for, for ``identity`` (who holds
+    ``streams:create``), and its job: the checks, limits, experiments, session list,
+    metrics and audit of ``POST /v1/streams`` (also the AI SDK chat route's)."""
     known = request.app[GENERATORS]
     if create.generator not in known:
         raise Problem(422, f"unknown generator {create.generator!r}; known: "
@@ -207,19 +236,7 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
     services.metrics.created.labels(create.generator).inc()
     request.app[AUDIT].record(request, "create", outcome="ok", stream=stream_id,
                               generator=create.generator)
-    url = f"/v1/streams/{stream_id}/events"
-    answer: dict[str, Any] = {"stream_id": stream_id, "events_url": url,
-                              "status_url": f"/v1/streams/{stream_id}",
-                              "experiments": info.experiments}
-    authenticator = request.app[AUTHENTICATOR]
-    if authenticator.can_issue:
-        # A browser page follows the answer with this and can do nothing else with it.
-        token, expires = authenticator.issue_read_token(identity, stream_id)
-        answer.update(events_url=f"{url}?{auth.QUERY}={token}", read_token=token,
-                      read_token_expires_at=expires)
-    answer["urls"] = transport_urls(
-        stream_id, f"{auth.QUERY}={answer['read_token']}" if "read_token" in answer else "")
-    return _json(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
+    return info
 
 
 async def stream_status(request: web.Request) -> web.Response:
@@ -248,8 +265,19 @@ async def session_for(request: web.Request, transport: Transport = streaming.SSE
     Raises the caller's problems (401, 403, 404, 400...). ``heartbeat_s`` and
     ``idle_timeout_s`` override the gateway's settings."""
     identity, stream_id = await _caller(request, auth.READ)
-    services = await _ready(request)
+    await _ready(request)
     position = position_of(request)
+    session = await session_of(request, identity, stream_id, transport,
+                               heartbeat_s=heartbeat_s, idle_timeout_s=idle_timeout_s)
+    return session, position
+
+
+async def session_of(request: web.Request, identity: Identity, stream_id: str,
+                     transport: Transport, *, heartbeat_s: float | None = None,
+                     idle_timeout_s: float | None = None) -> streaming.Session:
+    """:func:`session_for` for a stream the handler named itself (``_caller`` has
+    checked ``identity`` against the id, or the handler made the stream)."""
+    services = await _ready(request)
     if not request["tidemark.id_decides"]:
         # An id without tags: the stream index says whose stream it is.
         await _find(request, services, stream_id, identity, allow_pending=True)
@@ -267,7 +295,7 @@ async def session_for(request: web.Request, transport: Transport = streaming.SSE
         registry=services.sessions, prefs=prefs, transport=transport,
         experiments=gw.experiments, recorder=services.recorder,
         lag_coalesce=gw.lag_coalesce)
-    return session, position
+    return session
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:

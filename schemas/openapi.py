@@ -27,6 +27,7 @@ REQUEST_SCHEMAS: Final = {
     "CreateStreamRequest": "create_stream",
     "PublishRequest": "publish",
     "InputRequest": "input_request",
+    "AiChatRequest": "ai_chat",
 }
 
 #: Every scope a token may carry (``gateway.auth.SCOPES``; ``admin`` holds them all).
@@ -214,6 +215,69 @@ def _body(component: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _schema(component)}}}
 
 
+# --- AI SDK chats (docs/ai-sdk.md) ----------------------------------------------------
+
+_CHAT_ID: Final = {
+    "name": "chat_id", "in": "path", "required": True,
+    "description": "the AI SDK chat's id (1 to 128 letters, digits, '_' or '-')",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+}
+
+_UI_MESSAGE_STREAM: Final = {
+    "description": "the answer as the AI SDK's UI message stream (header "
+                   "x-vercel-ai-ui-message-stream: v1): `data: {chunk}` lines, then "
+                   "`data: [DONE]`; from the answer's first event",
+    "headers": {"x-vercel-ai-ui-message-stream": {"schema": {"const": "v1"}}},
+    "content": {"text/event-stream": {"schema": {
+        "type": "object", "description": "one UI message chunk (start, text-start, "
+        "text-delta, text-end, message-metadata, data-*, error, abort, finish)",
+        "required": ["type"], "properties": {"type": {"type": "string"}}}}},
+}
+
+
+def _ai_chat_paths() -> dict[str, Any]:
+    return {
+        "/v1/ai/chat": {
+            "post": _op(
+                "aiChat", "Ask in an AI SDK chat (DefaultChatTransport's api)",
+                scope="streams:create",
+                description="Creates a stream whose query is the last (user) message and "
+                            "earlier turns its options.messages, records it as the chat's "
+                            "latest answer and answers it as a UI message stream. See "
+                            "docs/ai-sdk.md.",
+                requestBody=_body("AiChatRequest"),
+                responses={"200": _UI_MESSAGE_STREAM,
+                           **_refs("BadRequest", *_GUARDED, "RequestTimeout",
+                                   "ContentTooLarge", "UnsupportedMediaType",
+                                   "Unprocessable", "Unavailable")}),
+        },
+        "/v1/ai/chat/{chat_id}/stream": {
+            "get": _op(
+                "aiChatResume", "Resume an AI SDK chat's latest answer",
+                scope="streams:read",
+                description="The DefaultChatTransport's reconnect: the chat's latest answer "
+                            "replayed from its first event, live or finished (from the "
+                            "log); 204 when the chat has none.",
+                parameters=[_CHAT_ID],
+                responses={"200": _UI_MESSAGE_STREAM,
+                           "204": {"description": "the chat has no answer to resume"},
+                           **_refs("BadRequest", *_GUARDED, "NotFound", "Gone",
+                                   "Unavailable")}),
+        },
+        "/v1/ai/chat/{chat_id}/stop": {
+            "post": _op(
+                "aiChatStop", "Stop an AI SDK chat's latest answer", scope="streams:cancel",
+                description="Cancels the answer's stream (the AI SDK's stop() only aborts "
+                            "the client's request); the answer ends with an abort chunk.",
+                parameters=[_CHAT_ID],
+                responses={
+                    "202": _json(_schema("AiChatStopResult"), "the cancel is on its way"),
+                    "200": _json(_schema("AiChatStopResult"), "the answer had finished"),
+                    **_refs("BadRequest", *_GUARDED, "NotFound", "Unavailable")}),
+        },
+    }
+
+
 # --- A/B experiments (docs/experiments.md) ------------------------------------------
 
 def _experiment_components() -> dict[str, Any]:
@@ -399,6 +463,10 @@ def _components() -> dict[str, Any]:
         "CancelResult": {
             "type": "object", "required": ["stream_id", "status"],
             "properties": {"stream_id": string, "status": string},
+        },
+        "AiChatStopResult": {
+            "type": "object", "required": ["chat_id", "stream_id", "status"],
+            "properties": {"chat_id": string, "stream_id": string, "status": string},
         },
         "ServerSentEvent": {
             "type": "object", "description": "one event of the stream (OpenAPI 3.1: the "
@@ -606,6 +674,7 @@ def _paths() -> dict[str, Any]:
                     **_refs(*_GUARDED, "NotFound", "Conflict", "Gone", "Unavailable"),
                 }),
         },
+        **_ai_chat_paths(),
         **_experiment_paths(),
         "/v1/openapi.json": {
             "get": _op("openapi", "This document", scope=None, responses={

@@ -107,6 +107,26 @@ def base_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def checkout_entry_points(where: Path) -> dict[str, str]:
+    """Settings for processes that must see this checkout's own entry points (the
+    ``[project.entry-points]`` of its pyproject.toml), also when the venv's editable
+    install was made from an older one: a ``tidemark`` dist-info with them in ``where``,
+    put first on ``PYTHONPATH``. The same distribution name, so a venv that already has
+    them lists each once (``eventlog.plugins`` keys them by name and distribution)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    info = where / f"tidemark-{project['version']}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: tidemark\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items()) + "\n"
+        for group, eps in project.get("entry-points", {}).items()))
+    path = os.pathsep.join(p for p in (str(where), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
+
+
 async def wait_ready(url: str, proc: Proc, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:

@@ -238,7 +238,7 @@ async def _run_worker(settings: Settings) -> int:
     from workers.plugins import load_generators
     from workers.runner import Worker
 
-    generators, _ = load_generators(settings.plugin_allow)
+    generators, _ = load_generators(settings.plugin_allow, settings=settings)
     if not generators:
         log.error("no generator plugin loaded (is Tidemark installed? `tidemark plugins` "
                   "lists them): every job will fail with unknown_generator")
@@ -386,7 +386,7 @@ def _plugins(settings: Settings, as_json: bool) -> int:
     rows: list[Status] = []
     for group in GROUPS:
         if group == GENERATORS:
-            rows += load_generators(settings.plugin_allow)[1]
+            rows += load_generators(settings.plugin_allow, settings=settings)[1]
             continue
         rows += [Status(plugin=p, state=REFUSED if p.refused else "not loaded",
                         reason=p.refused or "this Tidemark has no loader for the group yet")

@@ -200,7 +200,7 @@ BAD = [
      '"changes": {"options": {"tokens": 0}}}]}]',
      "/0/variants/0/changes/options/tokens: 0 is less than the minimum of 1"),
     ('[{"name": "e", "variants": [{"name": "a", "weight": 1, '
-     '"changes": {"options": {"temperature": 1}}}]}]', "'temperature' was unexpected"),
+     '"changes": {"options": {"top_k": 1}}}]}]', "'top_k' was unexpected"),
     ('[{"name": "e", "tenants": [], "variants": [{"name": "a", "weight": 1}]}]',
      "/0/tenants: [] should be non-empty"),
     ('[{"name": "e", "enabled": "yes", "variants": [{"name": "a", "weight": 1}]}]',

@@ -137,6 +137,23 @@ export interface CreateStreamRequest {
      * interactive generator: longest wait for the reply to its question, in seconds (default 60); past it the stream ends with error input_timeout
      */
     reply_timeout_s?: number;
+    /**
+     * openai generator: the chat's earlier turns, sent before the query (the last user message)
+     *
+     * @maxItems 200
+     */
+    messages?: {
+      role: "system" | "user" | "assistant";
+      content: string;
+    }[];
+    /**
+     * openai generator: the most tokens the model may answer with
+     */
+    max_tokens?: number;
+    /**
+     * openai generator: sampling temperature
+     */
+    temperature?: number;
   };
   /**
    * Per-user context: whose session the stream belongs to and how it is delivered (docs/context.md)
