@@ -17,6 +17,7 @@ from eventlog.settings import Settings
 from gateway import (
     analytics_routes,
     auth,
+    cache_admin,
     dashboard,
     experiments,
     hardening,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     openapi.add_routes(app)
     experiments.add_routes(app)
     analytics_routes.add_routes(app)
+    cache_admin.add_routes(app)
     dashboard.add_routes(app)
     hardening.install(app, settings.gateway)
     install_observability(app)

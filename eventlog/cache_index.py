@@ -1,0 +1,189 @@
+"""The similar-query cache's index in memory, and the tail that keeps it equal to the
+compacted topic ``tidemark.<ns>.cache`` (``eventlog.cache``).
+
+:class:`CacheIndex` holds the entries, at most ``max_entries`` (the oldest beyond it are
+forgotten here; they stay in the topic until their TTL), with one usearch HNSW index
+(cosine) per scope: a query is only ever compared with queries of its own tenant and
+scope, so one scope's crowd never pushes another's answers out of a search. Exact
+normalised matches are a dict lookup and need no embedding.
+
+:class:`CacheTail` reads the topic from its start at process start (the index is
+rebuilt from the topic, so it survives restarts and every worker has the same one), then
+follows it: an entry a worker writes, or a tombstone an admin's delete writes through
+any gateway, reaches every worker's index within a fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from usearch.index import Index
+
+from eventlog.cache import CacheEntry, cache_topic, entry_key
+from eventlog.clients import make_consumer, partitions_of, started, stop_client
+from eventlog.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+#: How many neighbours one search looks at (the nearest valid one wins).
+NEIGHBOURS = 8
+
+
+class Candidate(NamedTuple):
+    entry: CacheEntry
+    #: Cosine similarity to the query (1.0 for an exact normalised match).
+    similarity: float
+
+
+class _ScopeIndex:
+    """The ANN index of one scope, with usearch's integer labels mapped to entry keys."""
+
+    def __init__(self, dim: int) -> None:
+        self.ann = Index(ndim=dim, metric="cos", dtype="f32")
+        self.labels: dict[int, str] = {}
+        self.by_key: dict[str, int] = {}
+        self._next = 1
+
+    def add(self, key: str, vector: npt.NDArray[np.float32]) -> None:
+        self.remove(key)
+        label = self._next
+        self._next += 1
+        self.ann.add(label, vector)
+        self.labels[label] = key
+        self.by_key[key] = label
+
+    def remove(self, key: str) -> None:
+        label = self.by_key.pop(key, None)
+        if label is not None:
+            self.labels.pop(label, None)
+            self.ann.remove(label)
+
+    def search(self, vector: npt.NDArray[np.float32], k: int) -> list[tuple[str, float]]:
+        if not self.labels:
+            return []
+        found = self.ann.search(vector, min(k, len(self.labels)))
+        return [(self.labels[int(label)], 1.0 - float(dist))
+                for label, dist in zip(found.keys, found.distances, strict=True)
+                if int(label) in self.labels]
+
+
+class CacheIndex:
+    """Entries by key, by scope and normalised query, and by scope in an ANN index."""
+
+    def __init__(self, *, dim: int, model: str, max_entries: int) -> None:
+        self._dim = dim
+        self._model = model
+        self._max = max_entries
+        #: key -> entry, oldest first (by when this index learnt of it).
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._scopes: dict[str, _ScopeIndex] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[CacheEntry]:
+        return list(self._entries.values())
+
+    def put(self, entry: CacheEntry) -> None:
+        """Add or replace an entry (one of another model, or damaged, is ignored)."""
+        if entry.model != self._model or len(entry.vector) != 4 * self._dim:
+            return
+        key = entry.key
+        self.remove(key)
+        self._entries[key] = entry
+        scope = self._scopes.get(entry.scope)
+        if scope is None:
+            scope = self._scopes[entry.scope] = _ScopeIndex(self._dim)
+        scope.add(key, np.frombuffer(entry.vector, dtype="<f4"))
+        while len(self._entries) > self._max:
+            self.remove(next(iter(self._entries)))
+
+    def remove(self, key: str) -> CacheEntry | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            scope = self._scopes.get(entry.scope)
+            if scope is not None:
+                scope.remove(key)
+                if not scope.labels:
+                    del self._scopes[entry.scope]
+        return entry
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """A record of the topic: an entry, or a tombstone (None) for ``key``."""
+        if value is None:
+            self.remove(key)
+            return
+        entry = CacheEntry.from_json(value)
+        if entry is not None and entry.key == key:
+            self.put(entry)
+
+    def exact(self, scope: str, norm: str) -> CacheEntry | None:
+        return self._entries.get(entry_key(scope, norm))
+
+    def nearest(self, scope: str, vector: npt.NDArray[np.float32],
+                k: int = NEIGHBOURS) -> list[Candidate]:
+        """The entries of ``scope`` nearest to ``vector`` (unit length), nearest first."""
+        index = self._scopes.get(scope)
+        if index is None:
+            return []
+        out = []
+        for key, similarity in index.search(vector, k):
+            entry = self._entries.get(key)
+            if entry is not None:
+                out.append(Candidate(entry, similarity))
+        return out
+
+    def expired(self, oldest_ms: int) -> list[CacheEntry]:
+        """Entries created before ``oldest_ms``."""
+        return [e for e in self._entries.values() if e.created_at < oldest_ms]
+
+
+class CacheTail:
+    """Follows the cache topic into a :class:`CacheIndex`; :attr:`ready` is set once it
+    has read up to the end the topic had when it started (the index is whole)."""
+
+    def __init__(self, kafka: KafkaSettings, namespace: str, index: CacheIndex) -> None:
+        self._kafka = kafka
+        self._topic = cache_topic(namespace)
+        self._index = index
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        kafka = self._kafka
+        consumer: AIOKafkaConsumer = await started(
+            lambda: make_consumer(kafka, role="cache-tail"), kafka, "cache tail start")
+        try:
+            parts = await partitions_of(consumer, self._topic)
+            tps = [TopicPartition(self._topic, p) for p in parts]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            pending = {tp for tp in tps if ends[tp] > 0}
+            if not pending:
+                self.ready.set()
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+                for records in batches.values():
+                    for rec in records:
+                        if rec.key is None:
+                            continue
+                        key = rec.key.decode("ascii", "replace")
+                        self._index.apply(key, rec.value)
+                if pending:
+                    for tp in list(pending):
+                        if await consumer.position(tp) >= ends[tp]:
+                            pending.discard(tp)
+                    if not pending:
+                        log.info("cache index rebuilt from %s: %s entries", self._topic,
+                                 len(self._index))
+                        self.ready.set()
+        finally:
+            await stop_client(consumer)
