@@ -2,7 +2,7 @@
 compacted topic ``tidemark.<ns>.cache`` (``eventlog.cache``).
 
 :class:`CacheIndex` holds the entries, at most ``max_entries`` (the oldest beyond it are
-forgotten here; they stay in the topic until their TTL), with one usearch HNSW index
+forgotten here; they stay in the topic until their TTL), with one faiss HNSW index
 (cosine) per scope: a query is only ever compared with queries of its own tenant and
 scope, so one scope's crowd never pushes another's answers out of a search. Exact
 normalised matches are a dict lookup and need no embedding.
@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import faiss
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from usearch.index import Index
 
 from eventlog.cache import CacheEntry, cache_topic, entry_key
 from eventlog.clients import make_consumer, partitions_of, started, stop_client
@@ -44,35 +44,63 @@ class Candidate(NamedTuple):
 
 
 class _ScopeIndex:
-    """The ANN index of one scope, with usearch's integer labels mapped to entry keys."""
+    """The ANN index of one scope: a faiss HNSW graph over inner products (the vectors
+    are unit length, so the inner product is the cosine), with faiss's integer ids mapped
+    to entry keys. HNSW cannot remove a vector: a removed entry's id is forgotten (its
+    vector no longer maps to anything) and the graph is rebuilt from the live vectors
+    once the dead outnumber them."""
+
+    #: HNSW neighbours per node (faiss's ``M``).
+    LINKS = 32
 
     def __init__(self, dim: int) -> None:
-        self.ann = Index(ndim=dim, metric="cos", dtype="f32")
+        self._dim = dim
         self.labels: dict[int, str] = {}
         self.by_key: dict[str, int] = {}
+        self._vectors: dict[int, npt.NDArray[np.float32]] = {}
+        self._dead = 0
         self._next = 1
+        self._ann = self._new()
+
+    def _new(self) -> Any:
+        return faiss.IndexIDMap(faiss.IndexHNSWFlat(self._dim, self.LINKS,
+                                                    faiss.METRIC_INNER_PRODUCT))
 
     def add(self, key: str, vector: npt.NDArray[np.float32]) -> None:
         self.remove(key)
         label = self._next
         self._next += 1
-        self.ann.add(label, vector)
+        row = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        self._ann.add_with_ids(row, np.array([label], dtype=np.int64))
         self.labels[label] = key
         self.by_key[key] = label
+        self._vectors[label] = row
 
     def remove(self, key: str) -> None:
         label = self.by_key.pop(key, None)
-        if label is not None:
-            self.labels.pop(label, None)
-            self.ann.remove(label)
+        if label is None:
+            return
+        self.labels.pop(label, None)
+        self._vectors.pop(label, None)
+        self._dead += 1
+        if self._dead > max(64, len(self.labels)):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._ann = self._new()
+        self._dead = 0
+        if self._vectors:
+            ids = np.array(list(self._vectors), dtype=np.int64)
+            self._ann.add_with_ids(np.vstack(list(self._vectors.values())), ids)
 
     def search(self, vector: npt.NDArray[np.float32], k: int) -> list[tuple[str, float]]:
         if not self.labels:
             return []
-        found = self.ann.search(vector, min(k, len(self.labels)))
-        return [(self.labels[int(label)], 1.0 - float(dist))
-                for label, dist in zip(found.keys, found.distances, strict=True)
-                if int(label) in self.labels]
+        row = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        sims, ids = self._ann.search(row, min(k + self._dead, len(self.labels) + self._dead))
+        out = [(self.labels[int(i)], float(sim)) for i, sim in zip(ids[0], sims[0], strict=True)
+               if int(i) in self.labels]
+        return out[:k]
 
 
 class CacheIndex:

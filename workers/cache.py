@@ -130,6 +130,11 @@ class HotAnswers:
             self.bytes -= old[1]
 
 
+def fresh(entry: CacheEntry, now: int, ttl_s: float) -> bool:
+    """Whether ``entry`` may still be served at ``now`` (ms) under a TTL of ``ttl_s``."""
+    return now - entry.created_at < ttl_s * 1000
+
+
 def response_format(job: Job) -> str:
     return (job.context.response_format if job.context is not None else None) or DETAILED
 
@@ -230,8 +235,7 @@ class QueryCache:
         """Young enough, and its events all still in the log; an entry that is neither
         is tombstoned (never served again)."""
         source = entry.source
-        fresh = now_ms() - entry.created_at < self._cs.ttl_s * 1000
-        if fresh and source.terminal_offset is not None:
+        if fresh(entry, now_ms(), self._cs.ttl_s) and source.terminal_offset is not None:
             start = await self._reader.log_start(source.topic, source.partition)
             if start <= source.first_offset:
                 return True

@@ -92,6 +92,9 @@ class WorkerMetrics:
             "tidemark_worker_embedding_seconds", "Time to embed one query (off the event "
             "loop; the first includes loading the model)", buckets=TRANSACTION_BUCKETS,
             registry=r)
+        self.cache_entries = Gauge(
+            "tidemark_worker_cache_entries", "Cached answers in this worker's index (the "
+            "cache topic as read so far)", registry=r)
         for outcome in ("hit_exact", "hit_similar", "miss"):
             self.cache_lookups.labels(outcome)
         for outcome in (*TERMINAL_STATUSES, "resumed"):
