@@ -326,7 +326,7 @@ class CacheSettings:
         "CACHE", False, "on: workers answer a query that is the same as (or similar to) "
         "one answered recently, in the same tenant and scope, by replaying that stream")
     threshold: float = _env(
-        "CACHE_THRESHOLD", 0.80, "least cosine similarity of two queries' embeddings for "
+        "CACHE_THRESHOLD", 0.85, "least cosine similarity of two queries' embeddings for "
         "a hit (exact normalised matches need none)")
     ttl_s: float = _env(
         "CACHE_TTL", 3600.0, "seconds a completed stream serves as a cached answer")

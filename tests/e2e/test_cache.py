@@ -29,7 +29,8 @@ ADMIN = auth_headers(scope="admin")
 
 
 def cache_env(**extra: str) -> dict[str, str]:
-    return {"TIDEMARK_CACHE": "on", **extra}
+    # The test pair scores 0.83: under the default threshold (0.85), over this one.
+    return {"TIDEMARK_CACHE": "on", "TIDEMARK_CACHE_THRESHOLD": "0.8", **extra}
 
 
 async def answer(http: aiohttp.ClientSession, base: str, query: str, *,
