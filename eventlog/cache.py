@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from eventlog.clients import make_consumer, partitions_of, started, stop_client
+from eventlog.clients import make_consumer, read_to_end, started, stop_client
 from eventlog.index import StreamInfo
 from eventlog.settings import KafkaSettings
 from eventlog.topics import cache_topic
@@ -177,26 +177,15 @@ async def delete_entries(kafka: KafkaSettings, producer: AIOKafkaProducer, names
                              "cache admin reader start")
     keys: set[str] = set()
     try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=1000)
-            for records in batches.values():
-                for rec in records:
-                    if rec.key is None:
-                        continue
-                    key = rec.key.decode("ascii", "replace")
-                    entry = None if rec.value is None else CacheEntry.from_json(rec.value)
-                    if entry is not None and entry.key == key and predicate(entry):
-                        keys.add(key)
-                    else:
-                        keys.discard(key)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        async for rec in read_to_end(consumer, topic):
+            if rec.key is None:
+                continue
+            key = rec.key.decode("ascii", "replace")
+            entry = None if rec.value is None else CacheEntry.from_json(rec.value)
+            if entry is not None and entry.key == key and predicate(entry):
+                keys.add(key)
+            else:
+                keys.discard(key)
     finally:
         await stop_client(consumer)
     futures = [await producer.send(topic, None, key=key.encode()) for key in sorted(keys)]

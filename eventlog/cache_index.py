@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import faiss
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from eventlog.cache import CacheEntry, cache_topic, entry_key
-from eventlog.clients import make_consumer, partitions_of, started, stop_client
+from eventlog.clients import make_consumer, read_to_end, started, stop_client
 from eventlog.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -184,34 +184,23 @@ class CacheTail:
         self._index = index
         self.ready = asyncio.Event()
 
+    def _apply(self, rec: Any) -> None:
+        if rec.key is not None:
+            self._index.apply(rec.key.decode("ascii", "replace"), rec.value)
+
     async def run(self) -> None:
         kafka = self._kafka
         consumer: AIOKafkaConsumer = await started(
             lambda: make_consumer(kafka, role="cache-tail"), kafka, "cache tail start")
         try:
-            parts = await partitions_of(consumer, self._topic)
-            tps = [TopicPartition(self._topic, p) for p in parts]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            pending = {tp for tp in tps if ends[tp] > 0}
-            if not pending:
-                self.ready.set()
+            async for rec in read_to_end(consumer, self._topic):
+                self._apply(rec)
+            log.info("cache index rebuilt from %s: %s entries", self._topic, len(self._index))
+            self.ready.set()
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=1000)
                 for records in batches.values():
                     for rec in records:
-                        if rec.key is None:
-                            continue
-                        key = rec.key.decode("ascii", "replace")
-                        self._index.apply(key, rec.value)
-                if pending:
-                    for tp in list(pending):
-                        if await consumer.position(tp) >= ends[tp]:
-                            pending.discard(tp)
-                    if not pending:
-                        log.info("cache index rebuilt from %s: %s entries", self._topic,
-                                 len(self._index))
-                        self.ready.set()
+                        self._apply(rec)
         finally:
             await stop_client(consumer)
