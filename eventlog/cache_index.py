@@ -182,6 +182,7 @@ class CacheTail:
         self._kafka = kafka
         self._topic = cache_topic(namespace)
         self._index = index
+        #: May be replaced by the owner's event before :meth:`run`.
         self.ready = asyncio.Event()
 
     def _apply(self, rec: Any) -> None:

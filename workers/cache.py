@@ -50,7 +50,6 @@ from eventlog.cache import (
     Scope,
     normalise,
 )
-from eventlog.cache_index import CacheIndex, CacheTail
 from eventlog.clients import make_producer, started, stop_client
 from eventlog.embeddings import DIM, MODEL_ID, Embedder, shared_embedder
 from eventlog.index import StreamInfo
@@ -68,6 +67,8 @@ from workers.pacing import Pacer, Schedule
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+    from eventlog.cache_index import CacheIndex
 
 log = logging.getLogger(__name__)
 
@@ -161,25 +162,35 @@ class QueryCache:
         self._embedder_factory = embedder
         self._on_lookup = on_lookup or (lambda outcome: None)
         self._on_embed = on_embed or (lambda seconds: None)
-        self.index = CacheIndex(dim=DIM, model=MODEL_ID, max_entries=self._cs.max_entries)
         self.hot = HotAnswers(self._cs.hot_bytes)
-        self._tail = CacheTail(settings.kafka, settings.log.namespace, self.index)
         self._producer: AIOKafkaProducer | None = None
+        self._ready = asyncio.Event()
+        #: The index, built by :meth:`run` (numpy and faiss are imported only then: a
+        #: worker with the cache off only replays streams another worker began).
+        self.index: CacheIndex | None = None
         self._pacer = Pacer()
         self._topic = cache_topic(settings.log.namespace)
 
     @property
     def ready(self) -> asyncio.Event:
         """Set once the index holds the whole topic (lookups wait for it, bounded)."""
-        return self._tail.ready
+        return self._ready
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
 
     async def run(self) -> None:
+        from eventlog.cache_index import CacheIndex, CacheTail
+
         kafka = self._settings.kafka
+        self.index = CacheIndex(dim=DIM, model=MODEL_ID, max_entries=self._cs.max_entries)
+        tail = CacheTail(kafka, self._settings.log.namespace, self.index)
+        tail.ready = self._ready
         self._producer = await started(lambda: make_producer(kafka, role="cache"), kafka,
                                        "cache producer start")
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._tail.run(), name="cache-tail")
+                tasks.create_task(tail.run(), name="cache-tail")
                 tasks.create_task(self._sweep(), name="cache-sweep")
         finally:
             await stop_client(self._producer)
@@ -189,7 +200,7 @@ class QueryCache:
         while True:
             await asyncio.sleep(min(SWEEP_S, self._cs.ttl_s))
             oldest = now_ms() - int(self._cs.ttl_s * 1000)
-            for entry in self.index.expired(oldest):
+            for entry in self.index.expired(oldest) if self.index is not None else ():
                 await self.forget(entry)
 
     # Lookup ---------------------------------------------------------------------------
@@ -205,14 +216,17 @@ class QueryCache:
         computed (kept for :meth:`remember`)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), self._settings.kafka.connect_timeout_s)
+        index = self.index
+        if index is None:
+            return None, None
         scope = self.scope(job, version).key
         norm = normalise(job.query)
-        exact = self.index.exact(scope, norm)
+        exact = index.exact(scope, norm)
         if exact is not None and await self._usable(exact):
             self._on_lookup("hit_exact")
             return Hit(exact.source, EXACT, 1.0, exact.created_at), None
         vector = await self.embed(job.query)
-        for candidate in self.index.nearest(scope, vector):
+        for candidate in index.nearest(scope, vector):
             if candidate.similarity < self._cs.threshold:
                 break
             if await self._usable(candidate.entry):
@@ -331,7 +345,8 @@ class QueryCache:
         # then a lookup here misses, never serves a half-written answer.
 
     async def forget(self, entry: CacheEntry) -> None:
-        self.index.remove(entry.key)
+        if self.index is not None:
+            self.index.remove(entry.key)
         self.hot.drop(entry.stream_id)
         await self._send(entry.key, None)
 

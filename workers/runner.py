@@ -251,7 +251,7 @@ class Worker:
         self.cache = QueryCache(settings, self.reader,
                                 on_lookup=self.metrics.count_cache_lookup,
                                 on_embed=self.metrics.embed_seconds.observe)
-        self.metrics.cache_entries.set_function(lambda: len(self.cache.index))
+        self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._writer: _Writer | None = None
