@@ -13,10 +13,10 @@ worker's index holds the original (``tidemark_worker_cache_entries``).
 Reported: hit rate over the requests that have a cached counterpart (paraphrases and
 repeats) and over paraphrases alone; false-hit rate (near misses answered from the cache,
 and paraphrases answered from another stream); first-event and first-token latency of
-hits and misses (from just before the create POST to the arrival of seq 1, and of the
-first ``partial_result``); the worker's embedding time per query (its histogram) and
-the model's cost measured in this process; and an offline sweep of the threshold over
-the same pairs (embeddings only, no processes).
+hits and misses (from just before the create POST to the arrival of seq 1, of the
+first ``partial_result`` and of the terminal event); the worker's embedding time per
+query (its histogram) and the model's cost measured in this process; and an offline
+sweep of the threshold over the same pairs (embeddings only, no processes).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ async def _ask(http: Any, base: str, query: str) -> dict[str, Any]:
                 if event == "partial_result" and "first_token_ms" not in out:
                     out["first_token_ms"] = now
                 if event in ("result", "error", "cancelled"):
+                    out["answer_ms"] = now
                     break
     return out
 
@@ -125,12 +126,16 @@ def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "repeat_hit_rate": round(sum(map(hit, by["repeat"])) / len(by["repeat"]), 4),
         "false_hit_rate": round(len(false_hits) / (len(by["near_miss"]) + len(cacheable)), 4),
         "near_miss_false_hits": sum(map(hit, by["near_miss"])),
+        "near_miss_false_hit_rate": round(sum(map(hit, by["near_miss"]))
+                                          / len(by["near_miss"]), 4),
         "wrong_source_hits": len(wrong),
         "false_hit_queries": [r.get("cache", {}).get("sourceStream") for r in false_hits],
         "first_event": {"hit": _summary([r["first_event_ms"] for r in hits]),
                         "miss": _summary([r["first_event_ms"] for r in misses])},
         "first_token": {"hit": _summary([r["first_token_ms"] for r in hits]),
                         "miss": _summary([r["first_token_ms"] for r in misses])},
+        "answer": {"hit": _summary([r["answer_ms"] for r in hits]),
+                   "miss": _summary([r["answer_ms"] for r in misses])},
         "matches": {m: sum(1 for r in hits if r["cache"]["match"] == m)
                     for m in ("exact", "similar")},
     }
@@ -203,21 +208,25 @@ def render(res: dict[str, Any]) -> list[str]:
     if res.get("error"):
         return [*lines, f"**error:** `{res['error'][-300:]}`", ""]
     lines += table(["requests", "hit rate (paraphrases + repeats)", "paraphrase hits",
-                    "repeat hits", "false-hit rate", "near misses hit", "wrong source",
+                    "repeat hits", "false-hit rate", "near misses hit (rate)", "wrong source",
                     "matches exact / similar"],
                    [[fmt(wl.get("requests")), fmt(wl.get("hit_rate"), 4),
                      fmt(wl.get("paraphrase_hit_rate"), 4), fmt(wl.get("repeat_hit_rate"), 4),
-                     fmt(wl.get("false_hit_rate"), 4), fmt(wl.get("near_miss_false_hits")),
+                     fmt(wl.get("false_hit_rate"), 4),
+                     f"{fmt(wl.get('near_miss_false_hits'))} "
+                     f"({fmt(wl.get('near_miss_false_hit_rate'), 4)})",
                      fmt(wl.get("wrong_source_hits")),
                      f"{fmt((wl.get('matches') or {}).get('exact'))} / "
                      f"{fmt((wl.get('matches') or {}).get('similar'))}"]])
     rows = []
-    for what in ("first_event", "first_token"):
+    for what in ("first_event", "first_token", "answer"):
         for kind in ("hit", "miss"):
             s = (wl.get(what) or {}).get(kind) or {}
             rows.append([what.replace("_", " "), kind, fmt(s.get("n")), fmt(s.get("p50_ms")),
                          fmt(s.get("p95_ms")), fmt(s.get("max_ms"))])
-    lines += ["", *table(["latency", "", "n", "p50 ms", "p95 ms", "max ms"], rows)]
+    lines += ["", "Latency from just before the create POST: to seq 1 (first event), to the first "
+              "partial_result (first token), to the terminal event (answer).", "",
+              *table(["latency", "", "n", "p50 ms", "p95 ms", "max ms"], rows)]
     off, we = res.get("offline") or {}, res.get("worker_embeddings") or {}
     procs = (res.get("window") or {}).get("processes", {})
     cpu = ", ".join(f"{k} {v['cpu_s']:.1f} s" for k, v in procs.items())
