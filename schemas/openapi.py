@@ -634,8 +634,10 @@ def _paths() -> dict[str, Any]:
                 "of all.",
                 parameters=[
                     {"name": "query", "in": "query", "required": True,
-                     "description": "the query (compared in its normalised form)",
-                     "schema": {"type": "string", "minLength": 1, "maxLength": 8000}},
+                     "description": "the query (compared in its normalised form); a "
+                                    "longer one is accepted while the request target fits "
+                                    "TIDEMARK_MAX_URL_BYTES (414 beyond)",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 300}},
                     {"name": "generator", "in": "query", "required": False,
                      "description": "only this generator's entries",
                      "schema": {"type": "string", "minLength": 1, "maxLength": 64}}],
