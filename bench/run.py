@@ -32,6 +32,7 @@ from typing import Any
 from bench import (
     report,
     scenarios,
+    scn_cache,
     scn_compression,
     scn_durable,
     scn_history,
@@ -45,7 +46,8 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants", "compression", "durable")
+             "storm", "processes", "history", "priority", "tenants", "compression", "durable",
+             "cache")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes": lambda: {"processes": scn_storm.processes(b, storm_profile, profile)},
             "history": lambda: {"history": scn_history.history(b, profile.name, history_sizes)},
             "priority": lambda: {"priority": scn_priority.priority(b)},
+            "cache": lambda: {"cache": scn_cache.cache(b)},
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
             "compression": lambda: {"compression": scn_compression.compression(
                 b, profile.name, tuple(args.compression_modes.split(",")))},

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -131,6 +131,27 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *,
                else client.add_topic(topic))
         await asyncio.sleep(0.05)
     raise KafkaUnavailable(f"no partitions for topic {topic} in the broker's metadata")
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, topic: str, *,
+                      max_records: int = 1000) -> AsyncIterator[Any]:
+    """Assign every partition of ``topic`` to ``consumer`` (manual assignment), from its
+    beginning, and yield its records up to the end offsets it had when this started
+    (a compacted topic read whole: the index, the cache). The consumer is left
+    positioned there, to follow the topic on."""
+    tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    ends = await consumer.end_offsets(tps)
+    pending = {tp for tp in tps if ends[tp] > 0}
+    while pending:
+        batches = await consumer.getmany(*pending, timeout_ms=500, max_records=max_records)
+        for records in batches.values():
+            for rec in records:
+                yield rec
+        for tp in list(pending):
+            if await consumer.position(tp) >= ends[tp]:
+                pending.discard(tp)
 
 
 async def stop_client(client: Any) -> None:

@@ -24,10 +24,10 @@ import logging
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from eventlog.clients import make_consumer, make_producer, partitions_of, started, stop_client
+from eventlog.clients import make_consumer, make_producer, read_to_end, started, stop_client
 from eventlog.errors import TidemarkError
 from eventlog.index import StreamInfo
 from eventlog.reader import LogReader
@@ -70,28 +70,16 @@ class IndexJanitor:
         """One pass; returns how many tombstones it wrote."""
         consumer = await started(lambda: make_consumer(self._kafka, role="janitor"),
                                  self._kafka, "janitor start")
+        doomed: dict[bytes, None] = {}
+        log_starts: dict[tuple[str, int], int] = {}
         try:
-            tps = [TopicPartition(STREAMS_TOPIC, p)
-                   for p in await partitions_of(consumer, STREAMS_TOPIC)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            doomed: dict[bytes, None] = {}
-            log_starts: dict[tuple[str, int], int] = {}
-            pending = {tp for tp, end in ends.items() if end > 0}
-            while pending:
-                batches = await consumer.getmany(*pending, timeout_ms=500, max_records=2000)
-                for records in batches.values():
-                    for rec in records:
-                        if rec.key is None:
-                            continue
-                        if rec.value is None:
-                            doomed.pop(rec.key, None)
-                        elif await self._deleted(rec.value, log_starts):
-                            doomed[rec.key] = None
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
+            async for rec in read_to_end(consumer, STREAMS_TOPIC, max_records=2000):
+                if rec.key is None:
+                    continue
+                if rec.value is None:
+                    doomed.pop(rec.key, None)
+                elif await self._deleted(rec.value, log_starts):
+                    doomed[rec.key] = None
         finally:
             await stop_client(consumer)
         for key in doomed:

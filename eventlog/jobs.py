@@ -16,6 +16,7 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from eventlog.cache import CachePrefs
 from eventlog.index import StreamInfo
 from eventlog.placement import stream_partition
 from eventlog.topics import jobs_topics
@@ -43,6 +44,8 @@ class Job:
     #: The W3C trace-context headers of the job's record (``traceparent``: the span that
     #: created the stream), for the worker's generation span. Not in the JSON.
     trace: tuple[tuple[str, bytes], ...] = ()
+    #: The creator's similar-query cache preferences (``eventlog.cache``).
+    cache: CachePrefs = field(default_factory=CachePrefs)
 
     @property
     def stream_id(self) -> str:
@@ -58,6 +61,8 @@ class Job:
                                "priority": self.priority}
         if self.context is not None:
             obj["context"] = self.context.to_json()
+        if self.cache != CachePrefs():
+            obj["cache"] = self.cache.to_json()
         return orjson.dumps(obj)
 
 
@@ -121,7 +126,8 @@ def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
                        query=str(obj["query"]), options=dict(obj.get("options") or {}),
                        priority=bool(obj.get("priority", False)),
                        context=None if context is None else StreamContext.from_json(context),
-                       trace=trace_headers_of(headers))
+                       trace=trace_headers_of(headers),
+                       cache=CachePrefs.from_json(obj.get("cache")))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
         if obj.get("type") == INPUT:

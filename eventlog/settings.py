@@ -321,6 +321,63 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    """The similar-query cache (docs/cache.md): workers answer a new stream from a
+    completed one whose query is the same or close enough."""
+
+    enabled: bool = _env(
+        "CACHE", False, "on: workers answer a query that is the same as (or similar to) "
+        "one answered recently, in the same tenant and scope, by replaying that stream")
+    threshold: float = _env(
+        "CACHE_THRESHOLD", 0.85, "least cosine similarity of two queries' embeddings for "
+        "a hit (exact normalised matches need none)")
+    ttl_s: float = _env(
+        "CACHE_TTL", 3600.0, "seconds a completed stream serves as a cached answer")
+    max_entries: int = _env(
+        "CACHE_MAX_ENTRIES", 100_000, "cached answers each worker indexes (the oldest "
+        "beyond it are forgotten)")
+    hot_bytes: int = _env(
+        "CACHE_HOT_BYTES", 32 * 1024 * 1024, "memory for the events of the most "
+        "recently replayed answers (the others are read again from Kafka)")
+    pacing: str = _env(
+        "CACHE_PACING", "instant", "replay pacing when the creator names none: instant "
+        "or original (the source's own gaps between events)")
+    replay_max_gap_s: float = _env(
+        "CACHE_REPLAY_MAX_GAP", 5.0, "longest wait between two events of a replay at "
+        "the original pace")
+    generator_versions: str = _env(
+        "CACHE_GENERATOR_VERSIONS", "", "generator versions over the generators' own, "
+        "e.g. demo=2,summarise=2026-12 (a changed version invalidates their cached "
+        "answers)")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ConfigError("TIDEMARK_CACHE_THRESHOLD must be above 0 and at most 1")
+        if self.ttl_s <= 0 or self.replay_max_gap_s < 0:
+            raise ConfigError("TIDEMARK_CACHE_TTL must be positive and "
+                              "TIDEMARK_CACHE_REPLAY_MAX_GAP not negative")
+        if self.max_entries < 1 or self.hot_bytes < 0:
+            raise ConfigError("TIDEMARK_CACHE_MAX_ENTRIES must be 1 or more and "
+                              "TIDEMARK_CACHE_HOT_BYTES not negative")
+        if self.pacing not in ("instant", "original"):
+            raise ConfigError("TIDEMARK_CACHE_PACING must be instant or original")
+        self.versions  # noqa: B018 - parsed here so a bad value fails at start
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """``TIDEMARK_CACHE_GENERATOR_VERSIONS`` parsed: generator name -> version."""
+        out: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in self.generator_versions.split(","))):
+            name, sep, version = part.partition("=")
+            if not sep or not re.match(r"^[a-z][a-z0-9_-]{0,63}$(?!\n)", name.strip()) \
+                    or not version.strip():
+                raise ConfigError("TIDEMARK_CACHE_GENERATOR_VERSIONS must be "
+                                  f"name=version[,name=version...], not {part!r}")
+            out[name.strip()] = version.strip()
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class AnalyticsSettings:
     interval_s: float = _env(
         "ANALYTICS_INTERVAL", 5.0, "how often each gateway publishes what it observed to "
@@ -442,6 +499,7 @@ class Settings:
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     durable: DurableSettings = field(default_factory=DurableSettings)
     openai: OpenAISettings = field(default_factory=OpenAISettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
     log_levels: str = _env(
@@ -581,7 +639,7 @@ def env_names() -> dict[str, str]:
     out: dict[str, str] = {}
     for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, AuthSettings,
                 LimitSettings, AnalyticsSettings, DurableSettings, OpenAISettings,
-                Settings):
+                CacheSettings, Settings):
         for f in dataclasses.fields(cls):
             if "env" in f.metadata:
                 out[f.metadata["env"]] = f.metadata["help"]
@@ -600,13 +658,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     analytics = _section(AnalyticsSettings, environ, known)
     durable = _section(DurableSettings, environ, known)
     openai = _section(OpenAISettings, environ, known)
+    cache = _section(CacheSettings, environ, known)
     top = _section(Settings, environ, known)
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
     for name in unknown:
         log.warning("unknown setting %s is ignored", name)
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
                                worker=worker, auth=auth, limits=limits,
-                               analytics=analytics, durable=durable, openai=openai)
+                               analytics=analytics, durable=durable, openai=openai,
+                               cache=cache)
 
 
 def otel_env_names() -> dict[str, str]:

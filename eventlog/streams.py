@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventlog import index, tracing
+from eventlog.cache import CachePrefs
 from eventlog.errors import KafkaUnavailable, SeqConflict, StreamEnded
 from eventlog.index import StreamInfo
 from eventlog.jobs import Job
@@ -82,6 +83,11 @@ class StreamState:
     #: The stream's ``input`` events in seq order, when the scan was asked to collect
     #: them (None: not collected).
     inputs: list[LoggedInput] | None = None
+    #: Collected with the inputs: whether the stream has an event after seq 0 that is
+    #: not an input (its writer decided how to answer), and that event's
+    #: ``tm-cache-source`` header (set: it replays that cached stream).
+    answered: bool = False
+    cache_source: bytes | None = None
 
     def apply(self, rec_offset: int, rec_type: str, rec_seq: int) -> None:
         if rec_seq <= self.last_seq or self.terminal is not None:
@@ -112,9 +118,14 @@ async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = 
     if start < end:
         async with reader.open(info.topic, info.partition, start) as cursor:
             async for rec in cursor.records(until=end, key=info.stream_id.encode()):
-                if (state.inputs is not None and rec.type == events.INPUT
-                        and rec.seq > state.last_seq and state.terminal is None):
-                    state.inputs.append(LoggedInput(rec.seq, rec.input_id, _data_of(rec.value)))
+                if (state.inputs is not None and rec.seq > state.last_seq
+                        and state.terminal is None):
+                    if rec.type == events.INPUT:
+                        state.inputs.append(
+                            LoggedInput(rec.seq, rec.input_id, _data_of(rec.value)))
+                    elif rec.seq > 0 and not state.answered:
+                        state.answered = True
+                        state.cache_source = rec.cache_source
                 state.apply(rec.offset, rec.type, rec.seq)
     state.scanned_until = max(state.scanned_until, end)
     return state
@@ -177,14 +188,16 @@ class StreamCreator:
                      with_job: bool, tenant: str, owner: str = "",
                      priority: bool = False,
                      context: StreamContext | None = None,
-                     experiments: dict[str, str] | None = None) -> StreamInfo:
+                     experiments: dict[str, str] | None = None,
+                     cache: CachePrefs | None = None) -> StreamInfo:
         """A new stream of ``tenant``, owned by ``owner`` ("" : by the whole tenant).
 
         ``priority``: the job goes to the priority jobs topic (the caller's tier has
         ``priority``), whose jobs workers start before the others. ``context``: the
         creator's per-user context (kept in the first event, passed to the generator).
         ``experiments``: the A/B variants assigned to it (experiment -> variant), kept in
-        the first event (``data.experiments``) and in the index record."""
+        the first event (``data.experiments``) and in the index record. ``cache``: the
+        creator's similar-query cache preferences, for the worker."""
         ns = self._settings.namespace
         ts = now_ms()
         if self._settings.placement == "topic-per-stream":
@@ -229,7 +242,7 @@ class StreamCreator:
         await index.put(self._producer, info)
         if with_job:
             job = Job(stream=info, query=query or "", options=options or {},
-                      priority=priority, context=context)
+                      priority=priority, context=context, cache=cache or CachePrefs())
             await (await self._producer.send(
                 jobs_topic(ns, priority=priority), job.to_json(), key=stream_id.encode(),
                 partition=stream_partition(stream_id, self._settings.partitions),

@@ -46,6 +46,12 @@ def analytics_topic(namespace: str) -> str:
     return f"tidemark.{namespace}.analytics"
 
 
+def cache_topic(namespace: str) -> str:
+    """The similar-query cache's entries of a namespace (``eventlog.cache``); compacted,
+    key = a hash of the entry's scope and normalised query."""
+    return f"tidemark.{namespace}.cache"
+
+
 #: Retention of the analytics topic: the longest analytics window (24 h) and one hour.
 ANALYTICS_RETENTION_MS: Final = 25 * 3_600_000
 
@@ -93,6 +99,13 @@ def namespace_topics(settings: LogSettings, *, brokers: int = 1) -> list[NewTopi
             "cleanup.policy": "delete",
             "retention.ms": str(ANALYTICS_RETENTION_MS),
             "segment.ms": str(segment_ms(ANALYTICS_RETENTION_MS)),
+            **isr,
+        }),
+        # The similar-query cache's entries (eventlog.cache): every worker rebuilds its
+        # index from it; compaction keeps the newest answer per scope and query.
+        NewTopic(cache_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": "60000",
             **isr,
         }),
         NewTopic(STREAMS_TOPIC, partitions, rf, topic_configs={

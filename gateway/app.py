@@ -18,6 +18,7 @@ from gateway import (
     ai_chat,
     analytics_routes,
     auth,
+    cache_admin,
     dashboard,
     experiments,
     hardening,
@@ -97,6 +98,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     openapi.add_routes(app)
     experiments.add_routes(app)
     analytics_routes.add_routes(app)
+    cache_admin.add_routes(app)
     dashboard.add_routes(app)
     hardening.install(app, settings.gateway)
     install_observability(app)

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from eventlog import logcontext, plugins
+from eventlog.cache import CachePrefs
 from eventlog.errors import KafkaUnavailable, StreamNotFound
 from eventlog.index import StreamInfo
 from eventlog.jobs import send_cancel
@@ -223,7 +224,8 @@ async def make_stream(request: web.Request, identity: Identity, services: Servic
                 options=assigned.options, with_job=create.generator != EXTERNAL,
                 tenant=identity.tenant, owner=identity.owner,
                 priority=services.settings.limits.tiers[identity.tier].priority,
-                context=create.context, experiments=assigned.variants)
+                context=create.context, experiments=assigned.variants,
+                cache=CachePrefs.from_json(create.cache))
         slot.bind(info.stream_id)
     logcontext.bind(stream=info.stream_id, partition=info.partition)
     stream_id = info.stream_id

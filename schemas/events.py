@@ -48,6 +48,10 @@ HEADER_OWNER: Final = "tm-owner"
 #: jobs-topic record), so the gateway that took the input finds its event, and a worker
 #: that takes the stream over writes no input twice.
 HEADER_INPUT: Final = "tm-input"
+#: On a stream answered from the similar-query cache, on its ``metadata`` event that
+#: says so: the source stream's index record (JSON), so a worker that takes the replay
+#: over replays the same source (``workers.cache``).
+HEADER_CACHE_SOURCE: Final = "tm-cache-source"
 
 #: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
 #: and in Python, whose bare ``$`` also matches before a trailing newline.

@@ -484,6 +484,11 @@ def _components() -> dict[str, Any]:
                 "retry": {"type": "integer", "minimum": 0},
             },
         },
+        "CacheDeleted": {
+            "type": "object", "required": ["deleted"],
+            "description": "how many cached answers of the caller's tenant were removed",
+            "properties": {"deleted": {"type": "integer", "minimum": 0}},
+        },
         "LogLevels": {
             "type": "object", "required": ["process", "root", "levels"],
             "description": "this one process's log levels",
@@ -680,6 +685,33 @@ def _paths() -> dict[str, Any]:
             "get": _op("openapi", "This document", scope=None, responses={
                 "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),
                 **_refs("UriTooLong")}),
+        },
+        "/v1/cache/streams/{id}": {
+            "delete": _op(
+                "deleteCachedStream", "Forget the cached answers a stream gives",
+                scope="admin", description="The caller's tenant only (docs/cache.md): "
+                "later similar queries are generated again.",
+                parameters=[_STREAM_ID],
+                responses={"200": _json(_schema("CacheDeleted"), "the entries removed"),
+                           **_refs("BadRequest", *_GUARDED, "Unavailable")}),
+        },
+        "/v1/cache/entries": {
+            "delete": _op(
+                "deleteCachedQuery", "Forget the cached answers of a query",
+                scope="admin", description="The entries of the caller's tenant whose "
+                "normalised query equals this one's (docs/cache.md), of one generator or "
+                "of all.",
+                parameters=[
+                    {"name": "query", "in": "query", "required": True,
+                     "description": "the query (compared in its normalised form); a "
+                                    "longer one is accepted while the request target fits "
+                                    "TIDEMARK_MAX_URL_BYTES (414 beyond)",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 300}},
+                    {"name": "generator", "in": "query", "required": False,
+                     "description": "only this generator's entries",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 64}}],
+                responses={"200": _json(_schema("CacheDeleted"), "the entries removed"),
+                           **_refs("BadRequest", *_GUARDED, "Unavailable")}),
         },
         "/v1/admin/log-levels": {
             "get": _op(

@@ -48,6 +48,8 @@ class CreateRequest:
     options: dict[str, Any] = field(default_factory=dict)
     #: The per-user context (``schemas.context``), None when the body has none.
     context: StreamContext | None = None
+    #: The body's ``cache`` object as given ({}: none; ``eventlog.cache.CachePrefs``).
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -112,7 +114,8 @@ class Validators:
         context = body.get("context")
         return CreateRequest(query=body["query"], generator=body.get("generator", "demo"),
                              options=dict(body.get("options") or {}),
-                             context=None if context is None else StreamContext.from_json(context))
+                             context=None if context is None else StreamContext.from_json(context),
+                             cache=dict(body.get("cache") or {}))
 
     def publish_request(self, body: Any) -> list[EventInput]:
         """Validate a publish body (one event or a list) and each event's data."""

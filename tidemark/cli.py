@@ -238,12 +238,15 @@ async def _run_worker(settings: Settings) -> int:
     from workers.plugins import load_generators
     from workers.runner import Worker
 
-    generators, _ = load_generators(settings.plugin_allow, settings=settings)
+    generators, report = load_generators(settings.plugin_allow, settings=settings)
     if not generators:
         log.error("no generator plugin loaded (is Tidemark installed? `tidemark plugins` "
                   "lists them): every job will fail with unknown_generator")
     log.info("generators: %s", ", ".join(sorted(generators)) or "none")
-    worker = Worker(settings, generators)
+    # A plugin's distribution version is its generator's version (unless the generator
+    # or TIDEMARK_CACHE_GENERATOR_VERSIONS says otherwise): part of its cache key.
+    worker = Worker(settings, generators,
+                    versions={r.plugin.name: r.plugin.version for r in report})
     ws = settings.worker
     metrics, port = await worker.metrics.serve(
         ws.metrics_host, ws.metrics_port, auth=settings.auth,

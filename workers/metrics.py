@@ -84,6 +84,19 @@ class WorkerMetrics:
         self.rebalanced = Counter(
             "tidemark_worker_rebalance_partitions_total", "Jobs-topic partitions gained "
             "or lost in the group's rebalances", ["change"], registry=r)
+        self.cache_lookups = Counter(
+            "tidemark_worker_cache_lookups_total", "Similar-query cache lookups at job "
+            "start, by outcome: hit_exact (same normalised query), hit_similar, miss",
+            ["outcome"], registry=r)
+        self.embed_seconds = Histogram(
+            "tidemark_worker_embedding_seconds", "Time to embed one query (off the event "
+            "loop; the first includes loading the model)", buckets=TRANSACTION_BUCKETS,
+            registry=r)
+        self.cache_entries = Gauge(
+            "tidemark_worker_cache_entries", "Cached answers in this worker's index (the "
+            "cache topic as read so far)", registry=r)
+        for outcome in ("hit_exact", "hit_similar", "miss"):
+            self.cache_lookups.labels(outcome)
         for outcome in (*TERMINAL_STATUSES, "resumed"):
             self.streams.labels(outcome, self.tenant_label(default_tenant))
         for kind in ("priority", "other"):
@@ -96,6 +109,9 @@ class WorkerMetrics:
         """One stream ended (or, ``resumed``, taken over) here; ``tenant`` "" is the
         default tenant's (streams made before tenants existed)."""
         self.streams.labels(outcome, self.tenant_label(tenant or self.default_tenant)).inc()
+
+    def count_cache_lookup(self, outcome: str) -> None:
+        self.cache_lookups.labels(outcome).inc()
 
     async def serve(self, host: str, port: int, *, auth: AuthSettings | None = None,
                     operators: str = "", instance: str = "") -> tuple[web.AppRunner, int]:

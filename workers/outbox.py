@@ -59,6 +59,9 @@ class Entry:
     span: Span | None = None
     #: Headers the event's record carries beyond its own (an input's ``tm-input``).
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: Set by the writer on a terminal event's entry: the stream's final index record
+    #: (with its terminal offset), as the transaction wrote it.
+    final: StreamInfo | None = None
 
 
 class OffsetTracker:
@@ -250,9 +253,10 @@ class Outbox:
             batch_meta = await acks[id(builder)]
             ev, info = entry.event, entry.info
             assert ev is not None and info is not None
-            await index.enqueue(producer, info.evolve(
+            entry.final = info.evolve(
                 status=terminal_status(ev.type), last_seq=ev.seq,
-                terminal_offset=batch_meta.offset + relative, updated_at=now_ms()))
+                terminal_offset=batch_meta.offset + relative, updated_at=now_ms())
+            await index.enqueue(producer, entry.final)
         for entry in batch:
             if entry.done_offset is not None and entry.jobs_tp is not None:
                 tracker = self._trackers.get(entry.jobs_tp)

@@ -69,10 +69,11 @@ from eventlog.index import StreamInfo
 from eventlog.jobs import InputRecord, Job, parse_job_record
 from eventlog.reader import LogReader
 from eventlog.settings import Settings
-from eventlog.streams import now_ms, scan_from_start, terminal_status
+from eventlog.streams import StreamState, now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
 from schemas.events import HEADER_INPUT, Event
+from workers.cache import Hit, QueryCache
 from workers.experiments import announced
 from workers.generators import Draft, Generator, Inputs, InteractiveGenerator, takes_input
 from workers.lag import JobsLag
@@ -224,9 +225,17 @@ class Worker:
     """Runs until cancelled: consumes jobs, generates streams, commits in transactions."""
 
     def __init__(self, settings: Settings,
-                 generators: Mapping[str, Generator | InteractiveGenerator]) -> None:
+                 generators: Mapping[str, Generator | InteractiveGenerator],
+                 versions: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.generators = dict(generators)
+        #: Each generator's version, a part of its cached answers' key: the operator's
+        #: (TIDEMARK_CACHE_GENERATOR_VERSIONS), else the generator's own ``version``,
+        #: else its distribution's (``versions``).
+        self.versions = {name: str(settings.cache.versions.get(name)
+                                   or getattr(gen, "version", None)
+                                   or (versions or {}).get(name) or "")
+                         for name, gen in self.generators.items()}
         self.max_jobs = settings.worker.max_jobs
         #: Slots that only priority jobs may take.
         self.reserved = reserved_slots(self.max_jobs, settings.worker.priority_reserve)
@@ -237,9 +246,16 @@ class Worker:
         self.metrics = WorkerMetrics(tenants=settings.metrics_tenants,
                                      default_tenant=settings.auth.default_tenant)
         self._lag = JobsLag(self.metrics, settings.lag_sample_s)
+        #: The similar-query cache. Built whether it is on or not: a stream another
+        #: worker began replaying from it is replayed to its end either way.
+        self.cache = QueryCache(settings, self.reader,
+                                on_lookup=self.metrics.count_cache_lookup,
+                                on_embed=self.metrics.embed_seconds.observe)
+        self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._writer: _Writer | None = None
+        self._cache_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     # Ownership ---------------------------------------------------------------------
@@ -526,7 +542,12 @@ class Worker:
             self.metrics.takeovers.inc()
         # The generator numbers its events as if there were no inputs.
         own = seq - len(logged)
-        drafts = self._drafts(stream, own, [i.data for i in logged])
+        hit, vector, cacheable = await self._cached(stream, state)
+        if hit is not None:
+            pacing = job.cache.pacing or self.settings.cache.pacing
+            drafts: Any = self.cache.replay(hit, own, pacing)
+        else:
+            drafts = self._drafts(stream, own, [i.data for i in logged])
         stream.outbox, stream.info, stream.span, stream.seq = outbox, info, span, seq
         try:
             while True:
@@ -545,16 +566,21 @@ class Worker:
                 ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
                            data=draft.data)
                 if ev.terminal:
-                    await outbox.put_and_wait(Entry(event=ev, info=info,
-                                                    snapshot=stream.first,
-                                                    jobs_tp=stream.tp,
-                                                    done_offset=stream.offset, span=span))
+                    last = Entry(event=ev, info=info, snapshot=stream.first,
+                                 jobs_tp=stream.tp, done_offset=stream.offset, span=span)
+                    await outbox.put_and_wait(last)
+                    if cacheable and hit is None and ev.type == events.RESULT \
+                            and last.final is not None:
+                        await self._remember(job, last.final, vector)
                     note_end(span, ev)
                     self.metrics.count_stream(terminal_status(ev.type), job.stream.tenant)
                     log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
                              ev.seq)
                     return
-                await outbox.put(Entry(event=ev, info=info, snapshot=stream.first, span=span))
+                # A replay's first event (the cache marker) names its source.
+                headers = self.cache.headers(hit) if hit is not None and own == 1 else ()
+                await outbox.put(Entry(event=ev, info=info, snapshot=stream.first, span=span,
+                                       headers=headers))
                 stream.first = False
                 stream.seq = seq + 1
                 own += 1
@@ -564,6 +590,39 @@ class Worker:
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):
                     await aclose()
+
+    async def _cached(self, stream: _Stream, state: StreamState,
+                      ) -> tuple[Hit | None, Any, bool]:
+        """How the job is answered: (the cached answer to replay or None, the query's
+        embedding if the lookup made one, whether the answer may be cached). A stream
+        already answered keeps the decision its log shows (``workers.cache``)."""
+        job = stream.job
+        if state.cache_source is not None:
+            return QueryCache.hit_in_log(state.cache_source), None, False
+        generator = self.generators.get(job.generator)
+        cacheable = (self.settings.cache.enabled and job.cache.use and generator is not None
+                     and not takes_input(generator))
+        if not cacheable or state.answered:
+            return None, None, cacheable
+        try:
+            hit, vector = await self.cache.lookup(job, self.versions.get(job.generator, ""))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the cache is an optimisation: generate instead
+            log.exception("stream %s: cache lookup failed; generating", job.stream_id)
+            return None, None, False
+        if hit is not None:
+            log.info("stream %s: cache hit (%s, %.3f) from stream %s", job.stream_id,
+                     hit.match, hit.similarity, hit.source.stream_id)
+        return hit, vector, cacheable
+
+    async def _remember(self, job: Job, final: StreamInfo, vector: Any) -> None:
+        try:
+            await self.cache.remember(job, self.versions.get(job.generator, ""), final, vector)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the stream is complete; only its caching failed
+            log.exception("stream %s: could not cache its answer", job.stream_id)
 
     def _drafts(self, stream: _Stream, start: int, logged: list[dict[str, Any]]) -> Any:
         """The generator's drafts from its seq ``start``; a generator that takes input
@@ -610,8 +669,12 @@ class Worker:
         settings = self.settings
         self._admin = await started(lambda: make_admin(settings.kafka, role="worker-admin"),
                                     settings.kafka, "admin start")
+        cache_task: asyncio.Task[None] | None = None
         try:
             await ensure_topics(self._admin, settings.log)
+            if settings.cache.enabled:
+                cache_task = self._cache_task = asyncio.create_task(self.cache.run(),
+                                                                    name="cache")
             self._consumer = await started(
                 lambda: make_consumer(settings.kafka, role="worker",
                                       group_id=group_id(settings.log.namespace),
@@ -628,6 +691,10 @@ class Worker:
                 await self.release()
                 await stop_client(consumer)
         finally:
+            if cache_task is not None:
+                cache_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cache_task
             await stop_client(self._admin)
             await self.reader.close()
 
@@ -650,6 +717,9 @@ class Worker:
             writer = self._writer
             if writer is not None and writer.failed is not None:
                 await self._reset(writer.failed)
+            cache = self._cache_task
+            if cache is not None and cache.done() and not cache.cancelled():
+                cache.result()  # the cache's tail or producer failed: so does the worker
 
 
 def _kind(priority: bool) -> str:

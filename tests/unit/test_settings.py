@@ -12,6 +12,7 @@ from eventlog.errors import ConfigError
 from eventlog.settings import (
     AnalyticsSettings,
     AuthSettings,
+    CacheSettings,
     DurableSettings,
     GatewaySettings,
     KafkaSettings,
@@ -149,7 +150,7 @@ def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
     out: list[tuple[object, dataclasses.Field[object]]] = []
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
                      AuthSettings(), LimitSettings(), AnalyticsSettings(), DurableSettings(),
-                     OpenAISettings(), Settings()):
+                     OpenAISettings(), CacheSettings(), Settings()):
         out.extend((instance, f) for f in dataclasses.fields(instance) if f.metadata)
     return out
 
@@ -157,10 +158,10 @@ def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
 def test_every_setting_has_a_listed_variable() -> None:
     names = env_names()
     section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits", "analytics", "durable",
-                      "openai"}
+                      "openai", "cache"}
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
                      AuthSettings(), LimitSettings(), AnalyticsSettings(), DurableSettings(),
-                     OpenAISettings(), Settings()):
+                     OpenAISettings(), CacheSettings(), Settings()):
         for f in dataclasses.fields(instance):
             if (isinstance(instance, Settings) and f.name in section_fields) or not f.init:
                 continue

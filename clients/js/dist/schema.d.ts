@@ -132,6 +132,19 @@ export interface CreateStreamRequest {
         temperature?: number;
     };
     /**
+     * The similar-query cache (docs/cache.md), when the operator turned it on
+     */
+    cache?: {
+        /**
+         * false: always generate, and cache nothing of this stream
+         */
+        use?: boolean;
+        /**
+         * a cached answer is replayed at once (instant) or with the source's own gaps between events (original); default TIDEMARK_CACHE_PACING
+         */
+        pacing?: "instant" | "original";
+    };
+    /**
      * Per-user context: whose session the stream belongs to and how it is delivered (docs/context.md)
      */
     context?: {
