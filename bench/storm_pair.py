@@ -31,13 +31,28 @@ from bench.cluster import Bench, start_broker, start_gateway
 from bench.procs import REPO, Registry, raise_fd_limit
 from bench.scn_storm import SHORT, StormProfile, resume_targets, start_bare, storm_once
 
+#: Kernel counters (``/proc/net/netstat``, TcpExt) of what happens to SYNs at a full
+#: queue; machine-wide, so other work on the machine adds to them.
+SYN_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "SyncookiesRecv",
+                "SyncookiesFailed")
+
+
+def tcp_ext() -> dict[str, int]:
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {k: table.get(k, 0) for k in SYN_COUNTERS}
+    return {}
+
 
 def _line(name: str, x: dict[str, Any]) -> str:
     cpu = x["window"]["processes"]["server"]["cpu_s"]
     return (f"{name:9} connected {x['established']:>6} failed {x['failed']:>4} "
             f"wrong-seq {x['first_seq_mismatch']:>3} all-1st {x['all_first_events_s']} s "
             f"accept {x['accept_rate_per_s']} conn/s server-cpu {cpu:.2f} s "
-            f"client-cpu {x['client_cpu_s']} s other {x['other_processes_cpu_s']} s")
+            f"client-cpu {x['client_cpu_s']} s other {x['other_processes_cpu_s']} s "
+            f"syn {x.get('syn', {})}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 proc, lines = servers[name]
                 prof = args.profile if (name == "tidemark" and r == 0) else 0.0
+                before = tcp_ext()
                 got[name] = storm_once(b, p, f"storm-{name}-{r}", proc, lines,
                                        profile_s=prof)
+                after = tcp_ext()
+                got[name]["syn"] = {k: after[k] - before[k] for k in after if after[k] - before[k]}
                 sys.stdout.write(f"round {r} {_line(name, got[name])}\n")
                 sys.stdout.flush()
                 time.sleep(3)  # the storm's connections are gone
