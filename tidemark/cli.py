@@ -149,7 +149,7 @@ async def run_gateway(settings: Settings, *, supervised: bool = False,
 
 #: Net allocations of tracked objects between two young collections of a gateway
 #: (CPython's default is 700). See :func:`_tune_gc`.
-GC_YOUNG_THRESHOLD = 20_000
+GC_YOUNG_THRESHOLD = 5_000
 
 
 def _tune_gc() -> None:
@@ -163,12 +163,15 @@ def _tune_gc() -> None:
     grows the live set from tens of thousands to hundreds of thousands of objects
     within seconds, and at the default rate that meant a full pass per 25 % of growth:
     7 passes of 0.1-0.25 s each during a 5,000-client storm, a quarter of the
-    gateway's CPU (measured with ``bench.storm_pair``). With 20,000 a full pass needs
-    2 million surviving allocations (10 middle-generation passes). Cyclic garbage
-    that dies young is still collected by the young passes (each a few milliseconds);
+    gateway's CPU (measured with ``bench.storm_pair``). With 5,000 a full pass needs
+    500,000 surviving allocations (10 middle-generation passes). Cyclic garbage that
+    dies young is still collected by the young passes (each about a millisecond);
     what lived long enough to reach the old generation (the cycles of a closed
-    connection, some 60 objects) now waits longer for a full pass: at most about 2
-    million allocations' worth, where the default waited for 70,000.
+    connection) waits longer for a full pass: about 500,000 allocations' worth at
+    most, where the default waited for 70,000. (20,000 was tried: a second 15,000-client
+    storm on the same process then failed 1,104 connections and took 11.3 s of CPU
+    against 8.2 s for the first, likely the first storm's garbage collected in one
+    pass during it; and a slow-client memory test grew past its 16 MiB bound.)
     """
     gc.freeze()
     _, middle, old = gc.get_threshold()
