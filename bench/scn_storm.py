@@ -211,12 +211,34 @@ def storm_once(b: Bench, p: StormProfile, name: str, server: Proc, lines: list[s
     return out
 
 
-def _bare(b: Bench) -> tuple[Proc, str]:
+def start_bare(b: Bench) -> tuple[Proc, str]:
     port = free_port()
     proc = b.reg.start("bare", [PYTHON, "-m", "bench.bare_server", "--port", str(port)],
                        b.env("unused"))
     proc.wait_line("Bare SSE server listening", 30)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def resume_targets(b: Bench, p: StormProfile, ns: str, gateways: list[Gateway],
+                   bare_url: str, rnd: random.Random) -> list[list[str]]:
+    """The resume storm's streams, written while ``gateways`` run (so their memory tails
+    hold them), and its client lines (``URL\\tLast-Event-ID\\texpected seq``): one list
+    per gateway (the same resumes, in the same order), then the bare server's."""
+    path, rows, _ = create_streams(b, ns, p.streams, tag="storm")
+    seed(b, ns, path, b.workdir / "seq-storm", count=p.events, payload=200, tag="storm")
+    sids = [r["stream_id"] for r in rows]
+    ids = read_event_ids(gateways[0], sids, p.events + 1)  # seq 0 (queued) .. events
+    short = [s for s in sids if len(ids[s]) < p.events + 1]
+    if short:
+        raise RuntimeError(f"{len(short)} streams did not show all their events")
+    out: list[list[str]] = [[] for _ in range(len(gateways) + 1)]
+    for _ in range(p.clients):
+        sid = rnd.choice(sids)
+        seq = rnd.randrange(0, p.events)  # an event with one after it
+        for lines, gw in zip(out, gateways, strict=False):
+            lines.append(f"{events_url(gw, sid)}\t{ids[sid][seq]}\t{seq + 1}")
+        out[-1].append(f"{bare_url}/v1/streams/{sid}/events\t{ids[sid][seq]}\t0")
+    return out
 
 
 def storm(b: Bench, p: StormProfile, *, profile: bool = True) -> dict[str, Any]:
@@ -243,23 +265,11 @@ def storm(b: Bench, p: StormProfile, *, profile: bool = True) -> dict[str, Any]:
             gw2 = start_gateway(b, "gateway-storm-procs", ns,
                                 args=("--processes", str(p.storm_processes)))
             gw2.proc.wait_line("Gateway ready", 90)
-        path, rows, _ = create_streams(b, ns, p.streams, tag="storm")
         _, quiet_rows, _ = create_streams(b, ns, 1, tag="stormq")
-        seed(b, ns, path, b.workdir / "seq-storm", count=p.events, payload=200, tag="storm")
-        sids = [r["stream_id"] for r in rows]
-        ids = read_event_ids(gw, sids, p.events + 1)  # seq 0 (queued) .. events
-        short = [s for s in sids if len(ids[s]) < p.events + 1]
-        if short:
-            raise RuntimeError(f"{len(short)} streams did not show all their events")
-        bare, bare_url = _bare(b)
-        tm_lines, tm2_lines, bare_lines = [], [], []
-        for _ in range(p.clients):
-            sid = rnd.choice(sids)
-            seq = rnd.randrange(0, p.events)  # an event with one after it
-            tm_lines.append(f"{events_url(gw, sid)}\t{ids[sid][seq]}\t{seq + 1}")
-            if gw2 is not None:
-                tm2_lines.append(f"{events_url(gw2, sid)}\t{ids[sid][seq]}\t{seq + 1}")
-            bare_lines.append(f"{bare_url}/v1/streams/{sid}/events\t{ids[sid][seq]}\t0")
+        bare, bare_url = start_bare(b)
+        *tms, bare_lines = resume_targets(
+            b, p, ns, [gw, *([gw2] if gw2 is not None else [])], bare_url, rnd)
+        tm_lines, tm2_lines = tms[0], tms[1] if gw2 is not None else []
         time.sleep(2)
         res["gateway_idle_rss_mb"] = round(gw.proc.rss_kb() / 1024, 1)
         res["bare_idle_rss_mb"] = round(bare.rss_kb() / 1024, 1)

@@ -16,17 +16,28 @@ from eventlog.reader import LogReader
 from gateway.hub import Hub, Row, frame_record
 
 
+def from_memory(hub: Hub, tp: TopicPartition, key: bytes, start: int,
+                until: int) -> list[Row] | None:
+    """This stream's frames with offsets in [start, until) from the memory tail, when it
+    holds them all (possibly none); None when the read must go to Kafka (:func:`backlog`).
+    No coroutine: the common resume needs nothing else."""
+    if start >= until:
+        return []
+    tail = hub.tails[tp]
+    if not tail.covers(start):
+        return None
+    frames = tail.since(start, key)
+    if frames and frames[-1][0] >= until:
+        frames = [f for f in frames if f[0] < until]
+    return frames
+
+
 async def backlog(hub: Hub, reader: LogReader, tp: TopicPartition, key: bytes, start: int,
                   until: int) -> AsyncGenerator[tuple[list[Row], str], None]:
     """This stream's frames with offsets in [start, until), in order and in batches, with
     their source (``memory`` or ``kafka``). Batches are never empty."""
-    if start >= until:
-        return
-    tail = hub.tails[tp]
-    if tail.covers(start):
-        frames = tail.since(start, key)
-        if frames and frames[-1][0] >= until:
-            frames = [f for f in frames if f[0] < until]
+    frames = from_memory(hub, tp, key, start, until)
+    if frames is not None:
         if frames:
             yield frames, "memory"
         return

@@ -31,7 +31,7 @@ unaffected):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -104,7 +104,7 @@ class Delivery:
             batched = freq == BATCHED
         if include is None:
             include = context is None or context.include_metadata is not False
-        return replace(self, batched=batched, include_metadata=include, interval_s=interval)
+        return Delivery(batched, include, interval)  # not replace(): once per request
 
     @property
     def plain(self) -> bool:

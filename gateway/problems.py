@@ -88,37 +88,42 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into problem+json; nothing a client sends crashes the gateway.
-    Each error answer is counted in ``tidemark_http_problems_total{status}``."""
+    Each error answer is counted in ``tidemark_http_problems_total{status}``. (One
+    coroutine: it stays on the stack of every open SSE response.)"""
     try:
-        return await _answer(request, handler)
-    except Problem as problem:
+        return await handler(request)
+    except Exception as exc:  # the outer edge: every error becomes a problem
+        problem = _problem_of(request, exc)
+        if problem is None:
+            raise
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.problems.labels(str(problem.status)).inc()
-        raise
+        if problem is exc:
+            raise
+        raise problem from exc
 
 
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem:
-        raise
-    except (Unauthenticated, Forbidden, LimitExceeded, NotYours) as exc:
+def _problem_of(request: web.Request, exc: Exception) -> Problem | None:
+    """The problem that answers ``exc`` (None: a redirect or other non-error answer,
+    raised as it is). Called while ``exc`` is being handled."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, Unauthenticated | Forbidden | LimitExceeded | NotYours):
         problem = problem_for(exc)
         request.app[AUDIT].record(
             request, "deny", outcome="denied", status=problem.status,
             reason=exc.why if isinstance(exc, NotYours) else str(exc),
             stream=request.match_info.get("id"))
-        raise problem from exc
-    except TidemarkError as exc:
-        raise problem_for(exc) from exc
-    except KafkaError as exc:
-        raise Problem(503, f"temporarily unavailable: Kafka: {exc}") from exc
-    except web.HTTPException as exc:
+        return problem
+    if isinstance(exc, TidemarkError):
+        return problem_for(exc)
+    if isinstance(exc, KafkaError):
+        return Problem(503, f"temporarily unavailable: Kafka: {exc}")
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        raise Problem(exc.status, detail or exc.reason) from exc
-    except Exception as exc:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        raise Problem(500, "internal error") from exc
+        return Problem(exc.status, detail or exc.reason)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return Problem(500, "internal error")

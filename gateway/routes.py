@@ -304,6 +304,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     session, position = await session_for(request, streaming.sse_transport(
         services.codings, request.headers.get("Accept-Encoding")))
+    if not tracing.enabled():
+        # No span to open: no context manager either (a reconnect storm is thousands
+        # of these at once, each holding its frames for the response's lifetime).
+        return await streaming.serve(session, position)
     async with tracing.delivery_span(request, services, session.stream_id,
                                      position) as span:
         response = await streaming.serve(session, position)

@@ -47,7 +47,7 @@ from eventlog.logcontext import bind as bind_log_context
 from eventlog.reader import LogReader
 from gateway import resume, sse
 from gateway.analytics_recorder import Recorder
-from gateway.catchup import backlog
+from gateway.catchup import backlog, from_memory
 from gateway.compression import Codings
 from gateway.delivery import Delivery, Shaper
 from gateway.hub import Frame, Hub, Row, Subscriber
@@ -311,6 +311,8 @@ class Session:
     #: How what the pipeline writes goes out (see ``gateway.transport``); SSE unless
     #: the WebSocket or long-poll route says otherwise.
     transport: Transport = field(default_factory=lambda: SSE)
+    #: The stream's partition, once resolved (see :attr:`tp`).
+    _tp: TopicPartition | None = None
 
     def __hash__(self) -> int:
         return id(self)
@@ -326,8 +328,11 @@ class Session:
 
     @property
     def tp(self) -> TopicPartition:
-        assert self.info is not None, "serve() resolves the stream first"
-        return TopicPartition(self.info.topic, self.info.partition)
+        tp = self._tp
+        if tp is None:
+            assert self.info is not None, "serve() resolves the stream first"
+            tp = self._tp = TopicPartition(self.info.topic, self.info.partition)
+        return tp
 
     async def write(self, data: bytes) -> None:
         assert self.response is not None
@@ -383,7 +388,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.own_pace = changes.heartbeat_s < session.heartbeat_s
         session.heartbeat_s = changes.heartbeat_s
     hub, tp = session.hub, session.tp
-    bind_log_context(stream=info.stream_id, partition=info.partition,
+    # (The stream is bound already: by the route, before the stream was resolved.)
+    bind_log_context(partition=info.partition,
                      offset=position.offset if position is not None else None)
     epoch = await hub.epoch(info.topic)
     if position is not None and position.epoch == epoch and (
@@ -401,9 +407,16 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     until = session.subscribe()
     session.metrics.connections.inc()
     session.registry.add(session)
-    items = backlog(hub, session.reader, tp, session.key, plan.start, until)
+    # The memory tail serves most resumes at once; only an older position needs the
+    # Kafka reader (an async generator, read batch by batch).
+    rows = from_memory(hub, tp, session.key, plan.start, until)
+    items = None if rows is not None else backlog(hub, session.reader, tp, session.key,
+                                                  plan.start, until)
     try:
-        first = await anext(items, None)
+        if items is not None:
+            first = await anext(items, None)
+        else:
+            first = (rows, "memory") if rows else None
         if plan.after >= 0 and plan.start == plan.after:
             # The client's position lies within the stream: the record there must be the
             # stream's own. It sets the seq baseline, and if it ends the stream the client
@@ -438,12 +451,13 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         if position is not None and first is not None:
             session.metrics.resume_source[first[1]].observe(
                 time.monotonic() - session.arrived)
-        async for frames, source in items:
-            if session.cursor.ended:
-                break
-            session.metrics.backlog_source[source].inc(len(frames))
-            await session.send(frames)
-        await items.aclose()
+        if items is not None:
+            async for frames, source in items:
+                if session.cursor.ended:
+                    break
+                session.metrics.backlog_source[source].inc(len(frames))
+                await session.send(frames)
+            await items.aclose()
         if await _keep_up(session, until):
             await _live(session)
         await session.response.write_eof()
@@ -452,7 +466,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         log.debug("client of stream %s went away", info.stream_id)
         return session.response or web.Response(status=204)
     finally:
-        await items.aclose()
+        if items is not None:
+            await items.aclose()
         if isinstance(session.cursor, ShapedCursor):
             session.cursor.close()
         session.unsubscribe()
@@ -520,7 +535,8 @@ async def _resolve(session: Session, position: EventId | None,
                     data = first.data
                     start = data.index(b"\ndata: ") + 7
                     envelope = data[start:data.index(b"\n", start)]
-                    return (placed.evolve(experiments=variants_of_envelope(envelope)),
+                    variants = variants_of_envelope(envelope)
+                    return (placed.evolve(experiments=variants) if variants else placed,
                             context_of_envelope(envelope))
             found = await lookup.find(session.stream_id, allow_pending=True)
             return placed.evolve(experiments=found.info.experiments), found.context
@@ -631,18 +647,18 @@ async def _live(session: Session) -> None:
         if loop.time() - session.last_write >= session.heartbeat_s / 2:
             await session.write(sse.PING)
         session.transport.idle(session)
-        await _wake(session, sub)
+        if session.own_pace:
+            await _wake(session, sub)
+        else:
+            await sub.wakeup.wait()  # no coroutine of ours on the idle stack
 
 
 async def _wake(session: Session, sub: Subscriber) -> None:
-    """Until the subscriber is woken: by the hub (an event), by the pace (twice per
-    ``TIDEMARK_HEARTBEAT_SECONDS``), and, for a subscriber with a shorter ``: ping``
-    interval of its own (an A/B variant's ``heartbeatSeconds``), by its own timer when
-    its next ping is due (half that interval after its last write, as :func:`_live`
-    decides)."""
-    if not session.own_pace:
-        await sub.wakeup.wait()
-        return
+    """Until the subscriber with a shorter ``: ping`` interval of its own (an A/B
+    variant's ``heartbeatSeconds``) is woken: by the hub (an event), by the pace (twice
+    per ``TIDEMARK_HEARTBEAT_SECONDS``), or by its own timer when its next ping is due
+    (half that interval after its last write, as :func:`_live` decides). Every other
+    subscriber just waits for its wake-up."""
     # A hair late: a timer may run up to the clock's resolution early.
     due = session.last_write + session.heartbeat_s / 2 + 0.005
     timer = asyncio.get_running_loop().call_at(due, sub.wakeup.set)

@@ -49,6 +49,9 @@ RESUME: Final = "tidemark.resume"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Whether this process records spans (``eventlog.tracing.enabled``).
+enabled: Final = tracing.enabled
+
 
 class StreamTraces:
     """Stream id -> the trace context its first record carries (None: none), for a

@@ -9,7 +9,16 @@ from collections import deque
 import pytest
 from aiokafka import TopicPartition
 
-from gateway.hub import FRAME_OVERHEAD, STREAM_OVERHEAD, Frame, PartitionTail, Subscriber
+from eventlog.settings import KafkaSettings
+from gateway.catchup import from_memory
+from gateway.hub import (
+    FRAME_OVERHEAD,
+    STREAM_OVERHEAD,
+    Frame,
+    Hub,
+    PartitionTail,
+    Subscriber,
+)
 
 A, B = b"stream-a", b"stream-b"
 #: Most tests check the eviction logic on the frames' bytes alone.
@@ -287,3 +296,35 @@ def test_nothing_new_is_no_write() -> None:
     cursor = Cursor(offset=10, seq=4)
     assert cursor.take([Frame(9, A, 3, False, b"x"), Frame(10, A, 4, False, b"y")]) == (b"", 0)
     assert cursor.written == 0
+
+
+# --- The backlog of a resume from the memory tail (gateway.catchup.from_memory) ------
+
+def _hub_with(tail: PartitionTail, tp: TopicPartition) -> Hub:
+    hub = Hub(KafkaSettings(), tail_bytes=1 << 20, client_buffer_bytes=1 << 20)
+    hub.tails[tp] = tail
+    return hub
+
+
+def test_a_resume_within_the_tail_gets_its_streams_frames_up_to_the_live_feed() -> None:
+    tp = TopicPartition("t", 0)
+    tail = PartitionTail(0, 10_000, **BYTES_ONLY)
+    for off in range(10):
+        tail.append(frame(off, A if off % 2 == 0 else B))
+    hub = _hub_with(tail, tp)
+    rows = from_memory(hub, tp, A, 3, 8)
+    assert rows is not None
+    assert [r[0] for r in rows] == [4, 6]  # A's frames in [3, 8), in order
+    assert from_memory(hub, tp, A, 8, 8) == []  # nothing between position and live feed
+
+
+def test_a_resume_older_than_the_tail_is_left_to_the_kafka_reader() -> None:
+    tp = TopicPartition("t", 0)
+    tail = PartitionTail(0, 30, **BYTES_ONLY)  # holds the newest 3 frames of 10 bytes
+    for off in range(10):
+        tail.append(frame(off))
+    hub = _hub_with(tail, tp)
+    assert not tail.covers(5)
+    assert from_memory(hub, tp, A, 5, 10) is None
+    rows = from_memory(hub, tp, A, 7, 10)
+    assert rows is not None and [r[0] for r in rows] == [7, 8, 9]
