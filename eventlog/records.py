@@ -10,6 +10,7 @@ from schemas.events import (
     EVENT_TYPE_PATTERN,
     HEADER_GENERATOR,
     HEADER_INPUT,
+    HEADER_PROC,
     HEADER_SEQ,
     HEADER_TRACEPARENT,
     HEADER_TYPE,
@@ -34,6 +35,8 @@ class LogRecord(NamedTuple):
     traceparent: str | None = None
     #: The ``tm-input`` header (an input a worker wrote for a generated stream), else None.
     input_id: str | None = None
+    #: The ``tm-proc`` header (an event content processors wrote), else None.
+    proc: bytes | None = None
 
     @classmethod
     def from_consumer(cls, record: Any) -> LogRecord | None:
@@ -44,6 +47,7 @@ class LogRecord(NamedTuple):
         kind = ""
         seq = -1
         generator = traceparent = input_id = None
+        proc: bytes | None = None
         for name, raw in record.headers:
             if name == HEADER_TYPE:
                 kind = raw.decode("ascii", "replace")
@@ -58,7 +62,9 @@ class LogRecord(NamedTuple):
                 traceparent = raw.decode("ascii", "replace")
             elif name == HEADER_INPUT:
                 input_id = raw.decode("ascii", "replace")
+            elif name == HEADER_PROC:
+                proc = raw
         if seq < 0 or _TYPE_RE.search(kind) is None:
             return None
         return cls(record.partition, record.offset, record.key, record.value, kind, seq,
-                   record.timestamp, generator, traceparent, input_id)
+                   record.timestamp, generator, traceparent, input_id, proc)

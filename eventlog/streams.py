@@ -82,6 +82,8 @@ class StreamState:
     #: The stream's ``input`` events in seq order, when the scan was asked to collect
     #: them (None: not collected).
     inputs: list[LoggedInput] | None = None
+    #: The ``tm-proc`` header of the last event content processors wrote (None: none).
+    position: bytes | None = None
 
     def apply(self, rec_offset: int, rec_type: str, rec_seq: int) -> None:
         if rec_seq <= self.last_seq or self.terminal is not None:
@@ -115,6 +117,8 @@ async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = 
                 if (state.inputs is not None and rec.type == events.INPUT
                         and rec.seq > state.last_seq and state.terminal is None):
                     state.inputs.append(LoggedInput(rec.seq, rec.input_id, _data_of(rec.value)))
+                if rec.proc is not None and rec.seq > state.last_seq and state.terminal is None:
+                    state.position = rec.proc
                 state.apply(rec.offset, rec.type, rec.seq)
     state.scanned_until = max(state.scanned_until, end)
     return state

@@ -48,6 +48,10 @@ HEADER_OWNER: Final = "tm-owner"
 #: jobs-topic record), so the gateway that took the input finds its event, and a worker
 #: that takes the stream over writes no input twice.
 HEADER_INPUT: Final = "tm-input"
+#: On an event a worker's content processors wrote: where they were (the generator's
+#: seq, the event's index among that draft's outputs, the processors' state before it),
+#: so a worker that takes the stream over goes on exactly (``workers.processors``).
+HEADER_PROC: Final = "tm-proc"
 
 #: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
 #: and in Python, whose bare ``$`` also matches before a trailing newline.

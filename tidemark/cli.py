@@ -235,15 +235,22 @@ async def run_worker(settings: Settings, traces: TraceSettings | None = None) ->
 
 async def _run_worker(settings: Settings) -> int:
     from eventlog.janitor import run_janitor
-    from workers.plugins import load_generators
+    from workers.plugins import load_generators, load_processors
     from workers.runner import Worker
 
     generators, _ = load_generators(settings.plugin_allow)
+    processors, _ = load_processors(settings.plugin_allow)
+    missing = settings.worker.content_policy.processors - set(processors)
+    if missing:
+        log.error("TIDEMARK_CONTENT_POLICY names processors that are not loaded (%s): the "
+                  "streams of tenants whose policy names one fail with processor_unavailable",
+                  ", ".join(sorted(missing)))
     if not generators:
         log.error("no generator plugin loaded (is Tidemark installed? `tidemark plugins` "
                   "lists them): every job will fail with unknown_generator")
     log.info("generators: %s", ", ".join(sorted(generators)) or "none")
-    worker = Worker(settings, generators)
+    log.info("content processors: %s", ", ".join(sorted(processors)) or "none")
+    worker = Worker(settings, generators, processors)
     ws = settings.worker
     metrics, port = await worker.metrics.serve(
         ws.metrics_host, ws.metrics_port, auth=settings.auth,
@@ -377,16 +384,20 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _plugins(settings: Settings, as_json: bool) -> int:
     """``tidemark plugins``: every group's installed plugins, with their load status (the
-    generators are loaded, as a worker would; other groups have no loader yet)."""
+    generators and processors are loaded, as a worker would; webhook signers have no
+    loader yet)."""
     import orjson
 
-    from eventlog.plugins import GENERATORS, GROUPS, discover
-    from workers.plugins import REFUSED, Status, load_generators
+    from eventlog.plugins import GENERATORS, GROUPS, PROCESSORS, discover
+    from workers.plugins import REFUSED, Status, load_generators, load_processors
 
     rows: list[Status] = []
     for group in GROUPS:
         if group == GENERATORS:
             rows += load_generators(settings.plugin_allow)[1]
+            continue
+        if group == PROCESSORS:
+            rows += load_processors(settings.plugin_allow)[1]
             continue
         rows += [Status(plugin=p, state=REFUSED if p.refused else "not loaded",
                         reason=p.refused or "this Tidemark has no loader for the group yet")

@@ -6,9 +6,10 @@ more of it). :meth:`Scanner.scan` of the text not released yet says up to where 
 text is final (``cut``) and what was found before it. Everything from the start of the
 earliest match that could still change is held back: a partial match, or a complete
 one that no character outside the pattern's alphabet follows yet (a longer number, an
-address whose domain goes on, a word that goes on: ``Pattern.stop``, ``horizon``) for the next chunk; so
-a term split across chunk boundaries is found, and what is held is only a suffix that
-is a prefix of some pattern's match. At the end of the text everything is final.
+address whose domain goes on, a word that goes on: ``Pattern.stop``, ``horizon``),
+for the next chunk. So a term split across chunk boundaries is found, and what is
+held is only a suffix that is a prefix of some pattern's match. At the end of the
+text everything is final.
 
 The cut never splits a grapheme cluster (``\\X``), nor a match. ``max_hold`` bounds what
 is held: past it the text is released as it is (documented in docs/content.md).
@@ -30,6 +31,7 @@ import regex
 #: look-behinds (word boundaries) at its start are right.
 CONTEXT: Final = 16
 _GRAPHEME: Final = regex.compile(r"\X")
+_NON_WORD: Final = regex.compile(r"\W")
 
 
 class Finding(NamedTuple):
@@ -43,10 +45,10 @@ class Finding(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Pattern:
     kind: str
-    regex: regex.Pattern[str]
+    rx: regex.Pattern[str]
     #: A character no match of the pattern contains: a complete match is final once
     #: one follows it (before that a longer match may still start at the same place).
-    stop: regex.Pattern[str] = regex.compile(r"[^\w]")
+    stop: regex.Pattern[str] = _NON_WORD
     #: ... or once this many characters follow it.
     horizon: int = 256
     #: A check of the matched text (a card number's Luhn digit); None: every match.
@@ -72,7 +74,7 @@ class Scanner:
         cut = end
         found: list[Finding] = []
         for pattern in self.patterns:
-            for m in pattern.regex.finditer(text, pos, partial=not final):
+            for m in pattern.rx.finditer(text, pos, partial=not final):
                 start, stop = m.span()
                 if not final and (m.partial or (start < stop and not _settled(
                         pattern, text, stop))):

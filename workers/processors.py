@@ -30,14 +30,16 @@ from typing import Any, Final, NamedTuple, Protocol
 
 import orjson
 
+from eventlog.contentpolicy import Spec
 from eventlog.jobs import Job
 from schemas import events
+from schemas.events import HEADER_PROC
 
 log = logging.getLogger(__name__)
 
-#: The header of an event a pipeline wrote: its :class:`Position` as JSON.
-HEADER_PROC: Final = "tm-proc"
 ACTIONS: Final = ("redact", "block", "flag")
+__all__ = ["ACTIONS", "HEADER_PROC", "Output", "Pipeline", "Position", "Processor",
+           "ProcessorRun", "ProcessorUnavailable", "Spec"]
 
 
 class Output(NamedTuple):
@@ -45,29 +47,6 @@ class Output(NamedTuple):
 
     type: str
     data: dict[str, Any]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Spec:
-    """One entry of a tenant's policy (schemas/json/content_policy.json)."""
-
-    processor: str
-    action: str = "redact"
-    threshold: float | None = None
-    options: Mapping[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"processor": self.processor, "action": self.action}
-        if self.threshold is not None:
-            out["threshold"] = self.threshold
-        if self.options:
-            out["options"] = dict(self.options)
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Spec:
-        return cls(processor=str(obj["processor"]), action=str(obj.get("action", "redact")),
-                   threshold=obj.get("threshold"), options=obj.get("options") or None)
 
 
 class ProcessorRun(Protocol):
@@ -156,6 +135,15 @@ class Pipeline:
         self.ended = any(events.is_terminal(ev.type) for ev in batch)
         return [(ev, Position(src=src, part=i, states=before, policy=self.policy).encode())
                 for i, ev in enumerate(batch)]
+
+    def fail(self, src: int, code: str, message: str, *, part: int = 0,
+             ) -> list[tuple[Output, bytes]]:
+        """A terminal ``error`` for draft ``src`` (a processor failed), as its output
+        ``part``."""
+        self.ended = True
+        states = tuple(run.state() for run in self.runs)
+        return [(Output(events.ERROR, {"code": code, "message": message, "retryable": False}),
+                 Position(src=src, part=part, states=states, policy=self.policy).encode())]
 
 
 def _upto_terminal(batch: list[Output]) -> list[Output]:
