@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report_storm, report_tenants, scn_compression, scn_durable, scn_priority
+from bench import (
+    report_storm,
+    report_tenants,
+    scn_compression,
+    scn_content,
+    scn_durable,
+    scn_priority,
+)
 from bench.markdown import fmt as _f
 from bench.markdown import table as _table
 
@@ -167,6 +174,7 @@ def render(res: dict[str, Any]) -> str:
     lines += report_tenants.render(sc)
     lines += scn_compression.render(sc)
     lines += scn_durable.render(sc)
+    lines += scn_content.render(sc)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 

@@ -33,6 +33,7 @@ from bench import (
     report,
     scenarios,
     scn_compression,
+    scn_content,
     scn_durable,
     scn_history,
     scn_priority,
@@ -45,7 +46,7 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants", "compression", "durable")
+             "storm", "processes", "history", "priority", "tenants", "compression", "durable", "content")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 b, profile.name, tuple(args.compression_modes.split(",")))},
             "durable": lambda: {"durable": scn_durable.durable(
                 b, scn_durable.FULL if args.full else scn_durable.SHORT)},
+            "content": lambda: {"content": scn_content.content(profile.name)},
         }
         for name in SCENARIOS:
             if name in only:

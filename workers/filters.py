@@ -40,10 +40,10 @@ _PII_PATTERNS: Final = {
              r"(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}(?![\w-])",
     # 13 to 19 digits, optionally grouped by single spaces or dashes; Luhn-checked.
     "card": r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])",
-    # North American and international numbers: +CC, area code (parenthesised or not),
-    # groups separated by a space, dot or dash; at least 10 digits in all.
-    "phone": r"(?<![\w+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
-             r"\d{3,4}[ .-]\d{3,4}(?![\w-])",
+    # International and national numbers: an optional +CC, an area code (parenthesised
+    # or not), then groups separated by a space, dot or dash; 10 to 15 digits in all.
+    "phone": r"(?<![\w+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?|\d{1,4}[ .-])"
+             r"(?:\d{2,4}[ .-]){0,2}\d{3,4}(?![\w-])",
 }
 #: Characters no match of the kind contains.
 _PII_STOP: Final = {"email": regex.compile(r"[^\w.+@-]"),
