@@ -46,7 +46,8 @@ from bench.cluster import Bench, start_broker
 from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
-             "storm", "processes", "history", "priority", "tenants", "compression", "durable", "content")
+             "storm", "processes", "history", "priority", "tenants", "compression", "durable",
+             "content")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:

@@ -181,12 +181,12 @@ def render(sc: dict[str, Any]) -> list[str]:
     lines = ["### Content processors (in the worker, in-process; labelled set "
              f"`{c['setup']['labelled']}`)", "",
              f"Accuracy: **{_f(a['accuracy_pct'], 2)} %** of {_f(a['streamings'])} streamings "
-             f"({_f(a['texts'])} texts × {a['splits_per_text']} chunkings) wrote exactly the "
+             f"({_f(a['texts'])} texts x {a['splits_per_text']} chunkings) wrote exactly the "
              "labelled redaction (pii + profanity, redact).", ""]
     lines += _table(["kind", "labelled", "found", "right", "recall", "precision"], [
         [k, _f(v["labelled"]), _f(v["found"]), _f(v["right"]), f"{_f(v['recall_pct'], 1)} %",
          f"{_f(v['precision_pct'], 1)} %"] for k, v in a["by_kind"].items()])
-    lines += ["", f"Per-token time of `Pipeline.feed` ({_f(lat['tokens'])} demo tokens × "
+    lines += ["", f"Per-token time of `Pipeline.feed` ({_f(lat['tokens'])} demo tokens x "
               f"{lat['repeats']}, one core):", ""]
     lines += _table(["processors", "p50 µs", "p99 µs", "added p50 µs"], [
         [name, _f(lat[name]["p50_us"]), _f(lat[name]["p99_us"]), _f(lat[name]["added_p50_us"])]

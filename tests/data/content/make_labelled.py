@@ -22,7 +22,8 @@ OUT = Path(__file__).with_name("labelled.jsonl")
 
 FIRST = ["john", "maria", "li", "ahmed", "olga", "sam", "yuki", "fatima", "noah", "ines"]
 LAST = ["doe", "garcia", "wei", "hassan", "ivanova", "lee", "tanaka", "khan", "smith", "silva"]
-DOMAINS = ["example.com", "mail.example.org", "corp.example.co.uk", "example.net", "uni.example.edu"]
+DOMAINS = ["example.com", "mail.example.org", "corp.example.co.uk", "example.net",
+           "uni.example.edu"]
 PHONES = ["+1 415-555-0132", "(415) 555-0198", "415.555.0147", "+44 20 7946 0958",
           "+49 30 1234 5678", "212-555-0176", "+33 1 4567 8910", "(020) 7946 0321",
           "+1 (646) 555-0111", "+61 2 9876 5432"]
