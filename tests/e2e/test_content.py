@@ -2,7 +2,8 @@
 policy redacts, flags or blocks a card number and an email that the generator splits
 across chunks; a processor plugin installed from the test tree runs; a worker SIGKILLed
 mid-stream leaves the next owner to go on with exactly the events the first would have
-written (nothing redacted twice, nothing leaked)."""
+written (nothing redacted twice, nothing leaked); CJK, right-to-left and emoji text goes
+through the processors and the demo page (Debian's Chromium) unharmed."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from playwright.async_api import BrowserContext
 
 from tests import sse_client
 from tests.conftest import Cluster
+from tests.e2e.test_dashboard import browser, open_page
 from tests.e2e.test_plugins import echo_installed, plugins_listed
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
 from tests.e2e.test_takeover import taken_over
-from tests.procs import auth_headers
+from tests.procs import auth_headers, token
 from workers.filters import pii_scanner
-from workers.holdback import redact
+from workers.holdback import graphemes, redact
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-__all__ = ["echo_installed"]  # the fixture, used by name
+__all__ = ["browser", "echo_installed"]  # the fixtures, used by name
 
 QUERY = "pay 4111 1111 1111 1111 or mail jo.doe@example.com ok "
 POLICY = {
@@ -49,9 +52,11 @@ async def content_cluster(cluster: Cluster) -> AsyncIterator[Cluster]:
     yield cluster
 
 
-async def follow(base: str, tenant: str, tokens: int) -> list[sse_client.Event]:
+async def follow(base: str, tenant: str, tokens: int, query: str = QUERY,
+                 ) -> list[sse_client.Event]:
+    """A ``spell`` stream of ``query`` created and read whole by a user of ``tenant``."""
     async with aiohttp.ClientSession(headers=auth_headers(tenant=tenant)) as http:
-        sid = await create(http, base, query=QUERY, generator="spell",
+        sid = await create(http, base, query=query, generator="spell",
                            options={"tokens": tokens, "tokens_per_second": 100})
         events = (await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
                                         idle_timeout=30)).stream_events
@@ -117,3 +122,50 @@ async def test_a_worker_killed_mid_stream_the_next_owner_goes_on_redacting_exact
                       lambda f, _: f"[{f.kind}]")
     assert expected.count("[card]") >= 3
     await taken_over(content_cluster, http, QUERY, generator="spell", text=expected)
+
+
+#: Chinese, Arabic and Hebrew (right to left), a family emoji (a ZWJ sequence of five code
+#: points, one grapheme), a flag (two regional indicators) and an e with a combining acute.
+WORLD = ("你好，世界！ مرحبا بالعالم שלום עולם "  # noqa: RUF001 - CJK punctuation, on purpose
+         "\U0001F468\u200D\U0001F469\u200D\U0001F467 \U0001F1EF\U0001F1F5 caf\u0065\u0301 ")
+
+
+async def test_multi_language_text_reaches_the_demo_page_exactly(
+        echo_installed: None, content_cluster: Cluster, browser: BrowserContext) -> None:
+    content_cluster.worker()
+    base = await content_cluster.gateway()
+    tokens = -(-len(graphemes(WORLD)) // 3)
+    # Through the processors (the default tenant's pii and sentiment), on the wire: every
+    # chunk is whole grapheme clusters.
+    events = await follow(base, "default", tokens, WORLD)
+    chunks = [e.envelope["data"]["chunk"] for e in events if e.event == "partial_result"]
+    assert "".join(chunks) == WORLD
+    assert [g for c in chunks for g in graphemes(c)] == graphemes(WORLD)
+
+    # The demo page asks the same question with the spell generator (added to its list:
+    # the page offers the built-in ones) and shows the answer as it streams in.
+    watched = await open_page(browser, f"{base}/?token={token()}")
+    page = watched.page
+    await page.evaluate("""() => {
+      const select = document.querySelector("#generator");
+      select.add(new Option("spell", "spell"));
+      select.value = "spell";
+      window.seen = [];
+      new MutationObserver(() => window.seen.push(
+        document.querySelector("#answer").textContent)).observe(
+        document.querySelector("#answer"), {childList: true, characterData: true,
+                                            subtree: true});
+    }""")
+    await page.fill("#query", WORLD)
+    await page.fill("#tokens", str(tokens))
+    await page.fill("#tps", "40")
+    await page.click("#ask")
+    await page.wait_for_selector("#badge[data-state=completed]", timeout=20000)
+    assert await page.text_content("#answer") == WORLD
+    seen = await page.evaluate("window.seen")
+    # Each step of the rendering is a prefix of the answer made of whole clusters.
+    for text in seen:
+        assert WORLD.startswith(text)
+        assert graphemes(text) == graphemes(WORLD)[:len(graphemes(text))]
+    assert watched.errors == []
+
