@@ -8,7 +8,7 @@ would have yielded the first time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from eventlog.contentpolicy import Spec
@@ -26,19 +26,30 @@ class EchoGenerator:
     name = "echo"
 
     async def events(self, job: Job, start_seq: int) -> AsyncIterator[Draft]:
-        tokens = int(job.options.get("tokens") or 10)
-        delay = 1.0 / float(job.options.get("tokens_per_second") or 10.0)
-        chunks = echo_chunks(job.query, tokens)
-        plan: list[tuple[str, dict[str, Any]]] = [
-            ("status", {"state": "running", "message": "echoing"})]
-        plan += [("partial_result", {"chunk": c, "chunkIndex": i}) for i, c in enumerate(chunks)]
-        plan.append(("result", {"text": "".join(chunks), "generator": "echo"}))
-        for seq, (kind, data) in enumerate(plan, start=1):
-            if seq < start_seq:
-                continue
-            if kind == "partial_result":
-                await asyncio.sleep(delay)
-            yield Draft(seq, kind, data)
+        async for draft in _paced(job, start_seq, echo_chunks, "echoing", self.name):
+            yield draft
+
+
+async def _paced(job: Job, start_seq: int, chunking: Callable[[str, int], list[str]],
+                 message: str, generator: str, *, complete: bool = False,
+                 ) -> AsyncIterator[Draft]:
+    """``status`` running, the query's chunks (``chunking``) as ``partial_result`` events
+    at ``tokens_per_second`` (``complete``: with ``isComplete``), then ``result``."""
+    tokens = int(job.options.get("tokens") or 10)
+    delay = 1.0 / float(job.options.get("tokens_per_second") or 10.0)
+    chunks = chunking(job.query, tokens)
+    plan: list[tuple[str, dict[str, Any]]] = [
+        ("status", {"state": "running", "message": message})]
+    plan += [("partial_result", {"chunk": c, "chunkIndex": i,
+                                 **({"isComplete": i == tokens - 1} if complete else {})})
+             for i, c in enumerate(chunks)]
+    plan.append(("result", {"text": "".join(chunks), "generator": generator}))
+    for seq, (kind, data) in enumerate(plan, start=1):
+        if seq < start_seq:
+            continue
+        if kind == "partial_result":
+            await asyncio.sleep(delay)
+        yield Draft(seq, kind, data)
 
 
 def spell_chunks(query: str, tokens: int, size: int = 3) -> list[str]:
@@ -58,21 +69,9 @@ class SpellGenerator:
     name = "spell"
 
     async def events(self, job: Job, start_seq: int) -> AsyncIterator[Draft]:
-        tokens = int(job.options.get("tokens") or 10)
-        delay = 1.0 / float(job.options.get("tokens_per_second") or 10.0)
-        chunks = spell_chunks(job.query, tokens)
-        plan: list[tuple[str, dict[str, Any]]] = [
-            ("status", {"state": "running", "message": "spelling"})]
-        plan += [("partial_result", {"chunk": c, "chunkIndex": i,
-                                     "isComplete": i == tokens - 1})
-                 for i, c in enumerate(chunks)]
-        plan.append(("result", {"text": "".join(chunks), "generator": "spell"}))
-        for seq, (kind, data) in enumerate(plan, start=1):
-            if seq < start_seq:
-                continue
-            if kind == "partial_result":
-                await asyncio.sleep(delay)
-            yield Draft(seq, kind, data)
+        async for draft in _paced(job, start_seq, spell_chunks, "spelling", self.name,
+                                  complete=True):
+            yield draft
 
 
 class _ShoutRun:
