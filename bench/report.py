@@ -9,6 +9,7 @@ from bench import (
     report_tenants,
     scn_cache,
     scn_compression,
+    scn_content,
     scn_durable,
     scn_priority,
 )
@@ -176,6 +177,7 @@ def render(res: dict[str, Any]) -> str:
     lines += report_tenants.render(sc)
     lines += scn_compression.render(sc)
     lines += scn_durable.render(sc)
+    lines += scn_content.render(sc)
     lines.append(f"Wall time: {_f(meta.get('wall_s'))} s.")
     return "\n".join(lines)
 

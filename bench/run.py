@@ -34,6 +34,7 @@ from bench import (
     scenarios,
     scn_cache,
     scn_compression,
+    scn_content,
     scn_durable,
     scn_history,
     scn_priority,
@@ -47,7 +48,7 @@ from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
              "storm", "processes", "history", "priority", "tenants", "compression", "durable",
-             "cache")
+             "cache", "content")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 b, profile.name, tuple(args.compression_modes.split(",")))},
             "durable": lambda: {"durable": scn_durable.durable(
                 b, scn_durable.FULL if args.full else scn_durable.SHORT)},
+            "content": lambda: {"content": scn_content.content(profile.name)},
         }
         for name in SCENARIOS:
             if name in only:

@@ -11,6 +11,7 @@ from schemas.events import (
     HEADER_CACHE_SOURCE,
     HEADER_GENERATOR,
     HEADER_INPUT,
+    HEADER_PROC,
     HEADER_SEQ,
     HEADER_TRACEPARENT,
     HEADER_TYPE,
@@ -37,6 +38,8 @@ class LogRecord(NamedTuple):
     input_id: str | None = None
     #: The ``tm-cache-source`` header (a cache hit's ``metadata`` event), else None.
     cache_source: bytes | None = None
+    #: The ``tm-proc`` header (an event content processors wrote), else None.
+    proc: bytes | None = None
 
     @classmethod
     def from_consumer(cls, record: Any) -> LogRecord | None:
@@ -48,6 +51,7 @@ class LogRecord(NamedTuple):
         seq = -1
         generator = traceparent = input_id = None
         cache_source = None
+        proc: bytes | None = None
         for name, raw in record.headers:
             if name == HEADER_TYPE:
                 kind = raw.decode("ascii", "replace")
@@ -64,7 +68,9 @@ class LogRecord(NamedTuple):
                 input_id = raw.decode("ascii", "replace")
             elif name == HEADER_CACHE_SOURCE:
                 cache_source = raw
+            elif name == HEADER_PROC:
+                proc = raw
         if seq < 0 or _TYPE_RE.search(kind) is None:
             return None
         return cls(record.partition, record.offset, record.key, record.value, kind, seq,
-                   record.timestamp, generator, traceparent, input_id, cache_source)
+                   record.timestamp, generator, traceparent, input_id, cache_source, proc)

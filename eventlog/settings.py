@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from eventlog import loglevels
+from eventlog.contentpolicy import ContentPolicy, parse_policy
 from eventlog.errors import ConfigError
 from eventlog.experiments import Experiments, parse_experiments
 from eventlog.plugins import AllowListError, parse_allow
@@ -314,8 +315,14 @@ class WorkerSettings:
     stream_inputs: int = _env(
         "WORKER_STREAM_INPUTS", 100, "most inputs one generated stream takes (later ones "
         "are dropped with a warning)")
+    content_policy_json: str = _env(
+        "CONTENT_POLICY", "", "the content processors each tenant's generated streams go "
+        "through, JSON {\"default\": [...], \"tenants\": {\"<tenant>\": [...]}} "
+        "(schemas/json/content_policy.json, docs/content.md; empty: none)")
+    content_policy: ContentPolicy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "content_policy", parse_policy(self.content_policy_json))
         if not 0 <= self.priority_reserve <= 1:
             raise ConfigError("TIDEMARK_WORKER_PRIORITY_RESERVE must be a share from 0 to 1")
 

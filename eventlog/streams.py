@@ -88,6 +88,8 @@ class StreamState:
     #: ``tm-cache-source`` header (set: it replays that cached stream).
     answered: bool = False
     cache_source: bytes | None = None
+    #: The ``tm-proc`` header of the last event content processors wrote (None: none).
+    position: bytes | None = None
 
     def apply(self, rec_offset: int, rec_type: str, rec_seq: int) -> None:
         if rec_seq <= self.last_seq or self.terminal is not None:
@@ -126,6 +128,8 @@ async def scan(reader: LogReader, info: StreamInfo, state: StreamState | None = 
                     elif rec.seq > 0 and not state.answered:
                         state.answered = True
                         state.cache_source = rec.cache_source
+                if rec.proc is not None and rec.seq > state.last_seq and state.terminal is None:
+                    state.position = rec.proc
                 state.apply(rec.offset, rec.type, rec.seq)
     state.scanned_until = max(state.scanned_until, end)
     return state

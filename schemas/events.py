@@ -52,6 +52,10 @@ HEADER_INPUT: Final = "tm-input"
 #: says so: the source stream's index record (JSON), so a worker that takes the replay
 #: over replays the same source (``workers.cache``).
 HEADER_CACHE_SOURCE: Final = "tm-cache-source"
+#: On an event a worker's content processors wrote: where they were (the generator's
+#: seq, the event's index among that draft's outputs, the processors' state before it),
+#: so a worker that takes the stream over goes on exactly (``workers.processors``).
+HEADER_PROC: Final = "tm-proc"
 
 #: Patterns end in ``$(?!\n)``: the end of the string both in JSON Schema (ECMA-262)
 #: and in Python, whose bare ``$`` also matches before a trailing newline.

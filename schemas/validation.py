@@ -75,6 +75,7 @@ class Validators:
         names = ["create_stream", "event_input", "publish", "envelope", "reset", "input_request",
                  *sorted(events.BUILTIN_TYPES)]
         names.append("ai_chat")  # the AI SDK chat route's body (gateway.ai_chat)
+        names.append("analysis")  # referenced by metadata and result
         names.append("log_levels")  # the admin endpoints' body (gateways and workers)
         names.append("input_record")  # the jobs topics' input control record
         self._schemas = {name: load_schema(name) for name in names}

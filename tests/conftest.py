@@ -42,15 +42,21 @@ HEAVY = frozenset({
     "tests/integration/test_cluster.py", "tests/integration/test_broker.py",
     "tests/e2e/test_broker_restart.py",
 })
+#: Modules that install the test plugin package (tests/plugins/tidemark_echo) into the
+#: venv and uninstall it after: one worker, so one's uninstall never pulls it from under
+#: the other.
+PLUGIN_INSTALLERS = frozenset({"tests/e2e/test_plugins.py", "tests/e2e/test_content.py"})
 _SHARED_BROKER: dict[str, Proc | str] = {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``--dist loadgroup`` groups: a module per group, :data:`HEAVY` modules in one."""
+    """``--dist loadgroup`` groups: a module per group, :data:`HEAVY` modules in one, and
+    :data:`PLUGIN_INSTALLERS` in another."""
     root = Path(str(config.rootpath))
     for item in items:
         module = Path(str(item.path)).relative_to(root).as_posix()
-        group = "heavy" if module in HEAVY else module
+        group = ("heavy" if module in HEAVY else
+                 "plugin-install" if module in PLUGIN_INSTALLERS else module)
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -264,18 +264,26 @@ async def run_worker(settings: Settings, traces: TraceSettings | None = None) ->
 
 async def _run_worker(settings: Settings) -> int:
     from eventlog.janitor import run_janitor
-    from workers.plugins import load_generators
+    from workers.plugins import load_generators, load_processors
     from workers.runner import Worker
 
     generators, report = load_generators(settings.plugin_allow, settings=settings)
+    processors, _ = load_processors(settings.plugin_allow, settings=settings)
+    missing = settings.worker.content_policy.processors - set(processors)
+    if missing:
+        log.error("TIDEMARK_CONTENT_POLICY names processors that are not loaded (%s): the "
+                  "streams of tenants whose policy names one fail with processor_unavailable",
+                  ", ".join(sorted(missing)))
     if not generators:
         log.error("no generator plugin loaded (is Tidemark installed? `tidemark plugins` "
                   "lists them): every job will fail with unknown_generator")
     log.info("generators: %s", ", ".join(sorted(generators)) or "none")
+    log.info("content processors: %s", ", ".join(sorted(processors)) or "none")
     # A plugin's distribution version is its generator's version (unless the generator
     # or TIDEMARK_CACHE_GENERATOR_VERSIONS says otherwise): part of its cache key.
     worker = Worker(settings, generators,
-                    versions={r.plugin.name: r.plugin.version for r in report})
+                    versions={r.plugin.name: r.plugin.version for r in report},
+                    processors=processors)
     ws = settings.worker
     metrics, port = await worker.metrics.serve(
         ws.metrics_host, ws.metrics_port, auth=settings.auth,
@@ -409,16 +417,20 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _plugins(settings: Settings, as_json: bool) -> int:
     """``tidemark plugins``: every group's installed plugins, with their load status (the
-    generators are loaded, as a worker would; other groups have no loader yet)."""
+    generators and processors are loaded, as a worker would; webhook signers have no
+    loader yet)."""
     import orjson
 
-    from eventlog.plugins import GENERATORS, GROUPS, discover
-    from workers.plugins import REFUSED, Status, load_generators
+    from eventlog.plugins import GENERATORS, GROUPS, PROCESSORS, discover
+    from workers.plugins import REFUSED, Status, load_generators, load_processors
 
     rows: list[Status] = []
     for group in GROUPS:
         if group == GENERATORS:
             rows += load_generators(settings.plugin_allow, settings=settings)[1]
+            continue
+        if group == PROCESSORS:
+            rows += load_processors(settings.plugin_allow, settings=settings)[1]
             continue
         rows += [Status(plugin=p, state=REFUSED if p.refused else "not loaded",
                         reason=p.refused or "this Tidemark has no loader for the group yet")

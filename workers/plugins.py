@@ -1,10 +1,12 @@
-"""Generators loaded from the ``tidemark.generators`` entry points (``eventlog.plugins``
-says which are selected). Each entry point names a class or factory that is called with
-no arguments (with the process's :class:`~eventlog.settings.Settings` when it sets
-``takes_settings = True``, as the built-in ``openai`` generator does) and returns an
-object satisfying :class:`workers.generators.Generator`: its ``name`` is the entry
-point's name and its ``events`` is callable. A plugin that fails to import, to build or
-that check is reported (logged, listed as broken) and the worker serves the others.
+"""Generators and content processors loaded from the ``tidemark.generators`` and
+``tidemark.processors`` entry points (``eventlog.plugins`` says which are selected).
+Each entry point names a class or factory that is called with no arguments (with the
+process's :class:`~eventlog.settings.Settings` when it sets ``takes_settings = True``, as
+the built-in ``openai`` generator does) and returns an object satisfying its group's
+protocol (:class:`workers.generators.Generator`, :class:`workers.processors.Processor`):
+its ``name`` is the entry point's name and its ``events`` (a generator's) or ``open`` (a
+processor's) is callable. A plugin that fails to import, to build or that check is
+reported (logged, listed as broken) and the worker serves the others.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Final, cast
 
-from eventlog.plugins import GENERATORS, Plugin, discover
+from eventlog.plugins import GENERATORS, PROCESSORS, Plugin, discover
 from eventlog.settings import Settings
 from workers.generators import Generator
+from workers.processors import Processor
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +43,52 @@ class PluginCheckError(TypeError):
     """A plugin's object does not satisfy its group's protocol."""
 
 
-def checked(obj: object, name: str) -> Generator:
-    """``obj`` as a :class:`Generator` named ``name``, else :class:`PluginCheckError`."""
+#: Each loaded group: what its objects are called in logs, and the method they must have.
+_KINDS: Final = {GENERATORS: ("generator", "events", "events(job, start_seq)"),
+                 PROCESSORS: ("processor", "open", "open(job, spec, state)")}
+
+
+def checked(obj: object, name: str, group: str = GENERATORS) -> object:
+    """``obj``, if it is named ``name`` and has its group's method, else
+    :class:`PluginCheckError`."""
     if getattr(obj, "name", None) != name:
         raise PluginCheckError(f"its name is {getattr(obj, 'name', None)!r}, not {name!r}")
-    if not callable(getattr(obj, "events", None)):
-        raise PluginCheckError("it has no events(job, start_seq) method")
-    return cast(Generator, obj)
+    _, method, signature = _KINDS[group]
+    if not callable(getattr(obj, method, None)):
+        raise PluginCheckError(f"it has no {signature} method")
+    return obj
 
 
-def _load(plugin: Plugin, settings: Settings) -> Generator:
+def _load(plugin: Plugin, settings: Settings) -> object:
     factory = plugin.entry_point.load()
     if not callable(factory):
         raise PluginCheckError(f"{plugin.value} is not a class or factory")
     built = factory(settings) if getattr(factory, "takes_settings", False) is True else factory()
-    return checked(built, plugin.name)
+    return checked(built, plugin.name, plugin.group)
+
+
+def _load_group(group: str, allow: Iterable[str],
+                found: Iterable[tuple[metadata.EntryPoint, str, str]] | None,
+                settings: Settings) -> tuple[dict[str, object], list[Status]]:
+    kind = _KINDS[group][0]
+    loaded: dict[str, object] = {}
+    report: list[Status] = []
+    for plugin in discover(group, allow, found):
+        if plugin.refused:
+            log.warning("%s plugin %s from %s %s is not used: %s", kind, plugin.name,
+                        plugin.dist, plugin.version, plugin.refused)
+            report.append(Status(plugin=plugin, state=REFUSED, reason=plugin.refused))
+            continue
+        try:
+            loaded[plugin.name] = _load(plugin, settings)
+        except Exception as exc:  # noqa: BLE001 - a plugin's own code: report it, go on
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("%s plugin %s (%s from %s %s) is broken: %s", kind, plugin.name,
+                      plugin.value, plugin.dist, plugin.version, reason)
+            report.append(Status(plugin=plugin, state=BROKEN, reason=reason))
+            continue
+        report.append(Status(plugin=plugin, state=LOADED))
+    return loaded, report
 
 
 def load_generators(allow: Iterable[str] = (),
@@ -64,22 +98,14 @@ def load_generators(allow: Iterable[str] = (),
     """The selected generators by name, and the status of every installed one;
     ``settings``: what a generator that takes settings is built with (default: the
     defaults)."""
-    settings = settings or Settings()
-    generators: dict[str, Generator] = {}
-    report: list[Status] = []
-    for plugin in discover(GENERATORS, allow, found):
-        if plugin.refused:
-            log.warning("generator plugin %s from %s %s is not used: %s", plugin.name,
-                        plugin.dist, plugin.version, plugin.refused)
-            report.append(Status(plugin=plugin, state=REFUSED, reason=plugin.refused))
-            continue
-        try:
-            generators[plugin.name] = _load(plugin, settings)
-        except Exception as exc:  # noqa: BLE001 - a plugin's own code: report it, go on
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error("generator plugin %s (%s from %s %s) is broken: %s", plugin.name,
-                      plugin.value, plugin.dist, plugin.version, reason)
-            report.append(Status(plugin=plugin, state=BROKEN, reason=reason))
-            continue
-        report.append(Status(plugin=plugin, state=LOADED))
-    return generators, report
+    loaded, report = _load_group(GENERATORS, allow, found, settings or Settings())
+    return cast(dict[str, Generator], loaded), report
+
+
+def load_processors(allow: Iterable[str] = (),
+                    found: Iterable[tuple[metadata.EntryPoint, str, str]] | None = None,
+                    settings: Settings | None = None,
+                    ) -> tuple[dict[str, Processor], list[Status]]:
+    """The selected content processors by name, and the status of every installed one."""
+    loaded, report = _load_group(PROCESSORS, allow, found, settings or Settings())
+    return cast(dict[str, Processor], loaded), report

@@ -72,13 +72,20 @@ from eventlog.settings import Settings
 from eventlog.streams import StreamState, now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
 from schemas import events
-from schemas.events import HEADER_INPUT, Event
+from schemas.events import HEADER_INPUT, HEADER_PROC, Event
 from workers.cache import Hit, QueryCache
 from workers.experiments import announced
 from workers.generators import Draft, Generator, Inputs, InteractiveGenerator, takes_input
 from workers.lag import JobsLag
 from workers.metrics import WorkerMetrics
 from workers.outbox import Entry, OffsetTracker, Outbox
+from workers.processors import (
+    Output,
+    Pipeline,
+    Position,
+    Processor,
+    ProcessorUnavailable,
+)
 from workers.tracing import generation_span, note_end, note_start
 
 log = logging.getLogger(__name__)
@@ -226,7 +233,8 @@ class Worker:
 
     def __init__(self, settings: Settings,
                  generators: Mapping[str, Generator | InteractiveGenerator],
-                 versions: Mapping[str, str] | None = None) -> None:
+                 versions: Mapping[str, str] | None = None,
+                 processors: Mapping[str, Processor] | None = None) -> None:
         self.settings = settings
         self.generators = dict(generators)
         #: Each generator's version, a part of its cached answers' key: the operator's
@@ -236,6 +244,8 @@ class Worker:
                                    or getattr(gen, "version", None)
                                    or (versions or {}).get(name) or "")
                          for name, gen in self.generators.items()}
+        #: The content processors the tenants' policies may name (``workers.processors``).
+        self.processors = dict(processors or {})
         self.max_jobs = settings.worker.max_jobs
         #: Slots that only priority jobs may take.
         self.reserved = reserved_slots(self.max_jobs, settings.worker.priority_reserve)
@@ -543,9 +553,14 @@ class Worker:
         # The generator numbers its events as if there were no inputs.
         own = seq - len(logged)
         hit, vector, cacheable = await self._cached(stream, state)
-        if hit is not None:
-            pacing = job.cache.pacing or self.settings.cache.pacing
-            drafts: Any = self.cache.replay(hit, own, pacing)
+        pipeline, own, skip, failure = self._pipeline(job, state.position, own)
+        drafts: Any
+        if failure is not None:
+            drafts = _fail(own, *failure)
+        elif hit is not None:
+            # A cached answer stands for the generator's drafts (and goes through the
+            # tenant's processors like them).
+            drafts = self.cache.replay(hit, own, job.cache.pacing or self.settings.cache.pacing)
         else:
             drafts = self._drafts(stream, own, [i.data for i in logged])
         stream.outbox, stream.info, stream.span, stream.seq = outbox, info, span, seq
@@ -553,7 +568,6 @@ class Worker:
             while True:
                 stream.write_inputs()
                 draft = await self._next(stream, drafts, own)
-                seq = stream.seq
                 if draft is None:
                     # The generator stopped without a terminal event: end it as failed.
                     draft = Draft(own, events.ERROR, {
@@ -563,26 +577,33 @@ class Worker:
                     draft = Draft(own, events.ERROR, {
                         "code": "generator_error", "retryable": False,
                         "message": f"generator yielded seq {draft.seq}, expected {own}"})
-                ev = Event(stream=job.stream_id, seq=seq, type=draft.type, ts=now_ms(),
-                           data=draft.data)
-                if ev.terminal:
-                    last = Entry(event=ev, info=info, snapshot=stream.first,
-                                 jobs_tp=stream.tp, done_offset=stream.offset, span=span)
-                    await outbox.put_and_wait(last)
-                    if cacheable and hit is None and ev.type == events.RESULT \
-                            and last.final is not None:
-                        await self._remember(job, last.final, vector)
-                    note_end(span, ev)
-                    self.metrics.count_stream(terminal_status(ev.type), job.stream.tenant)
-                    log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
-                             ev.seq)
-                    return
-                # A replay's first event (the cache marker) names its source.
-                headers = self.cache.headers(hit) if hit is not None and own == 1 else ()
-                await outbox.put(Entry(event=ev, info=info, snapshot=stream.first, span=span,
-                                       headers=headers))
-                stream.first = False
-                stream.seq = seq + 1
+                outs = _processed(pipeline, draft)[skip:]
+                skip = 0
+                if hit is not None and draft.seq == 1:
+                    # A replay's first event (the cache marker) names its source.
+                    outs = [(out, (*headers, *self.cache.headers(hit)))
+                            for out, headers in outs]
+                for out, headers in outs:
+                    seq = stream.seq
+                    ev = Event(stream=job.stream_id, seq=seq, type=out.type, ts=now_ms(),
+                               data=out.data)
+                    if ev.terminal:
+                        last = Entry(event=ev, info=info, snapshot=stream.first,
+                                     jobs_tp=stream.tp, done_offset=stream.offset, span=span,
+                                     headers=headers)
+                        await outbox.put_and_wait(last)
+                        if cacheable and hit is None and ev.type == events.RESULT \
+                                and last.final is not None:
+                            await self._remember(job, last.final, vector)
+                        note_end(span, ev)
+                        self.metrics.count_stream(terminal_status(ev.type), job.stream.tenant)
+                        log.info("stream %s ended with %s at seq %s", job.stream_id, ev.type,
+                                 ev.seq)
+                        return
+                    await outbox.put(Entry(event=ev, info=info, snapshot=stream.first,
+                                           span=span, headers=headers))
+                    stream.first = False
+                    stream.seq = seq + 1
                 own += 1
         finally:
             stream.outbox = None  # no input is written after this
@@ -623,6 +644,31 @@ class Worker:
             raise
         except Exception:  # the stream is complete; only its caching failed
             log.exception("stream %s: could not cache its answer", job.stream_id)
+
+    def _pipeline(self, job: Job, position: bytes | None, own: int,
+                  ) -> tuple[Pipeline | None, int, int, tuple[str, str] | None]:
+        """The stream's content processors (None: its tenant has none), the generator
+        seq to start from, how many of that draft's outputs the log holds already, and
+        why the stream must fail instead (``(code, message)``), if it must.
+
+        A stream the log shows processed goes on from its last ``tm-proc`` header, under
+        the policy recorded there; a new one starts with its tenant's policy now."""
+        try:
+            if position is not None:
+                at = Position.decode(position)
+                return Pipeline.resume(job, self.processors, at), at.src, at.part + 1, None
+            policy = self.settings.worker.content_policy.for_tenant(job.stream.tenant)
+            if not policy:
+                return None, own, 0, None
+            if own > 1:
+                log.warning("stream %s was written without content processors: it goes on "
+                            "without them", job.stream_id)
+                return None, own, 0, None
+            return Pipeline(job, self.processors, policy), own, 0, None
+        except ProcessorUnavailable as exc:
+            return None, own, 0, ("processor_unavailable", str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
+            return None, own, 0, ("content_policy_invalid", f"{type(exc).__name__}: {exc}")
 
     def _drafts(self, stream: _Stream, start: int, logged: list[dict[str, Any]]) -> Any:
         """The generator's drafts from its seq ``start``; a generator that takes input
@@ -724,6 +770,26 @@ class Worker:
 
 def _kind(priority: bool) -> str:
     return "priority" if priority else "other"
+
+
+def _processed(pipeline: Pipeline | None, draft: Draft,
+               ) -> list[tuple[Output, tuple[tuple[str, bytes], ...]]]:
+    """The events that stand for ``draft``: itself without processors, else what the
+    pipeline makes of it (each with its ``tm-proc`` header). A processor that raises,
+    or loses the terminal event, ends the stream with an ``error``."""
+    event = Output(draft.type, draft.data)
+    if pipeline is None:
+        return [(event, ())]
+    try:
+        outs = pipeline.feed(draft.seq, event)
+    except Exception as exc:  # a processor plugin's own code: its stream fails
+        log.exception("content processor raised")
+        outs = pipeline.fail(draft.seq, "processor_error", f"{type(exc).__name__}: {exc}")
+    if events.is_terminal(draft.type) and not any(events.is_terminal(o.type) for o, _ in outs):
+        outs += pipeline.fail(draft.seq, "processor_error",
+                              "a content processor dropped the stream's terminal event",
+                              part=len(outs))
+    return [(out, ((HEADER_PROC, header),)) for out, header in outs]
 
 
 async def _fail(seq: int, code: str, message: str) -> Any:

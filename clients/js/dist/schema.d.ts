@@ -55,9 +55,65 @@ export interface PartialResultData {
     [k: string]: unknown;
 }
 /**
+ * what the sentiment and language processors found (docs/content.md), in metadata and result events
+ */
+export interface AnalysisData {
+    sentiment?: {
+        /**
+         * VADER's normalised score
+         */
+        compound: number;
+        positive?: number;
+        negative?: number;
+        neutral?: number;
+        label: "positive" | "negative" | "neutral";
+        [k: string]: unknown;
+    };
+    language?: {
+        /**
+         * ISO 639-1, or und
+         */
+        query?: string;
+        /**
+         * ISO 639-1, or und
+         */
+        answer?: string;
+        [k: string]: unknown;
+    };
+    /**
+     * the chunks scored so far
+     */
+    chunks?: number;
+    [k: string]: unknown;
+}
+/**
  * data of a metadata event: free-form context (model, sources, usage ...)
  */
 export interface MetadataData {
+    /**
+     * a content filter with action flag found a term (docs/content.md): the term itself is not repeated
+     */
+    contentFlag?: {
+        processor: string;
+        /**
+         * email, phone, card, profanity, or a plugin's own
+         */
+        kind: string;
+        /**
+         * where the term starts in the answer, in code points
+         */
+        start: number;
+        /**
+         * its length, in code points
+         */
+        length: number;
+        /**
+         * the chunk that completed it
+         */
+        chunkIndex: number;
+        [k: string]: unknown;
+    };
+    analysis?: AnalysisData;
     [k: string]: unknown;
 }
 /**
@@ -65,12 +121,28 @@ export interface MetadataData {
  */
 export interface ResultData {
     text?: string;
+    /**
+     * per content filter that found terms (docs/content.md): its action and how many of each kind
+     */
+    content?: {
+        [k: string]: {
+            action?: "redact" | "block" | "flag";
+            found?: {
+                [k: string]: number;
+            };
+            [k: string]: unknown;
+        };
+    };
+    analysis?: AnalysisData;
     [k: string]: unknown;
 }
 /**
  * data of an error event (terminal)
  */
 export interface ErrorData {
+    /**
+     * a machine-readable reason, e.g. content_blocked (a content filter stopped the answer), processor_unavailable, processor_error, content_policy_invalid (docs/content.md)
+     */
     code: string;
     message: string;
     retryable?: boolean;

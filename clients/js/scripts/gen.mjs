@@ -14,6 +14,7 @@ const NAMES = {
   status: "StatusData",
   progress: "ProgressData",
   partial_result: "PartialResultData",
+  analysis: "AnalysisData",
   metadata: "MetadataData",
   result: "ResultData",
   error: "ErrorData",
