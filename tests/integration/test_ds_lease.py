@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import ConfigResource, ConfigResourceType
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from durable import records
 from durable.state import now_ms
@@ -123,9 +123,10 @@ async def _hanging_append(settings: Settings, topic: str, part: int, key: str) -
     broker = str((await admin.describe_cluster())["brokers"][0]["node_id"])
 
     async def verification(on: bool) -> None:
-        await admin.alter_configs([ConfigResource(
+        answers = await admin.alter_configs([ConfigResource(
             ConfigResourceType.BROKER, broker,
             configs={"transaction.partition.verification.enable": str(on).lower()})])
+        assert all(r[0] == 0 for a in answers for r in a.resources), answers
         await asyncio.sleep(0.5)  # a dynamic broker config takes effect asynchronously
 
     producer: AIOKafkaProducer | None = None
