@@ -170,6 +170,8 @@ class DsLog:
         self._touched: dict[str, int] = {}
         self._applied: dict[int, int] = {}
         self._watchers: dict[str, set[asyncio.Future[None]]] = {}
+        #: Streams changed by the records being applied; their readers are woken after.
+        self._changed: set[str] = set()
         self._leases: dict[int, _Lease] = {}
         self._closing_tasks: set[asyncio.Future[None]] = set()
 
@@ -250,6 +252,7 @@ class DsLog:
             for tp, batch in batches.items():
                 for msg in batch:
                     self._apply(tp.partition, msg)
+            self._wake_changed()
             for tp in tps:
                 self._applied[tp.partition] = max(self._applied[tp.partition],
                                                   await consumer.position(tp))
@@ -288,6 +291,13 @@ class DsLog:
                         self.topic, partition, msg.offset, exc)
             return
         if stream is not None:
+            self._changed.add(key)
+
+    def _wake_changed(self) -> None:
+        """Wake the live readers of every stream the records just applied changed: once
+        per stream per batch of records, not once per record."""
+        changed, self._changed = self._changed, set()
+        for key in changed:
             self._wake(key)
 
     def _wake(self, key: str) -> None:
@@ -368,6 +378,7 @@ class DsLog:
                     batch = await catcher.getmany(tp, timeout_ms=2, max_records=2000)
                     for msg in batch.get(tp, []):
                         self._apply(partition, msg)
+                    self._wake_changed()
                     self._applied[partition] = max(self._applied[partition],
                                                    await catcher.position(tp))
             finally:
@@ -380,7 +391,9 @@ class DsLog:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watchers.setdefault(stream.key, set()).add(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            # Not wait_for: it runs the wait in a task of its own, per reader per wake-up.
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             return stream.version != version
         finally:
