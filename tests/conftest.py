@@ -38,7 +38,7 @@ HEAVY = frozenset({
     "tests/e2e/test_chaos.py", "tests/e2e/test_cluster_chaos.py",
     "tests/e2e/test_ds_conformance.py", "tests/e2e/test_fuzz.py",
     "tests/integration/test_cluster.py", "tests/integration/test_broker.py",
-    "tests/e2e/test_broker_restart.py",
+    "tests/e2e/test_broker_restart.py", "tests/e2e/test_ds_chaos.py",
 })
 _SHARED_BROKER: dict[str, Proc | str] = {}
 
