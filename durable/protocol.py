@@ -11,6 +11,7 @@ import json
 import random
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -178,3 +179,37 @@ def sse_data(stream: Stream, chunks: list[bytes]) -> bytes:
         text = data.decode("utf-8", errors="replace")
         return sse_event("data", text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     return sse_event("data", [base64.b64encode(data).decode()])
+
+
+#: Chunks up to this many framed bytes are shared by the SSE readers of a stream.
+SSE_FRAME_MAX_BYTES = 64 * 1024
+#: Framed bytes kept in all (the oldest go first).
+SSE_FRAMES_MAX_BYTES = 16 * 1024 * 1024
+
+
+class SseFrames:
+    """The ``event: data`` bytes of recent chunks, framed once and written by every SSE
+    reader that sends the same chunk: the live readers of a stream all send the records
+    just applied, so 1,000 readers cost one framing (and no read of the bytes) per append
+    rather than 1,000. A chunk is named by its stream's incarnation and its first and
+    next positions, and the records between never change. Bounded: chunks of up to
+    :data:`SSE_FRAME_MAX_BYTES`, :data:`SSE_FRAMES_MAX_BYTES` in all, oldest out first."""
+
+    def __init__(self, *, max_bytes: int = SSE_FRAMES_MAX_BYTES,
+                 max_frame: int = SSE_FRAME_MAX_BYTES) -> None:
+        self._frames: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_frame = max_frame
+
+    def get(self, key: tuple[object, ...]) -> bytes | None:
+        return self._frames.get(key)
+
+    def put(self, key: tuple[object, ...], frame: bytes) -> None:
+        if len(frame) > self._max_frame or key in self._frames:
+            return
+        self._frames[key] = frame
+        self._bytes += len(frame)
+        while self._bytes > self._max_bytes:
+            _, old = self._frames.popitem(last=False)
+            self._bytes -= len(old)

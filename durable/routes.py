@@ -34,6 +34,7 @@ Authorize = Callable[[web.Request, str], str]
 DS_LOG: Final = web.AppKey("ds_log", DsLog)
 DS_AUTHORIZE: Final[web.AppKey[Authorize]] = web.AppKey("ds_authorize")
 DS_PREFIX: Final = web.AppKey("ds_prefix", str)
+DS_FRAMES: Final = web.AppKey("ds_frames", p.SseFrames)
 
 READ: Final = "streams:read"
 CREATE: Final = "streams:create"
@@ -569,6 +570,7 @@ async def _sse_events(ctx: _Ctx, stream: Stream, frm: Position,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.sse_max_s
     client_cursor = ctx.request.query.get("cursor")
+    frames = ctx.request.app[DS_FRAMES]
     first = True
     while True:
         if stream.gone or ctx.live() is not stream:
@@ -576,8 +578,15 @@ async def _sse_events(ctx: _Ctx, stream: Stream, frm: Position,
         version = stream.version
         recs, nxt, up_to_date = _chunk(stream, frm, settings.max_chunk_bytes)
         if recs or first:
+            data = b""
             if recs:
-                await response.write(p.sse_data(stream, await ctx.ds.load(recs)))
+                # Framed once per chunk for every reader that sends it (p.SseFrames).
+                key = (stream.gen, frm, nxt)
+                cached = frames.get(key)
+                if cached is None:
+                    cached = p.sse_data(stream, await ctx.ds.load(recs))
+                    frames.put(key, cached)
+                data = cached
             control: dict[str, Any] = {"streamNextOffset": nxt.token()}
             closed = stream.closed and up_to_date
             if closed:
@@ -587,7 +596,8 @@ async def _sse_events(ctx: _Ctx, stream: Stream, frm: Position,
                 control["streamCursor"] = p.cursor(client_cursor)
                 if up_to_date:
                     control["upToDate"] = True
-            await response.write(p.sse_event("control", [_json(control)]))
+            # One write per chunk: its data event and its control event.
+            await response.write(data + p.sse_event("control", [_json(control)]))
             frm, first = nxt, False
             if closed:
                 break
@@ -611,6 +621,7 @@ def _json(obj: dict[str, Any]) -> str:
 
 def add_routes(app: web.Application, prefix: str) -> None:
     """The stream routes under ``prefix`` (the base path)."""
+    app[DS_FRAMES] = p.SseFrames()
     route = prefix + "/v1/stream/{path:.+}"
     resource = app.router.add_resource(route, name="ds_stream")
     resource.add_route("PUT", _wrap(create, CREATE))

@@ -114,6 +114,26 @@ class Stream:
         return out + self.own_from(frm)
 
 
+def refused(stream: Stream, meta: dict[str, Any]) -> bool:
+    """An append record the check of its write (``durable.routes.append``) refuses on
+    this very state: a producer's repeated or stale ``Producer-Seq``/``-Epoch``, a
+    ``Stream-Seq`` that does not grow, an append to a closed stream. A checked write never
+    is one; it reaches the log only through a hole in the lease (a transaction Kafka left
+    undecided that a later one's marker committed, :mod:`durable.view`), and every
+    gateway skips it alike, so a stream holds each producer's append once."""
+    if stream.closed:
+        return True
+    pid = meta.get("pid")
+    state = stream.producers.get(pid) if isinstance(pid, str) else None
+    if state is not None:
+        epoch, last = state
+        ep, sq = int(meta["ep"]), int(meta["sq"])
+        if ep < epoch or (ep == epoch and sq <= last):
+            return True
+    sseq = meta.get("sseq")
+    return sseq is not None and stream.stream_seq is not None and str(sseq) <= stream.stream_seq
+
+
 def is_json(content_type: str) -> bool:
     return media_type(content_type) == "application/json"
 
@@ -177,6 +197,8 @@ class Registry:
         if stream is None or stream.gone or stream.partition != partition:
             return None
         if op == "append":
+            if refused(stream, meta):
+                return None
             if value:
                 self._add(stream, Position(stream.depth, partition, offset), value,
                           int(meta.get("n", 0)))

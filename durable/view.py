@@ -74,6 +74,11 @@ RESTART_RESET_S = 60.0
 MAX_TOUCHES_IN_FLIGHT = 1000
 
 
+#: How long a lease's first read may stop at the last stable offset below the end
+#: before it takes the open transaction there for one nobody decides (see
+#: :meth:`DsLog._take_over`; once initialised, the lease's producer has had every
+#: transaction the coordinator knows decided).
+HANGING_WAIT_S = 1.0
 #: Most bytes of records in one transaction of a partition's committer (a larger
 #: record goes alone).
 MAX_BATCH_BYTES = 1024 * 1024
@@ -165,6 +170,8 @@ class DsLog:
         self._touched: dict[str, int] = {}
         self._applied: dict[int, int] = {}
         self._watchers: dict[str, set[asyncio.Future[None]]] = {}
+        #: Streams changed by the records being applied; their readers are woken after.
+        self._changed: set[str] = set()
         self._leases: dict[int, _Lease] = {}
         self._closing_tasks: set[asyncio.Future[None]] = set()
 
@@ -245,6 +252,7 @@ class DsLog:
             for tp, batch in batches.items():
                 for msg in batch:
                     self._apply(tp.partition, msg)
+            self._wake_changed()
             for tp in tps:
                 self._applied[tp.partition] = max(self._applied[tp.partition],
                                                   await consumer.position(tp))
@@ -283,6 +291,13 @@ class DsLog:
                         self.topic, partition, msg.offset, exc)
             return
         if stream is not None:
+            self._changed.add(key)
+
+    def _wake_changed(self) -> None:
+        """Wake the live readers of every stream the records just applied changed: once
+        per stream per batch of records, not once per record."""
+        changed, self._changed = self._changed, set()
+        for key in changed:
             self._wake(key)
 
     def _wake(self, key: str) -> None:
@@ -363,6 +378,7 @@ class DsLog:
                     batch = await catcher.getmany(tp, timeout_ms=2, max_records=2000)
                     for msg in batch.get(tp, []):
                         self._apply(partition, msg)
+                    self._wake_changed()
                     self._applied[partition] = max(self._applied[partition],
                                                    await catcher.position(tp))
             finally:
@@ -375,7 +391,9 @@ class DsLog:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watchers.setdefault(stream.key, set()).add(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            # Not wait_for: it runs the wait in a task of its own, per reader per wake-up.
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             return stream.version != version
         finally:
@@ -565,7 +583,11 @@ class DsLog:
                 # commit is not in the partition's last stable offset yet (an append it
                 # never answered, retried here). Read until it is decided, so that retry
                 # is checked against it (answered as a duplicate, not written again).
-                await self.caught_up(partition, decided=True)
+                try:
+                    await self._take_over(lease.producer, partition)
+                except KafkaError as exc:
+                    await self._lost(lease, partition, exc, attempt)
+                    continue
                 if also:
                     await self.caught_up(*also)
                 lease.exact = True
@@ -589,12 +611,7 @@ class DsLog:
                         headers=records.encode(plan.meta)) for _, plan in writes]
                     metas = await asyncio.gather(*sent)
             except KafkaError as exc:
-                log.info("durable streams: writer of partition %d lost its lease (%s); "
-                         "try %d", partition, exc, attempt + 1)
-                lease.producer = None
-                lease.exact = False
-                with contextlib.suppress(KafkaError):
-                    await stop_client(producer)
+                await self._lost(lease, partition, exc, attempt)
                 continue
             except BaseException:
                 # Cancelled or timed out mid-transaction: its outcome is unknown, so this
@@ -615,6 +632,47 @@ class DsLog:
             offsets = {n: meta.offset for (n, _), meta in zip(writes, metas, strict=True)}
             return [(plan, offsets.get(n)) for n, plan in enumerate(plans)]
         raise KafkaUnavailable(f"partition {partition}'s writer was fenced {WRITE_TRIES} times")
+
+    @staticmethod
+    async def _lost(lease: _Lease, partition: int, exc: KafkaError, attempt: int) -> None:
+        """The lease's producer failed (fenced, or Kafka went away): drop it."""
+        log.info("durable streams: writer of partition %d lost its lease (%s); try %d",
+                 partition, exc, attempt + 1)
+        producer, lease.producer, lease.exact = lease.producer, None, False
+        if producer is not None:
+            with contextlib.suppress(KafkaError):
+                await stop_client(producer)
+
+    async def _take_over(self, producer: AIOKafkaProducer, partition: int) -> None:
+        """Read ``partition`` to its high watermark with ``producer`` just initialised.
+
+        Its initialisation decided every transaction the coordinator knew of this
+        transactional id, so a transaction still open in the partition is one it does not
+        know (a produce that landed while the broker restarted: "hanging"). Nothing would
+        ever decide it: read_committed readers stop at it for good, and the next
+        transaction's marker would commit it, unchecked. So when the read stops at the
+        last stable offset below the end for :data:`HANGING_WAIT_S`, this aborts it: a
+        transaction that writes a record to the partition and aborts ends the producer
+        id's open transaction with an ABORT marker, records and all (its client had no
+        answer for them, and its retry is checked here as any write)."""
+        try:
+            async with asyncio.timeout(HANGING_WAIT_S):
+                await self.caught_up(partition, decided=True)
+            return
+        except TimeoutError:
+            pass
+        assert self._probe is not None and self._hw_probe is not None
+        tp = TopicPartition(self.topic, partition)
+        stable = (await self._probe.end_offsets([tp]))[tp]
+        end = (await self._hw_probe.end_offsets([tp]))[tp]
+        if self._applied[partition] >= stable and stable < end:
+            log.warning("durable streams: partition %d holds a transaction nobody decides "
+                        "(from offset %d); aborting it", partition, stable)
+            await producer.begin_transaction()
+            await (await producer.send(self.topic, b"", partition=partition,
+                                       headers=records.encode({"op": "noop"})))
+            await producer.abort_transaction()
+        await self.caught_up(partition, decided=True)
 
     async def _also_of(self, batch: list[_Pending]) -> None:
         await self._read_sources(lambda: {p for item in batch if item.also_of is not None

@@ -120,6 +120,38 @@ def check(report: Report, client: dict[str, Any], contents: dict[str, list[Any]]
                     f"errors {f['errors'][:2]}")
 
 
+async def dump_records(bootstrap: str, namespace: str, out: Path) -> None:
+    """Every committed record of the run's Durable Streams topic, one JSON line each
+    (partition, offset, key, the ``ds`` header, the value), for the diagnosis of a
+    violation: which records hold a repeated message, with which Producer-Id/-Seq."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from durable import records
+
+    topic = records.ds_topic(namespace)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        with out.open("w") as f:
+            for tp in tps:
+                consumer.seek(tp, 0)
+                while await consumer.position(tp) < ends[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=500)
+                    for msg in batch.get(tp, []):
+                        f.write(json.dumps({
+                            "p": tp.partition, "o": msg.offset, "ts": msg.timestamp,
+                            "key": (msg.key or b"").decode(errors="replace"),
+                            "meta": records.decode(msg.headers),
+                            "value": (msg.value or b"")[:200].decode(errors="replace")}) + "\n")
+    finally:
+        await consumer.stop()
+
+
 class Run:
     def __init__(self, workdir: Path, *, seed: int) -> None:
         self.workdir = workdir
@@ -128,14 +160,16 @@ class Run:
         self.gateways: Gateways | None = None
         self.kills: dict[str, int] = {}
         self.restarts = 0
+        self.bootstrap = ""
+        self.namespace = "dsc" + uuid.uuid4().hex[:10]
 
     def _count(self, kind: str) -> None:
         self.kills[kind] = self.kills.get(kind, 0) + 1
 
     async def start(self) -> None:
-        self.broker, bootstrap = start_broker(self.workdir)
-        env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=bootstrap,
-                       TIDEMARK_NAMESPACE="dsc" + uuid.uuid4().hex[:10], **GATEWAY_SETTINGS)
+        self.broker, self.bootstrap = start_broker(self.workdir)
+        env = base_env(TIDEMARK_KAFKA_BOOTSTRAP=self.bootstrap,
+                       TIDEMARK_NAMESPACE=self.namespace, **GATEWAY_SETTINGS)
         self.gateways = Gateways(env, self.workdir)
         await self.gateways.start_all()
 
@@ -224,6 +258,8 @@ async def run(*, seconds: float, streams: int, seed: int, workdir: Path, writers
                 for st in result["streams"]}
         check(report, result, contents)
         report.violations += r.gateways.exited()
+        if report.violations:
+            await dump_records(r.bootstrap, r.namespace, workdir / "records.jsonl")
         return report
     finally:
         if client is not None and client.returncode is None:

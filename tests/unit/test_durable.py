@@ -175,3 +175,14 @@ def test_ttl_expiry_slides_with_touches() -> None:
     assert not stream.expired(1500) and stream.expired(2001)
     reg.apply(0, 1, "t/s", {"op": "touch", "ts": 1900}, b"")
     assert not stream.expired(3000) and stream.expired(3900)
+
+
+def test_sse_frames_are_shared_and_bounded() -> None:
+    frames = p.SseFrames(max_bytes=10, max_frame=6)
+    frames.put(("s", 1), b"aaaa")
+    frames.put(("s", 2), b"bbbb")
+    assert frames.get(("s", 1)) == b"aaaa" and frames.get(("s", 2)) == b"bbbb"
+    frames.put(("s", 3), b"cccc")  # 12 bytes: the oldest goes
+    assert frames.get(("s", 1)) is None and frames.get(("s", 3)) == b"cccc"
+    frames.put(("s", 4), b"too large")  # above max_frame: not kept
+    assert frames.get(("s", 4)) is None and frames.get(("s", 2)) == b"bbbb"
