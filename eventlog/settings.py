@@ -159,6 +159,15 @@ class GatewaySettings:
         "LAG_COALESCE", True, "a subscriber that falls behind (its buffer overflowed) gets "
         "its partial results coalesced as updateFrequency=batched does, for the rest of its "
         "connection (false: every event as it is until it is cut off)")
+    slow_socket_s: float = _env(
+        "SLOW_SOCKET_SECONDS", 1.0, "a subscriber whose socket has held data it could not "
+        "send for this long (a steadily slow reader) is coalesced as one that falls behind "
+        "is, before its live buffer overflows or the write watchdog cuts it off (0: only "
+        "on overflow)")
+    client_send_buffer_bytes: int = _env(
+        "CLIENT_SEND_BUFFER_BYTES", 128 * 1024, "SO_SNDBUF of each streaming client's "
+        "socket (the kernel doubles it), so the kernel does not hide a slow reader's lag "
+        "in megabytes of send buffer (0: the kernel's own autotuning)")
     experiments_json: str = _env(
         "EXPERIMENTS", "", "the A/B experiments: a JSON array of {name, variants: [{name, "
         "weight, changes}], tenants?, enabled?} (docs/experiments.md; unset: none)")
@@ -192,6 +201,9 @@ class GatewaySettings:
         if self.processes != "auto" and not (
                 self.processes.isdigit() and 1 <= int(self.processes) <= 256):
             raise ConfigError("TIDEMARK_GATEWAY_PROCESSES must be auto or 1 to 256")
+        if self.slow_socket_s < 0 or self.client_send_buffer_bytes < 0:
+            raise ConfigError("TIDEMARK_SLOW_SOCKET_SECONDS and "
+                              "TIDEMARK_CLIENT_SEND_BUFFER_BYTES must be >= 0")
 
     def process_count(self, cores: int | None) -> int:
         """How many gateway processes to run: ``processes``, with auto = ``cores``."""

@@ -296,7 +296,8 @@ async def session_of(request: web.Request, identity: Identity, stream_id: str,
         gateway_id=services.instance, closing=services.closing,
         registry=services.sessions, prefs=prefs, transport=transport,
         experiments=gw.experiments, recorder=services.recorder,
-        lag_coalesce=gw.lag_coalesce)
+        lag_coalesce=gw.lag_coalesce, slow_socket_s=gw.slow_socket_s,
+        send_buffer_bytes=gw.client_send_buffer_bytes)
     return session
 
 

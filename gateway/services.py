@@ -188,8 +188,9 @@ class Services:
                 self.kafka_ok = True
 
     async def pace(self) -> None:
-        """Wake every subscriber twice per heartbeat interval (they ping if idle), and
-        drop clients whose sockets have accepted nothing for the write timeout."""
+        """Wake every subscriber twice per heartbeat interval (they ping if idle), drop
+        clients whose sockets have accepted nothing for the write timeout, and have the
+        others look at their sockets (``Session.check_socket``: a slow one is coalesced)."""
         gw = self.settings.gateway
         loop = asyncio.get_running_loop()
         tick = min(gw.heartbeat_s / 2, 1.0)
@@ -209,6 +210,8 @@ class Services:
                     self.metrics.cutoffs.inc()
                     self.recorder.cutoff(session)
                     session.drop_stuck(gw.client_write_timeout_s)
+                else:
+                    session.check_socket(now)
 
     async def close(self) -> None:
         self.closing.set()

@@ -30,7 +30,11 @@ logic.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import socket
+import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -75,6 +79,11 @@ _MAX_CATCHUP_ROUNDS: Final = 8
 #: A stream created longer ago than this is not a user waiting on a new answer: its
 #: first event is not counted in ``tidemark_first_event_seconds``.
 FIRST_EVENT_WINDOW_MS: Final = 60_000
+#: At most about this many bytes of frames per write (aiohttp's writer waits for the
+#: socket after every 64 KiB): what a slow socket does not take yet stays in the
+#: subscriber's bounded live buffer, where it can overflow and be coalesced, rather than
+#: in a write that the watchdog sees stuck for as long as the reader needs to read it.
+WRITE_BYTES: Final = 64 * 1024
 
 
 class _EventStreamResponse(web.StreamResponse):
@@ -191,11 +200,17 @@ class Cursor:
     seq: int = -1
     written: int = 0
     ended: bool = False
+    #: The last take stopped at its budget: ``frames`` may hold more (what it did not
+    #: pull from them is left there).
+    more: bool = False
 
-    def take(self, frames: Iterable[Row]) -> tuple[bytes, int]:
+    def take(self, frames: Iterable[Row], budget: int = 0) -> tuple[bytes, int]:
         """The bytes of the frames not written yet (above this offset and seq; nothing
-        after a terminal event) joined for one write, and how many; advances over them."""
+        after a terminal event) joined for one write, and how many; advances over them.
+        With a ``budget`` it stops once it took that many bytes (see :attr:`more`)."""
         out: list[bytes] = []
+        size = 0
+        self.more = False
         for offset, _, seq, terminal, data in frames:
             if self.ended:
                 break
@@ -204,6 +219,10 @@ class Cursor:
             out.append(data)
             self.offset, self.seq = offset, seq
             self.ended = terminal
+            size += len(data)
+            if budget and size >= budget:
+                self.more = True
+                break
         self.written += len(out)
         return (out[0] if len(out) == 1 else b"".join(out)), len(out)
 
@@ -219,17 +238,23 @@ class ShapedCursor(Cursor):
     wake: Callable[[], None] = lambda: None
     _timer: asyncio.TimerHandle | None = None
 
-    def take(self, frames: Iterable[Row]) -> tuple[bytes, int]:
+    def take(self, frames: Iterable[Row], budget: int = 0) -> tuple[bytes, int]:
         rows: list[Row] = []
+        size = 0
+        self.more = False
         for row in frames:
             if self.ended:
                 break
-            offset, _, seq, terminal, _ = row
+            offset, _, seq, terminal, data = row
             if offset <= self.offset or seq <= self.seq:
                 continue
             rows.append(row)
             self.offset, self.seq = offset, seq
             self.ended = terminal
+            size += len(data)
+            if budget and size >= budget:
+                self.more = True
+                break
         loop = asyncio.get_running_loop()
         data, count = self.shaper.shape(rows, loop.time())
         self.written += count
@@ -287,6 +312,12 @@ class Session:
     prefs: Delivery = field(default_factory=Delivery)
     #: ``TIDEMARK_LAG_COALESCE``: a subscriber that falls behind is batched from then on.
     lag_coalesce: bool = True
+    #: ``TIDEMARK_SLOW_SOCKET_SECONDS``: a subscriber whose socket has held unsent data
+    #: this long (see :meth:`_watch_socket`) counts as fallen behind (0: only overflows).
+    slow_socket_s: float = 0.0
+    #: ``TIDEMARK_CLIENT_SEND_BUFFER_BYTES``: the client socket's ``SO_SNDBUF`` (0: the
+    #: kernel's own; see :func:`_bound_send_buffer`).
+    send_buffer_bytes: int = 0
     #: The A/B experiments' definitions (a stream's variants may change its delivery).
     experiments: Experiments = NO_EXPERIMENTS
     #: This subscriber's ``: ping`` interval is shorter than the one every subscriber
@@ -306,6 +337,9 @@ class Session:
     write_started: float | None = None
     sub: Subscriber | None = None
     last_write: float = 0.0
+    #: Since when (loop time) the socket has held data it could not send, as the writes
+    #: saw it; None while it sends everything it is given.
+    backed_up_since: float | None = None
     #: Analytics observations of this process (first-event and resume latency, cut-offs).
     recorder: Recorder | None = None
     #: How what the pipeline writes goes out (see ``gateway.transport``); SSE unless
@@ -342,6 +376,45 @@ class Session:
         self.write_started = None
         self.last_write = now
 
+    def check_socket(self, now: float) -> None:
+        """Called by the write watchdog every tick (``Services.pace``): a socket that has
+        held what it was given for :attr:`slow_socket_s` in a row (a write of the
+        pipeline waiting for it at each tick, or more than ``send_buffer_bytes``
+        unsent, that is half its send buffer, in the kernel and the transport) belongs
+        to a reader slower than the stream: it falls behind from now on
+        (:func:`_coalesce_from_now`), long before its live buffer can overflow or a
+        write waits ``TIDEMARK_CLIENT_WRITE_TIMEOUT``."""
+        if not self.slow_socket_s or not self.lag_coalesce or self.prefs.batched:
+            return
+        if self.write_started is None and now - self.last_write >= self.slow_socket_s:
+            self.backed_up_since = None  # not streaming: nothing to look at
+            return
+        if self.write_started is not None or self._unsent() > self.send_buffer_bytes:
+            if self.backed_up_since is None:
+                self.backed_up_since = self.write_started or now
+            if now - self.backed_up_since >= self.slow_socket_s:
+                log.debug("stream %s: a slow socket; coalescing", self.stream_id)
+                _coalesce_from_now(self)
+        else:
+            self.backed_up_since = None
+
+    def _unsent(self) -> int:
+        """Bytes this client's socket holds that the client has not acknowledged: the
+        transport's write buffer and, with a bounded send buffer, the kernel's queue
+        (``TIOCOUTQ``, Linux's ``SIOCOUTQ``)."""
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            return 0
+        unsent = transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if self.send_buffer_bytes and sock is not None:
+            try:
+                out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            except OSError:  # not a TCP socket
+                return unsent
+            unsent += int.from_bytes(out, sys.byteorder)
+        return unsent
+
     def subscribe(self) -> int:
         """(Re)subscribe to the hub; return the offset from which the feed is complete."""
         self.unsubscribe()
@@ -359,9 +432,9 @@ class Session:
         self.transport.drop_stuck(self, grace_s)
 
     def take(self, frames: Iterable[Row]) -> bytes:
-        """The bytes of the frames not written yet (see :meth:`Cursor.take`), counted as
-        delivered."""
-        data, count = self.cursor.take(frames)
+        """The bytes of the frames not written yet, at most about :data:`WRITE_BYTES`
+        (see :meth:`Cursor.take`), counted as delivered."""
+        data, count = self.cursor.take(frames, WRITE_BYTES)
         if count:
             self.metrics.delivered.inc(count)
             if self.first_pending and self.cursor.seq >= 1:
@@ -371,11 +444,18 @@ class Session:
                     max(0.0, time.time() - self.info.created_at / 1000))
         return data
 
-    async def send(self, frames: Iterable[Row]) -> None:
-        """Write the frames not written yet, in one write (one ``send()`` to the socket)."""
-        data = self.take(frames)
-        if data:
-            await self.write(data)
+    async def send(self, frames: Iterable[Row], *, whole: bool = True) -> bool:
+        """Write the frames not written yet, in writes of about :data:`WRITE_BYTES` (one
+        ``send()`` to the socket each); with ``whole=False`` only the first such write,
+        and return whether ``frames`` may hold more (what was not taken is left there)."""
+        rows = iter(frames)
+        while True:
+            data = self.take(rows)
+            more = self.cursor.more  # (a write may give the session a new cursor)
+            if data:
+                await self.write(data)
+            if not more or not whole:
+                return more
 
 
 async def serve(session: Session, position: EventId | None) -> web.StreamResponse:
@@ -430,6 +510,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
                     session.metrics.request_outcome["ended"].inc()
                     return web.Response(status=204)
                 session.cursor.seq = at.seq
+        _bound_send_buffer(session)
         session.response = await session.transport.open(session)
         session.metrics.request_outcome["resumed" if position is not None else "new"].inc()
         # The first generated event (seq 1) is counted by the response that writes it to
@@ -441,9 +522,11 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         if plan.reset is not None:
             earliest = first[0][0][0] if first is not None else plan.start
             head.append(reset_frame(plan.reset, encode_event_id(epoch, tp.partition, earliest)))
+        head_rows = iter(first[0] if first is not None else ())
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
-            head.append(session.take(first[0]))
+            head.append(session.take(head_rows))
+        more = session.cursor.more
         if session.recorder is not None:
             session.recorder.served(session, resumed=position is not None,
                                     source=None if first is None else first[1], began=began)
@@ -451,6 +534,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         if position is not None and first is not None:
             session.metrics.resume_source[first[1]].observe(
                 time.monotonic() - session.arrived)
+        if more:
+            await session.send(head_rows)
         if items is not None:
             async for frames, source in items:
                 if session.cursor.ended:
@@ -476,8 +561,9 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
 
 
 def _coalesce_from_now(session: Session) -> None:
-    """The subscriber fell behind (its live buffer overflowed; :func:`_keep_up` is about
-    to catch it up): from now on, for the rest of this response, its partial results are
+    """The subscriber fell behind (its live buffer overflowed and :func:`_keep_up` is
+    about to catch it up, or its socket is slow: see :meth:`Session._watch_socket`):
+    from now on, for the rest of this response, its partial results are
     coalesced by the batched rule (``gateway.delivery``: the same events as
     ``update_frequency=batched``, each with the id of the last chunk it carries), so the
     catch-up and what follows need fewer, smaller writes. A metadata filter it asked for
@@ -489,6 +575,22 @@ def _coalesce_from_now(session: Session) -> None:
     session.cursor = ShapedCursor.continuing(session.cursor, Shaper(session.prefs),
                                              _waker(session))
     session.metrics.lag_coalesced.inc()
+
+
+def _bound_send_buffer(session: Session) -> None:
+    """Set the client socket's ``SO_SNDBUF`` to ``send_buffer_bytes`` (Linux doubles
+    it, and stops autotuning it): left alone, the kernel lets a slow reader's send
+    buffer grow to ``net.ipv4.tcp_wmem``'s maximum (4 MB here), which hides its lag
+    from :meth:`Session._watch_socket` for as long as that takes to fill, and after
+    which the socket is writable again only once about a third of it drained (over
+    10 s for a 100 KB/s reader: the watchdog's cut-off)."""
+    transport = session.request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if session.send_buffer_bytes and sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, session.send_buffer_bytes)
+        except OSError as exc:  # not a TCP socket (a test's pipe): nothing to bound
+            log.debug("SO_SNDBUF not set: %s", exc)
 
 
 def _waker(session: Session) -> Callable[[], None]:
@@ -636,13 +738,16 @@ async def _live(session: Session) -> None:
         if session.idle_timeout_s and now - last_event >= session.idle_timeout_s:
             await session.write(sse.frame_comment("closing: no event for a while; reconnect"))
             return
-        # Everything queued since the last wake-up goes out in one write.
-        await session.send(sub.drain())
+        # What was queued since the last wake-up goes out in one write (of at most about
+        # WRITE_BYTES: the rest waits in the live buffer for the next turn).
+        more = await session.send(sub.drain(), whole=False)
         if session.cursor.ended:
             return
         if sub.overflowed:
             if not await _keep_up(session, session.cursor.offset + 1):
                 return
+            continue
+        if more:
             continue
         if loop.time() - session.last_write >= session.heartbeat_s / 2:
             await session.write(sse.PING)

@@ -222,7 +222,10 @@ class _WebSocketResponse(web.WebSocketResponse):
 async def stream_ws(request: web.Request) -> web.StreamResponse:
     """The WebSocket route (see the module docstring)."""
     gw = request.app[SERVICES].settings.gateway
+    # The writer waits for a full socket after every WRITE_BYTES sent, as the SSE
+    # response's does (aiohttp's default: 256 KiB queued above what the kernel holds).
     ws = _WebSocketResponse(max_msg_size=gw.input_max_bytes + 1024,
+                            writer_limit=streaming.WRITE_BYTES,
                             compress=gw.ws_compression,
                             window_bits=gw.compression_window_bits)
     if not ws.can_prepare(request).ok:

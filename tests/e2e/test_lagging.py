@@ -138,3 +138,58 @@ async def test_a_reader_that_falls_behind_gets_coalesced_partial_results(
         at, _ = coalesced[len(coalesced) // 2]
         rest = await tc.read(http, base, sid, transport, position=at, timeout=60)
         assert [i[0] for i in rest.stream_items] == ids[ids.index(at) + 1:], transport
+
+
+#: A reader that reads steadily but slowly from the start (no stall): this many bytes a
+#: second through a 4 KiB receive buffer, of a stream whose events take about ten times
+#: that as they are (:data:`CHUNKS` at :data:`RATE`).
+STEADY_PACE = 100_000
+
+
+def steady(got: list[int]) -> sse_client.Throttle:
+    """Reads :data:`STEADY_PACE` bytes a second; adds up in ``got[0]`` what it read."""
+    async def throttle(size: int) -> None:
+        got[0] += size
+        await asyncio.sleep(size / STEADY_PACE)
+    return throttle
+
+
+async def test_a_steadily_slow_socket_is_coalesced_before_the_watchdog_cuts_it_off(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    # The gateway's defaults (a 1 MiB live buffer, slow sockets found after 1 s) but a
+    # write timeout of 5 s: a reader whose socket holds megabytes (the kernel's send
+    # buffer left to grow) or that is not coalesced in time has writes that wait longer.
+    base = await cluster.gateway(TIDEMARK_CLIENT_WRITE_TIMEOUT="5")
+    sid = await create(http, base, generator="external")
+    async with sse_client.slow_session(auth_headers()) as slow:
+        fast = asyncio.create_task(sse_client.read(http, f"{base}/v1/streams/{sid}/events",
+                                                   idle_timeout=30))
+        got = {t: [0] for t in ("sse", "ws")}
+        lagging = {t: asyncio.create_task(tc.read(slow, base, sid, t, timeout=30,
+                                                  throttle=steady(got[t])))
+                   for t in ("sse", "ws")}
+        try:
+            await wait_metric(http, base, "tidemark_sse_connections", 3)
+            await produce(cluster, [sid], CHUNKS + 1, payload=0, end=True, text=word,
+                          per_second=RATE)
+            whole = (await asyncio.wait_for(fast, 30)).stream_events
+            outcomes = {t: await task for t, task in lagging.items()}
+        finally:
+            for task in (fast, *lagging.values()):
+                task.cancel()
+    assert_contiguous(whole)
+    assert len(whole) == CHUNKS + 2 and all("chunkCount" not in e.envelope["data"]
+                                            for e in whole)
+    fast_ids = {e.seq: e.id for e in whole if e.id is not None}
+    ids = [e.id for e in whole]
+    # Both slow readers were coalesced, neither was cut off, and each read far less than
+    # the stream's events take as they are (about 4 MB).
+    assert await metric(http, base, "tidemark_slow_client_cutoffs_total") == 0
+    assert await metric(http, base, "tidemark_lag_coalesced_total") == 2
+    assert outcomes["ws"].code == 1000, outcomes["ws"].reason
+    assert all(n < 2_000_000 for n, in got.values()), got
+    for transport, out in outcomes.items():
+        coalesced = check_coalesced(out, fast_ids)
+        at, _ = coalesced[len(coalesced) // 2]
+        rest = await tc.read(http, base, sid, transport, position=at, timeout=30)
+        assert [i[0] for i in rest.stream_items] == ids[ids.index(at) + 1:], transport
