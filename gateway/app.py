@@ -17,6 +17,7 @@ from eventlog.settings import Settings
 from gateway import (
     analytics_routes,
     auth,
+    batches,
     dashboard,
     experiments,
     hardening,
@@ -91,6 +92,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app.cleanup_ctx.append(_audit_ctx)
     app.on_shutdown.append(_on_shutdown)
     routes.add_routes(app)
+    batches.add_routes(app)
     transports.add_routes(app)
     openapi.add_routes(app)
     experiments.add_routes(app)

@@ -71,8 +71,9 @@ from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
-from schemas import events
+from schemas import batch, events
 from schemas.events import HEADER_INPUT, Event
+from workers.batch import BatchGenerator, KafkaAccess
 from workers.experiments import announced
 from workers.generators import Draft, Generator, Inputs, InteractiveGenerator, takes_input
 from workers.lag import JobsLag
@@ -226,7 +227,12 @@ class Worker:
     def __init__(self, settings: Settings,
                  generators: Mapping[str, Generator | InteractiveGenerator]) -> None:
         self.settings = settings
-        self.generators = dict(generators)
+        self.generators: dict[str, Generator | InteractiveGenerator] = dict(generators)
+        #: Built in, not a plugin: only POST /v1/batches makes its streams.
+        self.batches = BatchGenerator(settings)
+        self.generators[batch.GENERATOR] = self.batches
+        #: Background cancels of batches' children (each ends on its own).
+        self._cancels: set[asyncio.Task[None]] = set()
         self.max_jobs = settings.worker.max_jobs
         #: Slots that only priority jobs may take.
         self.reserved = reserved_slots(self.max_jobs, settings.worker.priority_reserve)
@@ -450,6 +456,8 @@ class Worker:
             if running is not None:
                 log.info("cancel requested for stream %s", parsed)
                 running.request_cancel()
+                if running.job.generator == batch.GENERATOR:
+                    self._cancel_children(running.job)
         elif isinstance(parsed, InputRecord):
             # Skipped like a cancel: while the job runs its offset (below this one) is
             # not committed, so a worker that takes the job over reads the input again.
@@ -462,6 +470,17 @@ class Worker:
         if self._writer is not None:
             self._writer.outbox.commit_offsets_soon()
         return True
+
+    def _cancel_children(self, job: Job) -> None:
+        task = asyncio.create_task(self.batches.cancel_children(job),
+                                   name=f"cancel-children-{job.stream_id}")
+        self._cancels.add(task)
+        task.add_done_callback(self._cancelled_children)
+
+    def _cancelled_children(self, task: asyncio.Task[None]) -> None:
+        self._cancels.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not cancel a batch's children: %s", task.exception())
 
     def _generating(self, number: int, stream_id: str) -> _Stream | None:
         """The stream being generated here from jobs partition ``number`` (either topic)."""
@@ -610,8 +629,12 @@ class Worker:
         settings = self.settings
         self._admin = await started(lambda: make_admin(settings.kafka, role="worker-admin"),
                                     settings.kafka, "admin start")
+        side = None
         try:
             await ensure_topics(self._admin, settings.log)
+            side = await started(lambda: make_producer(settings.kafka, role="worker-batch"),
+                                 settings.kafka, "batch producer start")
+            self.batches.bind(KafkaAccess(producer=side, reader=self.reader))
             self._consumer = await started(
                 lambda: make_consumer(settings.kafka, role="worker",
                                       group_id=group_id(settings.log.namespace),
@@ -628,6 +651,11 @@ class Worker:
                 await self.release()
                 await stop_client(consumer)
         finally:
+            for task in list(self._cancels):
+                task.cancel()
+            await asyncio.gather(*self._cancels, return_exceptions=True)
+            if side is not None:
+                await stop_client(side)
             await stop_client(self._admin)
             await self.reader.close()
 
