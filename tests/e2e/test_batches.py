@@ -40,6 +40,18 @@ def child_events(events: list[Event]) -> list[dict[str, Any]]:
             if e.event == "metadata" and "child" in e.envelope["data"]]
 
 
+async def until_forwarded(seen: list[Event], reader: asyncio.Task[Any], count: int,
+                          timeout: float = 30) -> None:
+    """Wait until the batch stream read so far holds ``count`` forwarded child events."""
+    for _ in range(int(timeout / 0.05)):
+        if len(child_events(seen)) >= count:
+            return
+        if reader.done():
+            raise AssertionError(f"the read ended early: {reader.result()}")
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} child events in {timeout}s")
+
+
 async def read_all(http: aiohttp.ClientSession, base: str, sid: str,
                    last_event_id: str | None = None) -> list[Event]:
     reply = await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
@@ -169,8 +181,7 @@ async def test_cancelling_a_batch_cancels_its_children(
     seen: list[Event] = []
     reader = asyncio.create_task(sse_client.read(
         http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=30))
-    while not child_events(seen):
-        await asyncio.sleep(0.05)
+    await until_forwarded(seen, reader, 1)
     async with http.post(f"{base}/v1/streams/{sid}/cancel") as resp:
         assert resp.status == 202
     got = await reader
@@ -195,11 +206,13 @@ async def test_a_worker_killed_mid_batch_another_finishes_it_each_child_once(
     seen: list[Event] = []
     reader = asyncio.create_task(sse_client.read(
         http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=60))
-    while len(child_events(seen)) < 6:
-        await asyncio.sleep(0.05)
+    await until_forwarded(seen, reader, 6)
     first.kill()
-    cluster.worker()
+    second = cluster.worker()
     got = await reader
+    # The batch itself was taken over mid-way (not only its children).
+    log_text = second.out.read_text() + second.err.read_text()
+    assert f"resuming stream {sid}" in log_text
     events = got.stream_events
     assert_contiguous(events)
     assert events[-1].event == "result"
@@ -215,3 +228,22 @@ async def test_a_worker_killed_mid_batch_another_finishes_it_each_child_once(
         assert_contiguous(own)
         assert joined_chunks(own) == demo_text(queries[child["index"]], 30)
         assert [e.event for e in own].count("result") == 1
+
+
+async def test_a_batch_counts_every_stream_against_the_users_limit_all_or_none(
+        cluster: Cluster, redis_url: str) -> None:
+    base = await cluster.gateway(TIDEMARK_REDIS_URL=redis_url)
+    headers = auth_headers(sub="batcher", limits={"maxConcurrentStreams": 4})
+    async with aiohttp.ClientSession(headers=headers) as http:
+        # 4 distinct queries are 5 streams (the batch too): past the limit of 4.
+        async with http.post(f"{base}/v1/batches",
+                             json={"queries": ["a", "b", "c", "d"]}) as resp:
+            problem = await resp.json(content_type=None)
+            assert resp.status == 429, problem
+            assert problem["limit"] == "maxConcurrentStreams"
+            assert resp.headers["Retry-After"] == "1"
+        # Nothing was kept from it: 3 distinct queries (and a duplicate) fit exactly.
+        reply = await create_batch(http, base, queries=["a", "b", "c", "A"])
+        assert reply["generated"] == 3
+        async with http.post(f"{base}/v1/streams", json={"query": "one more"}) as resp:
+            assert resp.status == 429
