@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report_storm, report_tenants, scn_compression, scn_durable, scn_priority
+from bench import (
+    report_storm,
+    report_tenants,
+    scn_batch,
+    scn_compression,
+    scn_durable,
+    scn_priority,
+)
 from bench.markdown import fmt as _f
 from bench.markdown import table as _table
 
@@ -164,6 +171,8 @@ def render(res: dict[str, Any]) -> str:
         lines += _history(h)
     if sc.get("priority"):
         lines += scn_priority.render(sc["priority"])
+    if sc.get("batch"):
+        lines += scn_batch.render(sc["batch"])
     lines += report_tenants.render(sc)
     lines += scn_compression.render(sc)
     lines += scn_durable.render(sc)
