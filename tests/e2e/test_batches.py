@@ -156,8 +156,8 @@ async def test_highlights_and_priority_order(cluster: Cluster,
         strategy={"type": "priority", "priorityWeights": [1, 10, 5]},
         aggregation={"combineResults": True, "summaryType": "highlights"})
     events = await read_all(http, base, reply["stream_id"])
-    # One at a time? No: priority with the default concurrency starts all, in weight
-    # order; a sequential strategy shows the order in the ends.
+    # With the default concurrency every child starts at once (in weight order); with
+    # one at a time the children end in weight order, highest first.
     result = events[-1].envelope["data"]
     assert result["summaryType"] == "highlights"
     assert [h["index"] for h in result["highlights"]] == [0, 1, 2]
