@@ -7,6 +7,7 @@ from typing import Any
 from bench import (
     report_storm,
     report_tenants,
+    scn_batch,
     scn_cache,
     scn_compression,
     scn_content,
@@ -174,6 +175,8 @@ def render(res: dict[str, Any]) -> str:
         lines += scn_priority.render(sc["priority"])
     if sc.get("cache"):
         lines += scn_cache.render(sc["cache"])
+    if sc.get("batch"):
+        lines += scn_batch.render(sc["batch"])
     lines += report_tenants.render(sc)
     lines += scn_compression.render(sc)
     lines += scn_durable.render(sc)

@@ -32,6 +32,7 @@ from typing import Any
 from bench import (
     report,
     scenarios,
+    scn_batch,
     scn_cache,
     scn_compression,
     scn_content,
@@ -48,7 +49,7 @@ from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
              "storm", "processes", "history", "priority", "tenants", "compression", "durable",
-             "cache", "content")
+             "cache", "content", "batch")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "tenants": lambda: {"tenants": scn_tenants.tenants(b, profile.name)},
             "compression": lambda: {"compression": scn_compression.compression(
                 b, profile.name, tuple(args.compression_modes.split(",")))},
+            "batch": lambda: {"batch": scn_batch.batch(b)},
             "durable": lambda: {"durable": scn_durable.durable(
                 b, scn_durable.FULL if args.full else scn_durable.SHORT)},
             "content": lambda: {"content": scn_content.content(profile.name)},

@@ -9,7 +9,7 @@ and an input it already has (by its ``input_id``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from eventlog.cache import CachePrefs
 from eventlog.index import StreamInfo
 from eventlog.placement import stream_partition
-from eventlog.topics import jobs_topics
+from eventlog.topics import jobs_topic, jobs_topics
 from eventlog.tracing import trace_headers_of
 from schemas.context import StreamContext
 
@@ -88,6 +88,19 @@ class InputRecord:
         return orjson.dumps({"type": INPUT, "stream_id": self.stream_id,
                              "input_id": self.input_id, "data": self.data,
                              "tenant": self.tenant, "sub": self.sub, "ts": self.ts})
+
+
+async def send_job(producer: AIOKafkaProducer, job: Job, *, partitions: int,
+                   trace: Sequence[tuple[str, bytes]] = ()) -> None:
+    """Write the job record (to the priority jobs topic for a ``priority`` job), at the
+    stream's jobs partition; ``trace``: W3C trace-context headers for it. Writing one
+    twice is harmless: a worker skips a job it is running and ends at once one whose
+    stream has ended."""
+    stream_id = job.stream_id
+    await (await producer.send(
+        jobs_topic(job.stream.namespace, priority=job.priority), job.to_json(),
+        key=stream_id.encode(), partition=stream_partition(stream_id, partitions),
+        headers=list(trace) or None))
 
 
 async def send_control(producer: AIOKafkaProducer, namespace: str, stream_id: str,

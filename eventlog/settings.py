@@ -301,12 +301,22 @@ class LimitSettings:
     active_stream_ttl_s: float = _env(
         "ACTIVE_STREAM_TTL", 3600.0, "a stream stops counting against the active-stream "
         "limits after this long even if its end was never seen")
+    batch_max_queries: int = _env(
+        "BATCH_MAX_QUERIES", 100, "most queries one POST /v1/batches takes (each distinct "
+        "one is a child stream that counts against the active-stream limits)")
+    batch_max_concurrency: int = _env(
+        "BATCH_MAX_CONCURRENCY", 20, "most children of one batch generating at once (the "
+        "default and the ceiling of its strategy's maxConcurrency)")
     tiers: Mapping[str, Tier] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiers", parse_tiers(self.tiers_json))
         if self.active_stream_ttl_s <= 0:
             raise ConfigError("TIDEMARK_ACTIVE_STREAM_TTL must be positive")
+        if not 1 <= self.batch_max_queries <= 10_000:
+            raise ConfigError("TIDEMARK_BATCH_MAX_QUERIES must be from 1 to 10000")
+        if self.batch_max_concurrency < 1:
+            raise ConfigError("TIDEMARK_BATCH_MAX_CONCURRENCY must be at least 1")
         if self.default_tier not in self.tiers:
             raise ConfigError(f"TIDEMARK_DEFAULT_TIER {self.default_tier!r} is not in "
                               "TIDEMARK_TIERS")

@@ -25,11 +25,11 @@ from eventlog import index, tracing
 from eventlog.cache import CachePrefs
 from eventlog.errors import KafkaUnavailable, SeqConflict, StreamEnded
 from eventlog.index import StreamInfo
-from eventlog.jobs import Job
-from eventlog.placement import partition_for, stream_partition
+from eventlog.jobs import Job, send_job
+from eventlog.placement import partition_for
 from eventlog.reader import LogReader
 from eventlog.settings import LogSettings
-from eventlog.topics import events_topic, jobs_topic, stream_topic_spec, wait_for_topics
+from eventlog.topics import events_topic, stream_topic_spec, wait_for_topics
 from schemas import events, streamid
 from schemas.context import StreamContext
 from schemas.events import Event
@@ -247,10 +247,8 @@ class StreamCreator:
         if with_job:
             job = Job(stream=info, query=query or "", options=options or {},
                       priority=priority, context=context, cache=cache or CachePrefs())
-            await (await self._producer.send(
-                jobs_topic(ns, priority=priority), job.to_json(), key=stream_id.encode(),
-                partition=stream_partition(stream_id, self._settings.partitions),
-                headers=list(trace) or None))
+            await send_job(self._producer, job, partitions=self._settings.partitions,
+                           trace=trace)
         return info
 
 

@@ -18,6 +18,7 @@ from gateway import (
     ai_chat,
     analytics_routes,
     auth,
+    batches,
     cache_admin,
     dashboard,
     experiments,
@@ -93,6 +94,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     app.cleanup_ctx.append(_audit_ctx)
     app.on_shutdown.append(_on_shutdown)
     routes.add_routes(app)
+    batches.add_routes(app)
     transports.add_routes(app)
     ai_chat.add_routes(app)
     openapi.add_routes(app)

@@ -34,7 +34,7 @@ from gateway.services import READY_CHECKS, SERVICES, Services
 from gateway.sessions import DEFAULT_PAGE, MAX_PAGE, BadCursor, decode_cursor
 from gateway.transport import Transport
 from gateway.urls import transport_urls
-from schemas import events
+from schemas import batch, events
 from schemas.eventid import EventId, encode_event_id, parse_event_id
 from schemas.streamid import owner_of
 from schemas.validation import CreateRequest, Validators
@@ -50,7 +50,9 @@ GENERATORS = web.AppKey("generators", frozenset[str])
 def accepted_generators(settings: Settings) -> frozenset[str]:
     """From package metadata only: no plugin code runs in a gateway. A plugin that is
     installed but broken is accepted here and its streams end with the worker's error."""
-    return plugins.selected_names(plugins.GENERATORS, settings.plugin_allow) | {EXTERNAL}
+    names = plugins.selected_names(plugins.GENERATORS, settings.plugin_allow) | {EXTERNAL}
+    # A batch stream's job names its children: only POST /v1/batches makes one.
+    return names - {batch.GENERATOR}
 
 VALIDATORS = web.AppKey("validators", Validators)
 
@@ -191,10 +193,17 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
     create = request.app[VALIDATORS].create_request(body)
     info = await make_stream(request, identity, services, create)
     stream_id = info.stream_id
+    answer = stream_answer(request, identity, stream_id)
+    answer["experiments"] = info.experiments
+    return _json(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
+
+
+def stream_answer(request: web.Request, identity: Identity, stream_id: str) -> dict[str, Any]:
+    """How a create answers for one new stream: its id and URLs, with a read token for
+    it when the gateway issues them."""
     url = f"/v1/streams/{stream_id}/events"
     answer: dict[str, Any] = {"stream_id": stream_id, "events_url": url,
-                              "status_url": f"/v1/streams/{stream_id}",
-                              "experiments": info.experiments}
+                              "status_url": f"/v1/streams/{stream_id}"}
     authenticator = request.app[AUTHENTICATOR]
     if authenticator.can_issue:
         # A browser page follows the answer with this and can do nothing else with it.
@@ -203,7 +212,7 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
                       read_token_expires_at=expires)
     answer["urls"] = transport_urls(
         stream_id, f"{auth.QUERY}={answer['read_token']}" if "read_token" in answer else "")
-    return _json(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
+    return answer
 
 
 async def make_stream(request: web.Request, identity: Identity, services: Services,

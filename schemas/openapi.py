@@ -25,6 +25,7 @@ VERSION: Final = "3.1.0"
 REQUEST_SCHEMAS: Final = {
     "LogLevelsRequest": "log_levels",
     "CreateStreamRequest": "create_stream",
+    "CreateBatchRequest": "create_batch",
     "PublishRequest": "publish",
     "InputRequest": "input_request",
     "AiChatRequest": "ai_chat",
@@ -372,6 +373,43 @@ def _components() -> dict[str, Any]:
                 "urls": _schema("TransportUrls"),
             },
         },
+        "BatchChild": {
+            "type": "object",
+            "required": ["index", "stream_id", "events_url", "status_url", "urls"],
+            "description": "the child stream that answers one query of a batch",
+            "properties": {
+                "index": {"type": "integer", "minimum": 0,
+                          "description": "the query's position in `queries`"},
+                "stream_id": string,
+                "events_url": {"type": "string", "description": "the child's SSE URL "
+                               "(with its read token when the gateway issues them)"},
+                "status_url": string,
+                "read_token": string,
+                "read_token_expires_at": {"type": "integer"},
+                "urls": _schema("TransportUrls"),
+                "duplicate_of": {"type": "integer", "minimum": 0, "description": "the "
+                                 "query is a duplicate of this earlier one and shares its "
+                                 "stream"},
+            },
+        },
+        "CreateBatchResponse": {
+            "type": "object",
+            "required": ["stream_id", "batch_id", "events_url", "status_url", "urls",
+                         "queries", "generated", "children"],
+            "description": "the batch stream (follow it like any stream) and its children",
+            "properties": {
+                "stream_id": {"type": "string", "description": "the batch stream's id"},
+                "batch_id": {"type": "string", "description": "the same as stream_id"},
+                "events_url": string, "status_url": string,
+                "read_token": string, "read_token_expires_at": {"type": "integer"},
+                "urls": _schema("TransportUrls"),
+                "queries": {"type": "integer", "minimum": 1},
+                "generated": {"type": "integer", "minimum": 1,
+                              "description": "child streams made (distinct queries)"},
+                "children": {"type": "array", "items": _schema("BatchChild"),
+                             "description": "one per query, in query order"},
+            },
+        },
         "TransportUrls": {
             "type": "object", "required": ["sse", "ws", "poll"],
             "description": "the stream's URL on each transport (each carries the read "
@@ -677,6 +715,23 @@ def _paths() -> dict[str, Any]:
                     "202": _json(_schema("CancelResult"), "the cancel is on its way"),
                     "200": _json(_schema("CancelResult"), "the stream had already finished"),
                     **_refs(*_GUARDED, "NotFound", "Conflict", "Gone", "Unavailable"),
+                }),
+        },
+        "/v1/batches": {
+            "post": _op(
+                "createBatch", "Start a batch: one stream per distinct query and a batch "
+                "stream that follows them", scope="streams:create",
+                description="Each stream counts against the caller's active-stream limits "
+                            "(all or none: 429 writes nothing); at most "
+                            "TIDEMARK_BATCH_MAX_QUERIES queries. See docs/batches.md.",
+                requestBody=_body("CreateBatchRequest"),
+                responses={
+                    "201": _json(_schema("CreateBatchResponse"), "the batch was created",
+                                 headers={"Location": {"required": True,
+                                                       "schema": {"type": "string"}}},
+                                 links=_STREAM_LINKS),
+                    **_refs("BadRequest", *_GUARDED, "RequestTimeout", "ContentTooLarge",
+                            "UnsupportedMediaType", "Unprocessable", "Unavailable"),
                 }),
         },
         **_ai_chat_paths(),

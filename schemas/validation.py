@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
-from schemas import events
+from schemas import batch, events
 from schemas.context import StreamContext
 from schemas.errors import TidemarkError
 
@@ -52,6 +52,17 @@ class CreateRequest:
     cache: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchRequest:
+    """A ``POST /v1/batches`` body (``schemas/json/create_batch.json``)."""
+
+    queries: tuple[str, ...]
+    generator: str = "demo"
+    options: dict[str, Any] = field(default_factory=dict)
+    strategy: batch.Strategy = field(default_factory=batch.Strategy)
+    aggregation: batch.Aggregation = field(default_factory=batch.Aggregation)
+
+
 def load_schema(name: str) -> dict[str, Any]:
     text = resources.files("schemas").joinpath("json", f"{name}.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
@@ -72,8 +83,8 @@ class Validators:
     """The compiled validators of every request body and event type."""
 
     def __init__(self) -> None:
-        names = ["create_stream", "event_input", "publish", "envelope", "reset", "input_request",
-                 *sorted(events.BUILTIN_TYPES)]
+        names = ["create_stream", "create_batch", "event_input", "publish", "envelope",
+                 "reset", "input_request", *sorted(events.BUILTIN_TYPES)]
         names.append("ai_chat")  # the AI SDK chat route's body (gateway.ai_chat)
         names.append("analysis")  # referenced by metadata and result
         names.append("log_levels")  # the admin endpoints' body (gateways and workers)
@@ -117,6 +128,20 @@ class Validators:
                              options=dict(body.get("options") or {}),
                              context=None if context is None else StreamContext.from_json(context),
                              cache=dict(body.get("cache") or {}))
+
+    def batch_request(self, body: Any) -> BatchRequest:
+        """Validate a batch body; ``priorityWeights``, when given, has one weight per
+        query."""
+        self.check("create_batch", body)
+        queries = tuple(body["queries"])
+        strategy = batch.Strategy.from_json(body.get("strategy") or {})
+        if strategy.weights and len(strategy.weights) != len(queries):
+            raise InvalidInput(f"expected {len(queries)} weights (one per query), got "
+                               f"{len(strategy.weights)}", pointer="/strategy/priorityWeights")
+        return BatchRequest(queries=queries, generator=body.get("generator", "demo"),
+                            options=dict(body.get("options") or {}), strategy=strategy,
+                            aggregation=batch.Aggregation.from_json(
+                                body.get("aggregation") or {}))
 
     def publish_request(self, body: Any) -> list[EventInput]:
         """Validate a publish body (one event or a list) and each event's data."""

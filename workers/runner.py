@@ -71,8 +71,9 @@ from eventlog.reader import LogReader
 from eventlog.settings import Settings
 from eventlog.streams import StreamState, now_ms, scan_from_start, terminal_status
 from eventlog.topics import ensure_topics, jobs_topic, jobs_topics
-from schemas import events
+from schemas import batch, events
 from schemas.events import HEADER_INPUT, HEADER_PROC, Event
+from workers.batch import BatchGenerator, KafkaAccess
 from workers.cache import Hit, QueryCache
 from workers.experiments import announced
 from workers.generators import Draft, Generator, Inputs, InteractiveGenerator, takes_input
@@ -236,7 +237,7 @@ class Worker:
                  versions: Mapping[str, str] | None = None,
                  processors: Mapping[str, Processor] | None = None) -> None:
         self.settings = settings
-        self.generators = dict(generators)
+        self.generators: dict[str, Generator | InteractiveGenerator] = dict(generators)
         #: Each generator's version, a part of its cached answers' key: the operator's
         #: (TIDEMARK_CACHE_GENERATOR_VERSIONS), else the generator's own ``version``,
         #: else its distribution's (``versions``).
@@ -246,6 +247,11 @@ class Worker:
                          for name, gen in self.generators.items()}
         #: The content processors the tenants' policies may name (``workers.processors``).
         self.processors = dict(processors or {})
+        #: Built in, not a plugin: only POST /v1/batches makes its streams.
+        self.batches = BatchGenerator(settings)
+        self.generators[batch.GENERATOR] = self.batches
+        #: Background cancels of batches' children (each ends on its own).
+        self._cancels: set[asyncio.Task[None]] = set()
         self.max_jobs = settings.worker.max_jobs
         #: Slots that only priority jobs may take.
         self.reserved = reserved_slots(self.max_jobs, settings.worker.priority_reserve)
@@ -476,6 +482,8 @@ class Worker:
             if running is not None:
                 log.info("cancel requested for stream %s", parsed)
                 running.request_cancel()
+                if running.job.generator == batch.GENERATOR:
+                    self._cancel_children(running.job)
         elif isinstance(parsed, InputRecord):
             # Skipped like a cancel: while the job runs its offset (below this one) is
             # not committed, so a worker that takes the job over reads the input again.
@@ -488,6 +496,17 @@ class Worker:
         if self._writer is not None:
             self._writer.outbox.commit_offsets_soon()
         return True
+
+    def _cancel_children(self, job: Job) -> None:
+        task = asyncio.create_task(self.batches.cancel_children(job),
+                                   name=f"cancel-children-{job.stream_id}")
+        self._cancels.add(task)
+        task.add_done_callback(self._cancelled_children)
+
+    def _cancelled_children(self, task: asyncio.Task[None]) -> None:
+        self._cancels.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not cancel a batch's children: %s", task.exception())
 
     def _generating(self, number: int, stream_id: str) -> _Stream | None:
         """The stream being generated here from jobs partition ``number`` (either topic)."""
@@ -716,11 +735,15 @@ class Worker:
         self._admin = await started(lambda: make_admin(settings.kafka, role="worker-admin"),
                                     settings.kafka, "admin start")
         cache_task: asyncio.Task[None] | None = None
+        side = None
         try:
             await ensure_topics(self._admin, settings.log)
             if settings.cache.enabled:
                 cache_task = self._cache_task = asyncio.create_task(self.cache.run(),
                                                                     name="cache")
+            side = await started(lambda: make_producer(settings.kafka, role="worker-batch"),
+                                 settings.kafka, "batch producer start")
+            self.batches.bind(KafkaAccess(producer=side, reader=self.reader))
             self._consumer = await started(
                 lambda: make_consumer(settings.kafka, role="worker",
                                       group_id=group_id(settings.log.namespace),
@@ -737,6 +760,11 @@ class Worker:
                 await self.release()
                 await stop_client(consumer)
         finally:
+            for task in list(self._cancels):
+                task.cancel()
+            await asyncio.gather(*self._cancels, return_exceptions=True)
+            if side is not None:
+                await stop_client(side)
             if cache_task is not None:
                 cache_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -108,6 +108,15 @@ CREATE_BODIES: list[Any] = [
         "updateFrequency": "batched", "responseFormat": "concise", "includeMetadata": False}}},
     {"query": "q", "context": {"preferences": {"updateFrequency": "sometimes"}}},
 ]
+BATCH_BODIES: list[Any] = [
+    {"queries": ["a", "b"]}, {"queries": []}, {"queries": [""]}, {"queries": "a"}, {},
+    {"queries": ["a"], "strategy": {"type": "priority", "priorityWeights": [2]}},
+    {"queries": ["a"], "strategy": {"type": "fastest"}},
+    {"queries": ["a"], "strategy": {"type": "parallel", "maxConcurrency": 0}},
+    {"queries": ["a"], "aggregation": {"combineResults": True, "summaryType": "highlights"}},
+    {"queries": ["a"], "aggregation": {"summaryType": "brief"}},
+    {"queries": ["a"], "options": {"tokens": 0}}, {"queries": ["a"], "extra": 1},
+]
 PUBLISH_BODIES: list[Any] = [
     {"type": "progress", "data": {}}, {"type": "Progress", "data": {}}, {"type": "x"},
     [], [{"type": "a", "data": {}}], [{"type": "a", "data": {}, "seq": 0}],
@@ -125,6 +134,7 @@ LOG_LEVEL_BODIES: list[Any] = [
 
 @pytest.mark.parametrize(("component", "method", "bodies"), [
     ("CreateStreamRequest", "create_stream", CREATE_BODIES),
+    ("CreateBatchRequest", "create_batch", BATCH_BODIES),
     ("PublishRequest", "publish", PUBLISH_BODIES),
     ("LogLevelsRequest", "log_levels", LOG_LEVEL_BODIES),
 ])

@@ -1,0 +1,259 @@
+"""The ``batch`` generator: runs a batch's plan (``schemas.batch``, docs/batches.md).
+
+Its job names the child streams the gateway made (their first event and index record;
+no job yet). The generator starts their jobs as the strategy says (at most the plan's
+concurrency at once, in its order), follows their events from Kafka (a read_committed
+consumer of its own over the children's partitions) and writes into the batch stream,
+through the worker's transactional outbox like any generator:
+
+    seq 1  status   {"state": "running", ...}
+    seq 2  metadata {"batch": {"queries", "generated", "strategy", "aggregation",
+                               "children": [{"index", "streamId", "duplicateOf"?}]}}
+    seq 3  progress 0 %
+    then   metadata {"child": {"index", "indices", "streamId", "seq", "type", "data"}}
+           for each child event but its ``queued`` status and its ``partial_result``
+           tokens (those stay in the child's own stream: follow ``streamId``), and a
+           ``progress`` after each child's end (completedSteps = children ended);
+    last   result   (``schemas.batch.aggregate``), once every child has ended.
+
+Resumable: the first three events are the same every time. After them the order is
+that of the children's events as they came, so a worker that takes the batch over reads
+what the batch stream already holds (which child events it forwarded, which children
+ended and how) and goes on from there: every child event is forwarded once, and the
+children it had started are started again (a job record written twice is harmless:
+``eventlog.jobs.send_job``).
+
+Cancel: :meth:`BatchGenerator.cancel_children`, called by the worker when the batch's
+cancel arrives, writes a cancel for every child (and the job of a child not started
+yet, so that its worker ends it ``cancelled`` at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from eventlog.clients import make_consumer, started, stop_client
+from eventlog.index import StreamInfo
+from eventlog.jobs import Job, send_cancel, send_job
+from eventlog.reader import LogReader
+from eventlog.records import LogRecord
+from eventlog.settings import Settings
+from schemas import batch, events
+from workers.generators import Draft
+
+log = logging.getLogger(__name__)
+
+#: The batch's own events before the children's (status, metadata, progress 0 %).
+HEAD: Final = 3
+_NOT_FORWARDED: Final = frozenset({events.PARTIAL_RESULT})
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaAccess:
+    """What the generator needs of the worker's Kafka clients: a plain producer (job and
+    cancel records) and the worker's reader pool (its own stream, after a takeover)."""
+
+    producer: AIOKafkaProducer
+    reader: LogReader
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What the batch stream says so far about its children (by position in the plan)."""
+
+    forwarded: dict[int, int] = field(default_factory=dict)  # last child seq forwarded
+    outcomes: dict[int, batch.Outcome] = field(default_factory=dict)
+
+
+def _envelope_data(value: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(value).get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class BatchGenerator:
+    name = batch.GENERATOR
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._kafka: KafkaAccess | None = None
+
+    def bind(self, kafka: KafkaAccess) -> None:
+        """The worker's clients, once they are started."""
+        self._kafka = kafka
+
+    def _access(self) -> KafkaAccess:
+        if self._kafka is None:
+            raise RuntimeError("the batch generator runs only in a worker (bind it first)")
+        return self._kafka
+
+    @staticmethod
+    def children(job: Job, plan: batch.BatchPlan) -> list[StreamInfo]:
+        """The children's index records; each must be the batch's tenant's and owner's
+        (the gateway made them so; a job that says otherwise is refused)."""
+        infos = [StreamInfo.from_json(c.stream.encode()) for c in plan.children]
+        for info in infos:
+            if (info.tenant, info.owner, info.namespace) != (
+                    job.stream.tenant, job.stream.owner, job.stream.namespace):
+                raise ValueError(f"child {info.stream_id} is not the batch's creator's")
+        return infos
+
+    def _job(self, plan: batch.BatchPlan, pos: int, info: StreamInfo) -> Job:
+        return Job(stream=info, query=plan.children[pos].query, options=plan.options,
+                   priority=plan.priority)
+
+    async def cancel_children(self, job: Job) -> None:
+        """Cancel every child of the batch: its job (harmless if it ran already), then
+        the cancel record (the job's worker sees it after the job)."""
+        kafka = self._access()
+        plan = batch.BatchPlan.from_options(job.options)
+        partitions = self._settings.log.partitions
+        for pos, info in enumerate(self.children(job, plan)):
+            await send_job(kafka.producer, self._job(plan, pos, info), partitions=partitions)
+            await send_cancel(kafka.producer, info.namespace, info.stream_id,
+                              partitions=partitions)
+        log.info("batch %s: cancelled %d children", job.stream_id, len(plan.children))
+
+    async def _recover(self, job: Job, start_seq: int,
+                       by_id: dict[str, int]) -> _Progress:
+        """What the batch stream holds below ``start_seq`` (a takeover)."""
+        got = _Progress()
+        if start_seq <= HEAD + 1:
+            return got
+        reader = self._access().reader
+        info = job.stream
+        _, end = await reader.bounds(info.topic, info.partition)
+        async with reader.open(info.topic, info.partition, info.first_offset) as cursor:
+            async for rec in cursor.records(until=end, key=info.stream_id.encode()):
+                if rec.type != events.METADATA or not HEAD < rec.seq < start_seq:
+                    continue
+                child = _envelope_data(rec.value).get("child")
+                if not isinstance(child, dict) or child.get("streamId") not in by_id:
+                    continue
+                pos = by_id[child["streamId"]]
+                got.forwarded[pos] = max(got.forwarded.get(pos, 0), int(child["seq"]))
+                if events.is_terminal(str(child["type"])):
+                    got.outcomes[pos] = batch.Outcome(type=str(child["type"]),
+                                                      data=dict(child.get("data") or {}))
+        return got
+
+    async def events(self, job: Job, start_seq: int) -> AsyncIterator[Draft]:
+        plan = batch.BatchPlan.from_options(job.options)
+        infos = self.children(job, plan)
+        stream_ids = [""] * len(plan.queries)
+        for child, info in zip(plan.children, infos, strict=True):
+            for i in child.indices:
+                stream_ids[i] = info.stream_id
+        limit = batch.concurrency(plan.strategy, len(infos), plan.cap)
+        head = [
+            Draft(1, events.STATUS, {
+                "state": "running", "message": f"answering {len(plan.queries)} queries "
+                f"({len(infos)} to generate, {plan.strategy.type}, {limit} at once)"}),
+            Draft(2, events.METADATA, {"batch": {
+                "queries": len(plan.queries), "generated": len(infos),
+                "strategy": plan.strategy.to_json(), "concurrency": limit,
+                "aggregation": plan.aggregation.to_json(),
+                "children": [
+                    {"index": i, "streamId": sid,
+                     **({"duplicateOf": c.index} if c.index != i else {})}
+                    for c in plan.children for i in c.indices
+                    for sid in (stream_ids[i],)]}}),
+            Draft(3, events.PROGRESS, {"percentage": 0, "estimatedTimeRemaining": None,
+                                       "currentStep": f"0 of {len(infos)} answered",
+                                       "completedSteps": 0}),
+        ]
+        for draft in head:
+            if draft.seq >= start_seq:
+                yield draft
+        by_id = {info.stream_id: pos for pos, info in enumerate(infos)}
+        got = await self._recover(job, start_seq, by_id)
+        seq = max(start_seq, HEAD + 1)
+        async for kind, data in self._follow(job, plan, infos, got):
+            yield Draft(seq, kind, data)
+            seq += 1
+        yield Draft(seq, events.RESULT, batch.aggregate(plan, got.outcomes, stream_ids))
+
+    async def _follow(self, job: Job, plan: batch.BatchPlan, infos: list[StreamInfo],
+                      got: _Progress) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Start the children and forward their events until every one has ended."""
+        kafka = self._access()
+        partitions = self._settings.log.partitions
+        limit = batch.concurrency(plan.strategy, len(infos), plan.cap)
+        pending = deque(p for p in batch.dispatch_order(plan.children, plan.strategy)
+                        if p not in got.outcomes)
+        running: set[int] = set()
+        by_key = {info.stream_id.encode(): pos for pos, info in enumerate(infos)}
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        ended_here = 0
+
+        async def dispatch() -> None:
+            while pending and len(running) < limit:
+                pos = pending.popleft()
+                running.add(pos)
+                await send_job(kafka.producer, self._job(plan, pos, infos[pos]),
+                               partitions=partitions)
+
+        if len(got.outcomes) == len(infos):
+            return
+        consumer = await started(
+            lambda: make_consumer(self._settings.kafka, role="worker-batch"),
+            self._settings.kafka, "batch consumer start")
+        try:
+            starts: dict[TopicPartition, int] = {}
+            for pos, info in enumerate(infos):
+                if pos in got.outcomes:
+                    continue
+                tp = TopicPartition(info.topic, info.partition)
+                starts[tp] = min(starts.get(tp, info.first_offset), info.first_offset)
+            consumer.assign(list(starts))
+            for tp, offset in starts.items():
+                consumer.seek(tp, offset)
+            await dispatch()
+            while len(got.outcomes) < len(infos):
+                fetched = await consumer.getmany(timeout_ms=500, max_records=500)
+                for records in fetched.values():
+                    for raw in records:
+                        found = by_key.get(raw.key) if raw.key is not None else None
+                        if found is None or found in got.outcomes:
+                            continue
+                        pos = found
+                        rec = LogRecord.from_consumer(raw)
+                        if rec is None or rec.seq <= got.forwarded.get(pos, 0):
+                            continue
+                        got.forwarded[pos] = rec.seq
+                        if rec.type in _NOT_FORWARDED:
+                            continue
+                        child = plan.children[pos]
+                        data = _envelope_data(rec.value)
+                        yield events.METADATA, {"child": {
+                            "index": child.index, "indices": list(child.indices),
+                            "streamId": infos[pos].stream_id, "seq": rec.seq,
+                            "type": rec.type, "data": data}}
+                        if not events.is_terminal(rec.type):
+                            continue
+                        got.outcomes[pos] = batch.Outcome(type=rec.type, data=data)
+                        running.discard(pos)
+                        ended_here += 1
+                        done = len(got.outcomes)
+                        left = len(infos) - done
+                        per_child = (loop.time() - began) / ended_here
+                        yield events.PROGRESS, {
+                            "percentage": round(100 * done / len(infos), 1),
+                            "estimatedTimeRemaining": round(
+                                per_child * left / max(1, min(limit, left or 1)), 3),
+                            "currentStep": f"{done} of {len(infos)} answered",
+                            "completedSteps": done}
+                        await dispatch()
+        finally:
+            await stop_client(consumer)
