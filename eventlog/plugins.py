@@ -1,10 +1,10 @@
 """Plugins: what is installed in each Tidemark entry-point group, read from package
 metadata (nothing is imported here: a gateway learns the generator names it accepts
-without running any plugin's code; ``workers.plugins`` loads generators and processors).
+without running any plugin's code; ``workers.plugins`` loads them).
 
 Groups: ``tidemark.generators`` and ``tidemark.processors`` (content processors), both
-loaded by workers; ``tidemark.webhook_signers`` is a name reserved for webhook signers,
-which Tidemark does not have yet: its plugins are listed, never loaded.
+loaded by workers; ``tidemark.webhook_signers`` (loaded by the webhooks processes;
+gateways accept a registration's ``signer`` by the names selected here).
 
 Which entry point of a group is used (the *selected* ones):
 - its name matches :data:`NAME_PATTERN` and is not reserved (``external`` is the

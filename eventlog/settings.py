@@ -22,6 +22,8 @@ from eventlog.contentpolicy import ContentPolicy, parse_policy
 from eventlog.errors import ConfigError
 from eventlog.experiments import Experiments, parse_experiments
 from eventlog.plugins import AllowListError, parse_allow
+from eventlog.targets import AllowList, parse_allow_list
+from eventlog.targets import AllowListError as TargetAllowListError
 
 log = logging.getLogger(__name__)
 
@@ -518,6 +520,63 @@ class OpenAISettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    """Webhooks (docs/webhooks.md): registrations at the gateways, deliveries by the
+    ``tidemark webhooks`` process."""
+
+    allow: str = _env(
+        "WEBHOOK_ALLOW", "", "hosts and CIDRs a webhook may target although they are not "
+        "public (loopback, private, link-local ...), comma-separated; unset: public "
+        "addresses only")
+    timeout_s: float = _env(
+        "WEBHOOK_TIMEOUT", 15.0, "deadline of one delivery attempt (connect, send, answer)")
+    max_attempts: int = _env(
+        "WEBHOOK_MAX_ATTEMPTS", 8, "attempts of one delivery before it goes to the "
+        "dead-letter topic")
+    retry_base_s: float = _env(
+        "WEBHOOK_RETRY_BASE", 1.0, "backoff after the first failed attempt (doubling "
+        "after each, full jitter)")
+    retry_max_s: float = _env(
+        "WEBHOOK_RETRY_MAX", 300.0, "longest backoff between two attempts (also caps a "
+        "Retry-After)")
+    concurrency: int = _env(
+        "WEBHOOK_CONCURRENCY", 4, "deliveries in flight per webhook (each stream's "
+        "events stay in order)")
+    queue: int = _env(
+        "WEBHOOK_QUEUE", 1000, "deliveries waiting per webhook; past it new ones go "
+        "straight to the dead-letter topic")
+    in_flight: int = _env(
+        "WEBHOOK_IN_FLIGHT", 10_000, "deliveries waiting in one webhooks process in all; "
+        "past it the process stops fetching until some finish")
+    max_per_tenant: int = _env(
+        "WEBHOOK_MAX_PER_TENANT", 50, "webhooks one tenant may register")
+    dlq_list_max: int = _env(
+        "WEBHOOK_DLQ_LIST_MAX", 100, "dead letters one listing returns (the newest)")
+    dlq_view_max: int = _env(
+        "WEBHOOK_DLQ_VIEW_MAX", 100_000, "dead letters a gateway keeps in memory for the "
+        "listing (the oldest are forgotten first)")
+
+    allow_list: AllowList = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "allow_list", parse_allow_list(self.allow))
+        except TargetAllowListError as exc:
+            raise ConfigError(f"TIDEMARK_WEBHOOK_ALLOW: {exc}") from exc
+        if not (self.timeout_s > 0 and self.retry_base_s > 0
+                and self.retry_max_s >= self.retry_base_s):
+            raise ConfigError("TIDEMARK_WEBHOOK_TIMEOUT and TIDEMARK_WEBHOOK_RETRY_BASE must "
+                              "be positive, TIDEMARK_WEBHOOK_RETRY_MAX >= the base")
+        if not (1 <= self.max_attempts <= 100 and 1 <= self.concurrency <= 64
+                and self.queue >= self.concurrency and self.in_flight >= 1
+                and self.max_per_tenant >= 1 and self.dlq_list_max >= 1
+                and self.dlq_view_max >= 1):
+            raise ConfigError("TIDEMARK_WEBHOOK_MAX_ATTEMPTS must be 1 to 100, "
+                              "TIDEMARK_WEBHOOK_CONCURRENCY 1 to 64, TIDEMARK_WEBHOOK_QUEUE "
+                              ">= the concurrency, the other counts >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -529,6 +588,7 @@ class Settings:
     durable: DurableSettings = field(default_factory=DurableSettings)
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     log_format: str = _env("LOG_FORMAT", "text", "log output: text or json")
     log_level: str = _env("LOG_LEVEL", "INFO", "log level")
     log_levels: str = _env(
@@ -668,7 +728,7 @@ def env_names() -> dict[str, str]:
     out: dict[str, str] = {}
     for cls in (KafkaSettings, LogSettings, GatewaySettings, WorkerSettings, AuthSettings,
                 LimitSettings, AnalyticsSettings, DurableSettings, OpenAISettings,
-                CacheSettings, Settings):
+                CacheSettings, WebhookSettings, Settings):
         for f in dataclasses.fields(cls):
             if "env" in f.metadata:
                 out[f.metadata["env"]] = f.metadata["help"]
@@ -688,6 +748,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     durable = _section(DurableSettings, environ, known)
     openai = _section(OpenAISettings, environ, known)
     cache = _section(CacheSettings, environ, known)
+    webhooks = _section(WebhookSettings, environ, known)
     top = _section(Settings, environ, known)
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
     for name in unknown:
@@ -695,7 +756,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return dataclasses.replace(top, kafka=kafka, log=log_settings, gateway=gateway,
                                worker=worker, auth=auth, limits=limits,
                                analytics=analytics, durable=durable, openai=openai,
-                               cache=cache)
+                               cache=cache, webhooks=webhooks)
 
 
 def otel_env_names() -> dict[str, str]:

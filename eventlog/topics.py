@@ -52,6 +52,27 @@ def cache_topic(namespace: str) -> str:
     return f"tidemark.{namespace}.cache"
 
 
+def webhooks_topic(namespace: str) -> str:
+    """Compacted webhook registrations of a namespace; key = ``<tenant>/<webhook id>``
+    (``eventlog.webhooks``)."""
+    return f"tidemark.{namespace}.webhooks"
+
+
+def webhooks_dlq_topic(namespace: str) -> str:
+    """Dead letters: deliveries whose attempts ran out; key = the dead letter's id, a
+    tombstone once a replay delivered it. Compacted, and deleted after its retention."""
+    return f"tidemark.{namespace}.webhooks.dlq"
+
+
+def webhooks_replay_topic(namespace: str) -> str:
+    """Replay requests of dead letters, read by the webhooks processes' consumer group;
+    key = the dead letter's id."""
+    return f"tidemark.{namespace}.webhooks.replay"
+
+
+#: Retention of the dead-letter and replay topics.
+WEBHOOK_DLQ_RETENTION_MS: Final = 7 * 86_400_000
+
 #: Retention of the analytics topic: the longest analytics window (24 h) and one hour.
 ANALYTICS_RETENTION_MS: Final = 25 * 3_600_000
 
@@ -113,6 +134,14 @@ def namespace_topics(settings: LogSettings, *, brokers: int = 1) -> list[NewTopi
             "min.compaction.lag.ms": "60000",
             **isr,
         }),
+        NewTopic(webhooks_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "compact", **isr}),
+        NewTopic(webhooks_dlq_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(WEBHOOK_DLQ_RETENTION_MS), **isr}),
+        NewTopic(webhooks_replay_topic(settings.namespace), partitions, rf, topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(WEBHOOK_DLQ_RETENTION_MS), **isr}),
     ]
 
 

@@ -26,6 +26,7 @@ from gateway import (
     openapi,
     routes,
     transports,
+    webhooks,
 )
 from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
@@ -101,6 +102,7 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
     experiments.add_routes(app)
     analytics_routes.add_routes(app)
     cache_admin.add_routes(app)
+    webhooks.add_routes(app, settings)
     dashboard.add_routes(app)
     hardening.install(app, settings.gateway)
     install_observability(app)

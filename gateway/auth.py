@@ -43,8 +43,9 @@ CREATE: Final = "streams:create"
 READ: Final = "streams:read"
 PUBLISH: Final = "streams:publish"
 CANCEL: Final = "streams:cancel"
+WEBHOOKS: Final = "webhooks:manage"
 ADMIN: Final = "admin"
-SCOPES: Final = (CREATE, READ, PUBLISH, CANCEL, ADMIN)
+SCOPES: Final = (CREATE, READ, PUBLISH, CANCEL, WEBHOOKS, ADMIN)
 
 COOKIE: Final = "tidemark_token"
 QUERY: Final = "access_token"

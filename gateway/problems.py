@@ -17,6 +17,7 @@ from eventlog.errors import (
     StreamGone,
     StreamNotFound,
 )
+from eventlog.targets import UnsafeTarget
 from gateway.audit import AUDIT
 from gateway.breaker import CircuitOpen
 from gateway.errors import Forbidden, LimitExceeded, NotYours, Unauthenticated
@@ -65,6 +66,8 @@ def problem_for(exc: TidemarkError) -> Problem:
         return Problem(429, str(exc), retry_after=exc.retry_after, limit=exc.limit)
     if isinstance(exc, InvalidInput):
         return Problem(422, exc.reason, field=exc.pointer)
+    if isinstance(exc, UnsafeTarget):
+        return Problem(400, str(exc), field="/url")
     if isinstance(exc, InvalidEventId):
         return Problem(400, f"malformed position: {exc}")
     if isinstance(exc, StreamNotFound):

@@ -29,11 +29,12 @@ REQUEST_SCHEMAS: Final = {
     "PublishRequest": "publish",
     "InputRequest": "input_request",
     "AiChatRequest": "ai_chat",
+    "WebhookCreateRequest": "webhook_create",
 }
 
 #: Every scope a token may carry (``gateway.auth.SCOPES``; ``admin`` holds them all).
 SCOPES: Final = ("streams:create", "streams:read", "streams:publish", "streams:cancel",
-                 "admin")
+                 "webhooks:manage", "admin")
 
 #: The files ``GET /dashboard/assets/{name}`` serves (``gateway.dashboard.ASSETS``).
 DASHBOARD_ASSETS: Final = ("dashboard.css", "dashboard.js", "uPlot.iife.min.js",
@@ -150,6 +151,13 @@ _RESPONSES: Final[dict[str, Any]] = {
                                 _RETRY_AFTER),
     "Unavailable": _problem("Kafka (or the limits' store) is not answering, or the gateway "
                             "is still starting", _RETRY_AFTER),
+    "UnsafeTarget": _problem("the webhook URL is refused: not http(s), carries credentials, "
+                             "does not resolve, or resolves to an address that is not "
+                             "public (loopback, private, link-local, multicast, reserved) "
+                             "and not in TIDEMARK_WEBHOOK_ALLOW"),
+    "NoSuchWebhook": _problem("no such webhook (or dead letter) of the caller's tenant; "
+                              "another tenant's answers exactly like one that does not exist"),
+    "WebhookLimit": _problem("the tenant has TIDEMARK_WEBHOOK_MAX_PER_TENANT webhooks already"),
 }
 
 
@@ -157,7 +165,8 @@ def _refs(*names: str) -> dict[str, Any]:
     codes = {"BadRequest": "400", "Unauthorized": "401", "Forbidden": "403",
              "NotFound": "404", "RequestTimeout": "408", "Conflict": "409", "Gone": "410",
              "ContentTooLarge": "413", "UriTooLong": "414", "UnsupportedMediaType": "415",
-             "NoSuchFile": "404",
+             "NoSuchFile": "404", "UnsafeTarget": "400", "NoSuchWebhook": "404",
+             "WebhookLimit": "409",
              "Unprocessable": "422", "UpgradeRequired": "426", "TooManyRequests": "429",
              "Unavailable": "503", "InputNotWritten": "504"}
     return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in names}
@@ -338,6 +347,101 @@ def _experiment_paths() -> dict[str, Any]:
     }
 
 
+# --- webhooks (docs/webhooks.md) ------------------------------------------------------
+
+def _webhook_components() -> dict[str, Any]:
+    string = {"type": "string"}
+    webhook: dict[str, Any] = {
+        "type": "object",
+        "required": ["id", "url", "eventTypes", "signer", "description", "createdAt"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^wh_[0-9a-f]{24}$"}, "url": string,
+            "eventTypes": {"type": "array", "items": string}, "signer": string,
+            "description": string,
+            "createdAt": {"type": "integer", "description": "ms since the epoch; events "
+                          "written before it are not delivered"}}}
+    return {
+        "Webhook": webhook,
+        "WebhookCreated": {
+            **webhook, "required": [*webhook["required"], "secret"],
+            "properties": {**webhook["properties"], "secret": {
+                "type": "string", "description": "the signing secret (whsec_...): shown "
+                "in this answer only"}}},
+        "WebhookList": {"type": "object", "required": ["webhooks"], "properties": {
+            "webhooks": {"type": "array", "items": _schema("Webhook")}}},
+        "DeadLetter": {
+            "type": "object",
+            "required": ["id", "webhook", "eventId", "stream", "type", "reason", "attempts",
+                         "failedAt", "replays", "payload"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^dl_[0-9a-f]{32}$"}, "webhook": string,
+                "eventId": string, "stream": string, "type": string,
+                "reason": {"type": "string", "description": "why the last attempt failed"},
+                "attempts": {"type": "integer", "minimum": 0},
+                "failedAt": {"type": "integer", "description": "ms since the epoch"},
+                "replays": {"type": "integer", "minimum": 0,
+                            "description": "replays of it that failed too"},
+                "payload": _schema("WebhookPayload")}},
+        "DeadLetterList": {
+            "type": "object", "required": ["webhook", "deadLetters", "truncated"],
+            "properties": {
+                "webhook": string,
+                "deadLetters": {"type": "array", "items": _schema("DeadLetter"),
+                                "description": "oldest first; at most "
+                                "TIDEMARK_WEBHOOK_DLQ_LIST_MAX, the newest"},
+                "truncated": {"type": "boolean"}}},
+        "ReplayQueued": {
+            "type": "object", "required": ["deadLetter", "eventId", "replay"],
+            "properties": {"deadLetter": string, "eventId": string,
+                           "replay": {"const": "queued"}}},
+        "WebhookPayload": embed("webhook_payload")[0],
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    scope = "webhooks:manage"
+    webhook_id = {"name": "id", "in": "path", "required": True, "description": "a webhook id",
+                  "schema": {"type": "string", "maxLength": 64}}
+    letter_id = {"name": "letter", "in": "path", "required": True,
+                 "description": "a dead letter's id", "schema": {"type": "string",
+                                                                 "maxLength": 64}}
+    return {
+        "/v1/webhooks": {
+            "post": _op("createWebhook", "Register a webhook of the caller's tenant",
+                        scope=scope, requestBody=_body("WebhookCreateRequest"),
+                        description="Deliveries are signed as Standard Webhooks says "
+                        "(webhook-id is the event id).",
+                        responses={"201": _json(_schema("WebhookCreated"), "registered"),
+                                   **_refs("UnsafeTarget", *_GUARDED, "WebhookLimit",
+                                           "ContentTooLarge", "UnsupportedMediaType",
+                                           "Unprocessable", "Unavailable")}),
+            "get": _op("listWebhooks", "The caller's tenant's webhooks (without secrets)",
+                       scope=scope,
+                       responses={"200": _json(_schema("WebhookList"), "the webhooks"),
+                                  **_refs(*_GUARDED, "Unavailable")}),
+        },
+        "/v1/webhooks/{id}": {
+            "delete": _op("deleteWebhook", "Delete a webhook (its pending deliveries are "
+                          "dropped)", scope=scope, parameters=[webhook_id],
+                          responses={"204": {"description": "deleted"},
+                                     **_refs(*_GUARDED, "NoSuchWebhook", "Unavailable")}),
+        },
+        "/v1/webhooks/{id}/dead-letters": {
+            "get": _op("listDeadLetters", "The webhook's dead letters: deliveries whose "
+                       "attempts ran out", scope=scope, parameters=[webhook_id],
+                       responses={"200": _json(_schema("DeadLetterList"), "dead letters"),
+                                  **_refs(*_GUARDED, "NoSuchWebhook", "Unavailable")}),
+        },
+        "/v1/webhooks/{id}/dead-letters/{letter}/replay": {
+            "post": _op("replayDeadLetter", "Send a dead letter again (same webhook-id); "
+                        "delivered, it leaves the list", scope=scope,
+                        parameters=[webhook_id, letter_id],
+                        responses={"202": _json(_schema("ReplayQueued"), "queued"),
+                                   **_refs(*_GUARDED, "NoSuchWebhook", "Unavailable")}),
+        },
+    }
+
+
 # --- the document ------------------------------------------------------------------------
 
 def _components() -> dict[str, Any]:
@@ -485,6 +589,7 @@ def _components() -> dict[str, Any]:
             },
         },
         **_experiment_components(),
+        **_webhook_components(),
         "PublishResult": {
             "type": "object",
             "required": ["accepted", "written", "duplicates", "last_seq", "ended"],
@@ -736,6 +841,7 @@ def _paths() -> dict[str, Any]:
         },
         **_ai_chat_paths(),
         **_experiment_paths(),
+        **_webhook_paths(),
         "/v1/openapi.json": {
             "get": _op("openapi", "This document", scope=None, responses={
                 "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),

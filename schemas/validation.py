@@ -89,6 +89,7 @@ class Validators:
         names.append("analysis")  # referenced by metadata and result
         names.append("log_levels")  # the admin endpoints' body (gateways and workers)
         names.append("input_record")  # the jobs topics' input control record
+        names.append("webhook_create")  # POST /v1/webhooks
         self._schemas = {name: load_schema(name) for name in names}
         registry: Registry[Any] = Registry().with_resources(
             (schema["$id"], Resource.from_contents(schema)) for schema in self._schemas.values()

@@ -152,6 +152,14 @@ class Cluster:
         finally:
             await idx.stop()
 
+    def webhooks(self, **settings: str) -> Proc:
+        """Start a webhooks process (``tidemark webhooks``); return once it delivers."""
+        n = sum(p.name.startswith("webhooks") for p in self.procs)
+        proc = Proc(f"webhooks{n}", ["webhooks"], {**self.env, **settings}, self.logdir)
+        self.procs.append(proc)
+        proc.wait_line("Webhooks started")
+        return proc
+
     def proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)
 

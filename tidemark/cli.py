@@ -1,5 +1,6 @@
-"""``tidemark kafka|gateway|worker|dev``: start Tidemark's processes; ``tidemark token``
-mints a bearer token for testing; ``tidemark plugins`` lists the installed plugins."""
+"""``tidemark kafka|gateway|worker|webhooks|dev``: start Tidemark's processes; ``tidemark
+token`` mints a bearer token for testing; ``tidemark plugins`` lists the installed
+plugins."""
 
 from __future__ import annotations
 
@@ -307,8 +308,37 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
+async def run_webhooks(settings: Settings) -> int:
+    """The webhooks process: delivers events to the registered webhooks (``workers.webhooks``)."""
+    from workers.plugins import load_signers
+    from workers.webhooks import STARTED, Deliverer
+
+    signers, _ = load_signers(settings.plugin_allow, settings=settings)
+    if not signers:
+        log.error("no webhook signer plugin loaded (`tidemark plugins` lists them): every "
+                  "delivery will be a dead letter")
+    log.info("webhook signers: %s", ", ".join(sorted(signers)) or "none")
+    deliverer = Deliverer(settings, signers)
+    task = asyncio.create_task(deliverer.run(), name="webhooks")
+
+    async def announce() -> None:
+        await deliverer.started.wait()
+        _out(STARTED)
+
+    announcer = asyncio.create_task(announce(), name="webhooks-started")
+    try:
+        await _until_signal(task)
+    finally:
+        for part in (announcer, task):
+            part.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await part
+    return 0
+
+
 async def run_dev(settings: Settings, data_dir: Path) -> int:
-    """A local broker (unless one is set), one worker and one gateway, until Ctrl-C;
+    """A local broker (unless one is set), one worker, one webhooks process and one
+    gateway, until Ctrl-C;
     also a local redis-server for the limits unless TIDEMARK_REDIS_URL is set (if it is
     not installed or does not start, the gateway runs with limits off and warns).
 
@@ -349,7 +379,8 @@ async def run_dev(settings: Settings, data_dir: Path) -> int:
             await children[role].wait()
         log.error("%s keeps exiting; stopping", role)
 
-    tasks = [asyncio.create_task(supervise(role)) for role in ("worker", "gateway")]
+    tasks = [asyncio.create_task(supervise(role))
+             for role in ("worker", "webhooks", "gateway")]
     try:
         _out(f"Demo: http://{settings.gateway.host}:{settings.gateway.port}/")
         _dev_dashboard(settings, env.get("TIDEMARK_JWT_SECRET", ""))
@@ -417,12 +448,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _plugins(settings: Settings, as_json: bool) -> int:
     """``tidemark plugins``: every group's installed plugins, with their load status (the
-    generators and processors are loaded, as a worker would; webhook signers have no
-    loader yet)."""
+    generators, processors and webhook signers are loaded, as a worker and a webhooks process
+    would)."""
     import orjson
 
-    from eventlog.plugins import GENERATORS, GROUPS, PROCESSORS, discover
-    from workers.plugins import REFUSED, Status, load_generators, load_processors
+    from eventlog.plugins import GENERATORS, GROUPS, PROCESSORS, WEBHOOK_SIGNERS, discover
+    from workers.plugins import REFUSED, Status, load_generators, load_processors, load_signers
 
     rows: list[Status] = []
     for group in GROUPS:
@@ -431,6 +462,9 @@ def _plugins(settings: Settings, as_json: bool) -> int:
             continue
         if group == PROCESSORS:
             rows += load_processors(settings.plugin_allow, settings=settings)[1]
+            continue
+        if group == WEBHOOK_SIGNERS:
+            rows += load_signers(settings.plugin_allow, settings=settings)[1]
             continue
         rows += [Status(plugin=p, state=REFUSED if p.refused else "not loaded",
                         reason=p.refused or "this Tidemark has no loader for the group yet")
@@ -496,9 +530,10 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--stream", help="a read token for this one stream")
     token.add_argument("--audience", help="the aud claim (default: TIDEMARK_JWT_AUDIENCE)")
     sub.add_parser("worker", help="run a generation worker")
+    sub.add_parser("webhooks", help="run a webhook delivery process (docs/webhooks.md)")
     plugins = sub.add_parser("plugins", help="list the installed plugins and their status")
     plugins.add_argument("--json", action="store_true", help="as a JSON document")
-    dev = sub.add_parser("dev", help="broker + gateway + worker on loopback")
+    dev = sub.add_parser("dev", help="broker + gateway + worker + webhooks on loopback")
     dev.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".cache" / "dev-kafka",
                      help="the local broker's data (kept across runs)")
     return parser
@@ -536,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             dev=args.command == "gateway"
                                             and args.dev_token_endpoint, traces=traces),
         "worker": lambda: run_worker(settings, traces),
+        "webhooks": lambda: run_webhooks(settings),
         "dev": lambda: run_dev(settings, args.data_dir),
     }
     try:

@@ -1,12 +1,14 @@
 """Generators and content processors loaded from the ``tidemark.generators`` and
-``tidemark.processors`` entry points (``eventlog.plugins`` says which are selected).
-Each entry point names a class or factory that is called with no arguments (with the
-process's :class:`~eventlog.settings.Settings` when it sets ``takes_settings = True``, as
-the built-in ``openai`` generator does) and returns an object satisfying its group's
-protocol (:class:`workers.generators.Generator`, :class:`workers.processors.Processor`):
-its ``name`` is the entry point's name and its ``events`` (a generator's) or ``open`` (a
-processor's) is callable. A plugin that fails to import, to build or that check is
-reported (logged, listed as broken) and the worker serves the others.
+``tidemark.processors`` entry points, and webhook signers from ``tidemark.webhook_signers``
+(``eventlog.plugins`` says which are selected). Each entry point names a class or factory
+that is called with no arguments (with the process's :class:`~eventlog.settings.Settings`
+when it sets ``takes_settings = True``, as the built-in ``openai`` generator does) and
+returns an object satisfying its group's protocol (:class:`workers.generators.Generator`,
+:class:`workers.processors.Processor`, :class:`workers.signing.WebhookSigner`): its
+``name`` is the entry point's name and its ``events`` (a generator's), ``open`` (a
+processor's) or ``headers`` (a signer's) is callable. A plugin that fails to import, to
+build or that check is reported (logged, listed as broken) and the process uses the
+others.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Final, cast
 
-from eventlog.plugins import GENERATORS, PROCESSORS, Plugin, discover
+from eventlog.plugins import GENERATORS, PROCESSORS, WEBHOOK_SIGNERS, Plugin, discover
 from eventlog.settings import Settings
 from workers.generators import Generator
 from workers.processors import Processor
+from workers.signing import WebhookSigner
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,9 @@ class PluginCheckError(TypeError):
 
 #: Each loaded group: what its objects are called in logs, and the method they must have.
 _KINDS: Final = {GENERATORS: ("generator", "events", "events(job, start_seq)"),
-                 PROCESSORS: ("processor", "open", "open(job, spec, state)")}
+                 PROCESSORS: ("processor", "open", "open(job, spec, state)"),
+                 WEBHOOK_SIGNERS: ("webhook signer", "headers",
+                                   "headers(*, msg_id, timestamp, body, secret)")}
 
 
 def checked(obj: object, name: str, group: str = GENERATORS) -> object:
@@ -109,3 +114,12 @@ def load_processors(allow: Iterable[str] = (),
     """The selected content processors by name, and the status of every installed one."""
     loaded, report = _load_group(PROCESSORS, allow, found, settings or Settings())
     return cast(dict[str, Processor], loaded), report
+
+
+def load_signers(allow: Iterable[str] = (),
+                 found: Iterable[tuple[metadata.EntryPoint, str, str]] | None = None,
+                 settings: Settings | None = None,
+                 ) -> tuple[dict[str, WebhookSigner], list[Status]]:
+    """The selected webhook signers by name, and the status of every installed one."""
+    loaded, report = _load_group(WEBHOOK_SIGNERS, allow, found, settings or Settings())
+    return cast(dict[str, WebhookSigner], loaded), report

@@ -393,7 +393,7 @@ def strimzi_errors(doc: dict[str, Any]) -> list[str]:
 def test_strimzi_resources_are_valid_against_the_strimzi_crds() -> None:
     docs = [(name, d) for name, d in k8s_docs() if d["apiVersion"].startswith("kafka.strimzi")]
     kinds = sorted(d["kind"] for _, d in docs)
-    assert kinds == ["Kafka", "KafkaNodePool", *["KafkaTopic"] * 6]
+    assert kinds == ["Kafka", "KafkaNodePool", *["KafkaTopic"] * 9]
     for name, doc in docs:
         assert strimzi_errors(doc) == [], f"{name} {doc['kind']} {doc['metadata']['name']}"
 

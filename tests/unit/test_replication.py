@@ -47,8 +47,9 @@ def test_topics_on_one_broker_are_as_before() -> None:
 
 def test_topics_on_three_brokers_have_three_replicas_two_in_sync() -> None:
     topics = namespace_topics(LogSettings(), brokers=3)
-    # events, jobs, priority jobs, analytics, the cache's entries, the stream index
-    assert len(topics) == 6
+    # events, jobs, priority jobs, analytics, the cache's entries, the stream index,
+    # webhooks, their dead letters and replays
+    assert len(topics) == 9
     for topic in topics:
         assert topic.replication_factor == 3
         assert topic.topic_configs["min.insync.replicas"] == "2"

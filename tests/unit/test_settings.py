@@ -20,6 +20,7 @@ from eventlog.settings import (
     LogSettings,
     OpenAISettings,
     Settings,
+    WebhookSettings,
     WorkerSettings,
     env_names,
     load_settings,
@@ -150,7 +151,7 @@ def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
     out: list[tuple[object, dataclasses.Field[object]]] = []
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
                      AuthSettings(), LimitSettings(), AnalyticsSettings(), DurableSettings(),
-                     OpenAISettings(), CacheSettings(), Settings()):
+                     OpenAISettings(), CacheSettings(), WebhookSettings(), Settings()):
         out.extend((instance, f) for f in dataclasses.fields(instance) if f.metadata)
     return out
 
@@ -158,10 +159,10 @@ def _all_fields() -> list[tuple[object, dataclasses.Field[object]]]:
 def test_every_setting_has_a_listed_variable() -> None:
     names = env_names()
     section_fields = {"kafka", "log", "gateway", "worker", "auth", "limits", "analytics", "durable",
-                      "openai", "cache"}
+                      "openai", "cache", "webhooks"}
     for instance in (KafkaSettings(), LogSettings(), GatewaySettings(), WorkerSettings(),
                      AuthSettings(), LimitSettings(), AnalyticsSettings(), DurableSettings(),
-                     OpenAISettings(), CacheSettings(), Settings()):
+                     OpenAISettings(), CacheSettings(), WebhookSettings(), Settings()):
         for f in dataclasses.fields(instance):
             if (isinstance(instance, Settings) and f.name in section_fields) or not f.init:
                 continue
