@@ -276,7 +276,7 @@ class Run:
                 await asyncio.sleep(self.rng.uniform(0.5, 2))
                 self.start_worker()
             elif kind == "gateway":
-                i = self.rng.randrange(2)
+                i = await self.busiest_gateway()
                 self.gateways[i].stop(signal.SIGKILL)
                 await asyncio.sleep(self.rng.uniform(0.5, 2))
                 self.start_gateway(i)
@@ -285,6 +285,24 @@ class Run:
                 self.broker.stop(signal.SIGTERM if kind == "broker-term" else signal.SIGKILL)
                 await asyncio.sleep(self.rng.uniform(1, 3))
                 self.start_broker()
+
+    async def busiest_gateway(self) -> int:
+        """The gateway with the most open SSE responses (its own gauge): the load balancer
+        may have sent every follower to one gateway (round robin over creates and follows
+        alternates), and killing the other would drop nobody. A coin on a tie."""
+        open_: dict[int, float] = {}
+        async with aiohttp.ClientSession(headers=auth_headers()) as http:
+            for i, port in enumerate(self.gateway_ports):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics",
+                                        timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        text = await resp.text()
+                    open_[i] = next(float(line.split()[-1]) for line in text.splitlines()
+                                    if line.startswith("tidemark_sse_connections "))
+                except (aiohttp.ClientError, TimeoutError, StopIteration, ValueError):
+                    open_[i] = -1.0
+        top = max(open_.values())
+        return self.rng.choice([i for i, n in open_.items() if n == top])
 
     async def create(self, http: aiohttp.ClientSession, i: int, *,
                      token_range: tuple[int, int] = (100, 250)) -> Followed:

@@ -9,7 +9,8 @@ Under pytest-xdist (`make test` runs ``-n 2``) the controller starts that one br
 hands its address to every worker, so a session still has one broker. Each test runs in a
 Kafka namespace of its own, so tests share it safely. Tests are scheduled by module (a
 module's fixtures start once), and the few that start clusters or load the machine on
-purpose (:data:`HEAVY`) run one after the other on the same worker.
+purpose (:data:`HEAVY`) run one after the other on the same worker
+(:func:`pytest_xdist_make_scheduler`).
 """
 
 from __future__ import annotations
@@ -49,15 +50,27 @@ PLUGIN_INSTALLERS = frozenset({"tests/e2e/test_plugins.py", "tests/e2e/test_cont
 _SHARED_BROKER: dict[str, Proc | str] = {}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``--dist loadgroup`` groups: a module per group, :data:`HEAVY` modules in one, and
-    :data:`PLUGIN_INSTALLERS` in another."""
-    root = Path(str(config.rootpath))
-    for item in items:
-        module = Path(str(item.path)).relative_to(root).as_posix()
-        group = ("heavy" if module in HEAVY else
-                 "plugin-install" if module in PLUGIN_INSTALLERS else module)
-        item.add_marker(pytest.mark.xdist_group(group))
+def test_group(module: str) -> str:
+    """The xdist group of a test module (its path from the repository's root)."""
+    return ("heavy" if module in HEAVY else
+            "plugin-install" if module in PLUGIN_INSTALLERS else module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist controller, with ``--dist loadgroup``: each :func:`test_group` goes whole to
+    one worker. (xdist's own loadgroup reads ``xdist_group`` marks into node ids by
+    assigning ``Item._nodeid``, which pytest 9.2 no longer reads: every test was scheduled
+    alone.) The groups come from the node ids' paths, so no mark is needed."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid.split("::", 1)[0])
+
+    return ByGroup(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)
