@@ -205,11 +205,10 @@ class Services:
             for session in list(self.sessions):
                 started = session.write_started
                 if started is not None and now - started > gw.client_write_timeout_s:
-                    log.info("dropping a client of stream %s: no write accepted for %.0fs",
-                             session.stream_id, now - started)
-                    self.metrics.cutoffs.inc()
-                    self.recorder.cutoff(session)
-                    session.drop_stuck(gw.client_write_timeout_s)
+                    if session.drop_stuck(gw.client_write_timeout_s):
+                        log.info("dropping a client of stream %s: no write accepted for "
+                                 "%.0fs", session.stream_id, now - started)
+                        session.count_cut_off()
                 else:
                     session.check_socket(now)
 

@@ -335,6 +335,11 @@ class Session:
     #: When the write in progress began (loop time), or None: the watchdog cuts off a
     #: client whose socket has not accepted a write for too long.
     write_started: float | None = None
+    #: Set once this client is counted as cut off (:meth:`count_cut_off`), and once the
+    #: watchdog has dropped it: its handler may take up to the grace period to finish,
+    #: and neither is done again on every tick of that.
+    cut_off: bool = False
+    dropped: bool = False
     sub: Subscriber | None = None
     last_write: float = 0.0
     #: Since when (loop time) the socket has held data it could not send, as the writes
@@ -426,10 +431,24 @@ class Session:
             self.hub.unsubscribe(self.sub)
             self.sub = None
 
-    def drop_stuck(self, grace_s: float) -> None:
+    def drop_stuck(self, grace_s: float) -> bool:
         """End the response of a client whose socket stopped taking data (how: the
-        transport's :meth:`~gateway.transport.Transport.drop_stuck`)."""
+        transport's :meth:`~gateway.transport.Transport.drop_stuck`); False if it was
+        already."""
+        if self.dropped:
+            return False
+        self.dropped = True
         self.transport.drop_stuck(self, grace_s)
+        return True
+
+    def count_cut_off(self) -> None:
+        """Count this client in ``tidemark_slow_client_cutoffs_total`` and the analytics,
+        once whichever path cuts it off."""
+        if not self.cut_off:
+            self.cut_off = True
+            self.metrics.cutoffs.inc()
+            if self.recorder is not None:
+                self.recorder.cutoff(self)
 
     def take(self, frames: Iterable[Row]) -> bytes:
         """The bytes of the frames not written yet, at most about :data:`WRITE_BYTES`
@@ -698,9 +717,7 @@ async def _keep_up(session: Session, start: int) -> bool:
 
 
 async def _cut_off(session: Session) -> None:
-    session.metrics.cutoffs.inc()
-    if session.recorder is not None:
-        session.recorder.cutoff(session)
+    session.count_cut_off()
     await session.write(CUT_OFF_REASON)
 
 

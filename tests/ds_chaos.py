@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.conformance import npm_install
 from tests.procs import REPO, Gateways, Proc, auth_headers, base_env, run_dir, start_broker, token
 
 SCRIPT = REPO / "conformance" / "ds-load.mjs"
@@ -231,6 +232,7 @@ async def run(*, seconds: float, streams: int, seed: int, workdir: Path, writers
     report = Report(seed=seed, seconds=seconds)
     r = Run(workdir, seed=seed)
     client: asyncio.subprocess.Process | None = None
+    npm_install()  # the official client (conformance/package.json), as the suite's run has it
     try:
         await r.start()
         assert r.gateways is not None

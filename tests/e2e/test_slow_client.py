@@ -158,6 +158,42 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
     assert [e.id for e in rest.stream_events] == [e.id for e in seen[resumed_from + 1:]]
 
 
+async def test_a_client_stuck_until_it_is_aborted_is_counted_once(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """The watchdog drops a stuck client, then gives its connection the write timeout
+    again to take the last words before aborting it; the ticks of that grace period do
+    not count it again, in the metric or in the analytics."""
+    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
+                                 TIDEMARK_TAIL_BYTES="1048576",
+                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2",
+                                 TIDEMARK_LAG_COALESCE="false")
+    async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
+                         ) as resp:
+        sid = (await resp.json())["stream_id"]
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = base.removeprefix("http://").split(":")
+    stuck.connect((host, int(port)))
+    stuck.sendall(f"GET /v1/streams/{sid}/events HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Authorization: Bearer {token()}\r\n"
+                  "Accept: text/event-stream\r\n\r\n".encode())
+    try:
+        await asyncio.sleep(0.5)
+        await produce(cluster, [sid], 5_000, payload=1000)
+        for _ in range(300):
+            if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the stuck client was never cut off")
+        # Past the grace period (2 s) and a few watchdog ticks (1 s each), still unread.
+        await asyncio.sleep(4.5)
+        assert await metric(http, base, "tidemark_slow_client_cutoffs_total") == 1
+        assert await metric(http, base, "tidemark_sse_connections") == 0
+    finally:
+        stuck.close()
+
+
 async def test_a_long_stream_and_many_finished_streams_leave_memory_flat(
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
     # Every event as it is, so the reader can check each seq (a reader that falls behind
