@@ -193,6 +193,11 @@ class Subscriber:
         self.overflowed = False
         self.wakeup = asyncio.Event()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of frames waiting in this feed (at most its limit)."""
+        return self._bytes
+
     def push(self, frame: Frame) -> None:
         if self.overflowed:
             return

@@ -32,6 +32,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Gauge("tidemark_sse_connections", "Open SSE responses", registry=r)
+        self.buffered = Gauge(
+            "tidemark_client_buffered_bytes", "Bytes held for the clients of open "
+            "responses: their live feeds in the hub (each at most "
+            "TIDEMARK_CLIENT_BUFFER_BYTES) and what their transports have not sent yet",
+            registry=r)
         self.delivered = Counter("tidemark_events_delivered_total",
                                  "Events written to SSE clients", registry=r)
         self.requests = Counter("tidemark_sse_requests_total", "SSE requests by outcome",

@@ -39,7 +39,8 @@ BREAKER: Final = "kafka"
 
 
 def install(app: web.Application) -> None:
-    """Breaker metrics, the lag sampler and the admin routes, on a gateway app."""
+    """Breaker metrics, the clients' buffered bytes, the lag sampler and the admin
+    routes, on a gateway app."""
     services = app[SERVICES]
     metrics = app[METRICS]
     transitions = {state: metrics.breaker_transitions.labels(BREAKER, state)
@@ -47,6 +48,8 @@ def install(app: web.Application) -> None:
     services.breaker.on_change = lambda state: transitions[state].inc()
     metrics.breaker_state.labels(BREAKER).set_function(
         lambda: services.breaker.state_code)
+    metrics.buffered.set_function(
+        lambda: sum(session.buffered() for session in services.sessions))
     app.cleanup_ctx.append(_lag_ctx)
     app.router.add_get(LOG_LEVELS_PATH, get_log_levels)
     app.router.add_put(LOG_LEVELS_PATH, put_log_levels)

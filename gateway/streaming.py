@@ -403,6 +403,13 @@ class Session:
         else:
             self.backed_up_since = None
 
+    def buffered(self) -> int:
+        """Bytes this process holds for the client: its live feed in the hub and what its
+        transport has not handed to the kernel (``tidemark_client_buffered_bytes``)."""
+        transport = self.request.transport
+        unsent = 0 if transport is None else transport.get_write_buffer_size()
+        return unsent + (0 if self.sub is None else self.sub.buffered)
+
     def _unsent(self) -> int:
         """Bytes this client's socket holds that the client has not acknowledged: the
         transport's write buffer and, with a bounded send buffer, the kernel's queue

@@ -80,70 +80,108 @@ async def produce(cluster: Cluster, stream_ids: list[str], events_each: int, *,
         await producer.stop()
 
 
-@pytest.mark.parametrize("coding", ["identity", "gzip"])
-async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
-        cluster: Cluster, http: aiohttp.ClientSession, coding: str) -> None:
-    # The plain cut-off path, every event as it is (coalescing for readers that fall
-    # behind is tested in test_lagging.py).
-    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
+async def plain_cut_off_gateway(cluster: Cluster, http: aiohttp.ClientSession
+                                ) -> tuple[str, str]:
+    """A gateway on the plain cut-off path (every event as it is; coalescing for readers
+    that fall behind is tested in test_lagging.py), and an external stream on it."""
+    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES=str(CLIENT_BUFFER),
                                  TIDEMARK_TAIL_BYTES="1048576",
                                  TIDEMARK_CLIENT_WRITE_TIMEOUT="2",
                                  TIDEMARK_LAG_COALESCE="false")
-    gateway = cluster.proc("gateway0")
     async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
                          ) as resp:
-        sid = (await resp.json())["stream_id"]
+        return base, (await resp.json())["stream_id"]
 
-    # The slow client: a socket with a tiny receive buffer that reads nothing.
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+#: TIDEMARK_CLIENT_BUFFER_BYTES of :func:`plain_cut_off_gateway`.
+CLIENT_BUFFER = 65536
+
+
+def unread_socket(base: str, path: str, headers: dict[str, str]) -> socket.socket:
+    """A client with a tiny receive buffer that sends ``GET path`` (with a token) and
+    then reads nothing. The caller closes it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     host, port = base.removeprefix("http://").split(":")
-    slow.connect((host, int(port)))
-    slow.sendall(f"GET /v1/streams/{sid}/events HTTP/1.1\r\nHost: {host}\r\n"
-                 f"Authorization: Bearer {token()}\r\nAccept-Encoding: {coding}\r\n"
-                 "Accept: text/event-stream\r\n\r\n".encode())
-    # A reader keeps up with the same stream the whole time.
-    seen: list[sse_client.Event] = []
-    follower = asyncio.create_task(
-        sse_client.read(http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=60))
-    await sse_client.wait_for(seen, 1, follower)
-    before = rss_bytes(gateway.popen.pid)
+    sock.connect((host, int(port)))
+    lines = "".join(f"{k}: {v}\r\n" for k, v in
+                    {"Host": host, "Authorization": f"Bearer {token()}", **headers}.items())
+    sock.sendall(f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode())
+    return sock
 
-    total_events, payload = 20_000, 1000  # ~20 MB through the gateway
-    await produce(cluster, [sid], total_events, payload=payload, end=True,
-                  noise=coding != "identity")
-    await asyncio.wait_for(follower, 120)
-    grown = rss_bytes(gateway.popen.pid) - before
 
-    assert_contiguous(seen)
-    assert seen[-1].event == "result", "the reading client was held back by the slow one"
-    # The slow client's socket has taken nothing for the write timeout: it is dropped.
+async def wait_cut_off(http: aiohttp.ClientSession, base: str, what: str) -> None:
+    """Until the gateway has counted a slow client cut off (30 s at most)."""
     for _ in range(300):
         if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
-            break
+            return
         await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the slow client was never cut off")
-    assert grown < 16 * 1024 * 1024, f"gateway grew {grown / 2**20:.1f} MiB for one slow client"
+    raise AssertionError(f"{what} was never cut off")
 
-    # The slow client reads what reached it, then resumes from its last id.
-    slow.setblocking(False)
+
+async def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the socket still gets until the gateway closes it (or 10 s of
+    silence)."""
+    sock.setblocking(False)
     received = bytearray()
     loop = asyncio.get_running_loop()
     while True:
         try:
-            chunk = await asyncio.wait_for(loop.sock_recv(slow, 65536), 10)
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
         except (ConnectionResetError, TimeoutError):
             break
         if not chunk:
             break
         received.extend(chunk)
-    slow.close()
+    return bytes(received)
+
+
+async def peak_buffered(http: aiohttp.ClientSession, base: str, peak: list[float]) -> None:
+    """Keep the highest ``tidemark_client_buffered_bytes`` seen in ``peak[0]`` (until
+    cancelled)."""
+    while True:
+        peak[0] = max(peak[0], await metric(http, base, "tidemark_client_buffered_bytes"))
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+async def test_a_client_that_stops_reading_is_cut_off_and_resumes_completely(
+        cluster: Cluster, http: aiohttp.ClientSession, coding: str) -> None:
+    base, sid = await plain_cut_off_gateway(cluster, http)
+    slow = unread_socket(base, f"/v1/streams/{sid}/events",
+                         {"Accept-Encoding": coding, "Accept": "text/event-stream"})
+    try:
+        # A reader keeps up with the same stream the whole time.
+        seen: list[sse_client.Event] = []
+        follower = asyncio.create_task(sse_client.read(
+            http, f"{base}/v1/streams/{sid}/events", sink=seen, idle_timeout=60))
+        await sse_client.wait_for(seen, 1, follower)
+        peak = [0.0]
+        sampler = asyncio.create_task(peak_buffered(http, base, peak))
+        # ~20 MB through the gateway (incompressible when the slow client takes gzip, so
+        # that its socket fills up too).
+        await produce(cluster, [sid], 20_000, payload=1000, end=True,
+                      noise=coding != "identity")
+        await asyncio.wait_for(follower, 120)
+        assert_contiguous(seen)
+        assert seen[-1].event == "result", "the reading client was held back by the slow one"
+        # The slow client's socket has taken nothing for the write timeout: it is dropped.
+        await wait_cut_off(http, base, "the slow client")
+        sampler.cancel()
+        # What the gateway held for its two clients the whole time: for each, its live
+        # feed and its transport's unsent bytes (a catch-up batch from the 1 MiB tail at
+        # most), never the megabytes the slow one did not take.
+        assert 0 < peak[0] < 2 * (CLIENT_BUFFER + 1024 * 1024), peak[0]
+
+        # The slow client reads what reached it, then resumes from its last id.
+        received = await read_until_closed(slow)
+    finally:
+        slow.close()
     if coding != "identity":  # what a browser decodes of it: unchunked, then gunzipped
-        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        head, _, body = received.partition(b"\r\n\r\n")
         assert f"content-encoding: {coding}" in head.decode().lower(), head
         decode = decoder(coding)
-        received = bytearray(b"".join(decode(piece) for piece in Dechunker().feed(body)))
+        received = b"".join(decode(piece) for piece in Dechunker().feed(body))
     text = received.decode(errors="replace")
     assert "fell behind" in text, "the slow client was not told why it was cut off"
     ids = [line[4:] for line in text.split("\n") if line.startswith("id: ")]
@@ -163,33 +201,18 @@ async def test_a_client_stuck_until_it_is_aborted_is_counted_once(
     """The watchdog drops a stuck client, then gives its connection the write timeout
     again to take the last words before aborting it; the ticks of that grace period do
     not count it again, in the metric or in the analytics."""
-    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
-                                 TIDEMARK_TAIL_BYTES="1048576",
-                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2",
-                                 TIDEMARK_LAG_COALESCE="false")
-    async with http.post(f"{base}/v1/streams", json={"query": "q", "generator": "external"}
-                         ) as resp:
-        sid = (await resp.json())["stream_id"]
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    host, port = base.removeprefix("http://").split(":")
-    stuck.connect((host, int(port)))
-    stuck.sendall(f"GET /v1/streams/{sid}/events HTTP/1.1\r\nHost: {host}\r\n"
-                  f"Authorization: Bearer {token()}\r\n"
-                  "Accept: text/event-stream\r\n\r\n".encode())
+    base, sid = await plain_cut_off_gateway(cluster, http)
+    stuck = unread_socket(base, f"/v1/streams/{sid}/events",
+                          {"Accept": "text/event-stream"})
     try:
         await asyncio.sleep(0.5)
         await produce(cluster, [sid], 5_000, payload=1000)
-        for _ in range(300):
-            if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the stuck client was never cut off")
+        await wait_cut_off(http, base, "the stuck client")
         # Past the grace period (2 s) and a few watchdog ticks (1 s each), still unread.
         await asyncio.sleep(4.5)
         assert await metric(http, base, "tidemark_slow_client_cutoffs_total") == 1
         assert await metric(http, base, "tidemark_sse_connections") == 0
+        assert await metric(http, base, "tidemark_client_buffered_bytes") == 0
     finally:
         stuck.close()
 

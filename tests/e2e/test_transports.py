@@ -338,52 +338,32 @@ async def test_a_websocket_client_that_stops_reading_is_closed_1013_and_resumes(
         cluster: Cluster, http: aiohttp.ClientSession) -> None:
     import base64
     import os
-    import socket
 
-    from tests.e2e.test_slow_client import metric, produce
-    from tests.procs import token
+    from tests.e2e.test_slow_client import (
+        plain_cut_off_gateway,
+        produce,
+        read_until_closed,
+        unread_socket,
+        wait_cut_off,
+    )
 
-    # The plain cut-off path (coalescing for readers that fall behind: test_lagging.py).
-    base = await cluster.gateway(TIDEMARK_CLIENT_BUFFER_BYTES="65536",
-                                 TIDEMARK_TAIL_BYTES="1048576",
-                                 TIDEMARK_CLIENT_WRITE_TIMEOUT="2",
-                                 TIDEMARK_LAG_COALESCE="false")
-    sid = await create(http, base, generator="external")
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    host, port = base.removeprefix("http://").split(":")
-    slow.connect((host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    slow.sendall(f"GET /v1/streams/{sid}/ws HTTP/1.1\r\nHost: {host}\r\n"
-                 f"Authorization: Bearer {token()}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    follower = asyncio.create_task(tc.read(http, base, sid, "ws", timeout=120))
-    await asyncio.sleep(0.5)
-    await produce(cluster, [sid], 20_000, payload=1000, end=True)
-    whole = (await follower).items
-    assert json.loads(whole[-1][2])["type"] == "result"
-    # The slow client's socket has taken nothing for the write timeout: it is dropped.
-    for _ in range(300):
-        if await metric(http, base, "tidemark_slow_client_cutoffs_total") >= 1:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the slow client was never cut off")
-
-    slow.setblocking(False)
-    received = bytearray()
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(loop.sock_recv(slow, 65536), 10)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not chunk:
-            break
-        received.extend(chunk)
-    slow.close()
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    base, sid = await plain_cut_off_gateway(cluster, http)
+    slow = unread_socket(base, f"/v1/streams/{sid}/ws", {
+        "Upgrade": "websocket", "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13"})
+    try:
+        follower = asyncio.create_task(tc.read(http, base, sid, "ws", timeout=120))
+        await asyncio.sleep(0.5)
+        await produce(cluster, [sid], 20_000, payload=1000, end=True)
+        whole = (await follower).items
+        assert json.loads(whole[-1][2])["type"] == "result"
+        # The slow client's socket has taken nothing for the write timeout: it is dropped.
+        await wait_cut_off(http, base, "the slow client")
+        received = await read_until_closed(slow)
+    finally:
+        slow.close()
+    head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     seen, code, reason = ws_frames(body)
     assert code == 1013, (code, reason, len(seen))
