@@ -236,7 +236,10 @@ class ShapedCursor(Cursor):
 
     shaper: Shaper = field(default_factory=lambda: Shaper(Delivery()))
     wake: Callable[[], None] = lambda: None
-    _timer: asyncio.TimerHandle | None = None
+    #: The wake-up and the loop time it is for. A deadline already past gets a plain
+    #: ``Handle`` from uvloop's ``call_at`` (it calls soon), which has no ``when()``.
+    _timer: asyncio.Handle | None = None
+    _timer_at: float | None = None
 
     def take(self, frames: Iterable[Row], budget: int = 0) -> tuple[bytes, int]:
         rows: list[Row] = []
@@ -259,11 +262,18 @@ class ShapedCursor(Cursor):
         data, count = self.shaper.shape(rows, loop.time())
         self.written += count
         deadline = self.shaper.deadline
-        if deadline is not None and (self._timer is None or self._timer.when() != deadline):
+        if deadline is not None and (self._timer is None or self._timer_at != deadline):
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = loop.call_at(deadline, self.wake)
+            self._timer = loop.call_at(deadline, self._fire)
+            self._timer_at = deadline
         return data, count
+
+    def _fire(self) -> None:
+        # Fired: the next take re-arms it if the shaper still holds frames (uvloop's
+        # clock is read once per loop iteration, so a wake-up may come a moment early).
+        self._timer = self._timer_at = None
+        self.wake()
 
     @classmethod
     def continuing(cls, cursor: Cursor, shaper: Shaper,
@@ -286,7 +296,7 @@ class ShapedCursor(Cursor):
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer = self._timer_at = None
 
 
 @dataclass(slots=True)

@@ -171,6 +171,33 @@ async def test_shaped_cursor_moves_over_held_and_dropped_frames_and_wakes_at_the
     cursor.close()
 
 
+def test_a_shaped_cursor_rearms_a_wake_up_that_uvloop_made_a_plain_handle() -> None:
+    """uvloop's ``call_at`` for a deadline due now returns a ``Handle`` (no ``when()``):
+    a held chunk, then one that does not continue it, must not fail the response (the
+    gateway runs on uvloop; this raised AttributeError under load)."""
+    import uvloop
+
+    async def main() -> tuple[bytes, int]:
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+        cursor = ShapedCursor(-1, shaper=Shaper(Delivery(True, None, 1e-9)), wake=woke.set)
+        assert cursor.take(rows(chunk(1, 1, 0, "a"))) == (b"", 0)
+        assert not isinstance(cursor._timer, asyncio.TimerHandle), "uvloop changed"
+        assert cursor.take(rows(chunk(2, 2, 5, "b"))) == (chunk(1, 1, 0, "a").data, 1)
+        # Woken (perhaps within the same clock reading): taken again until it comes.
+        for _ in range(100):
+            await asyncio.wait_for(woke.wait(), 1.0)
+            woke.clear()
+            data, count = cursor.take([])
+            if count:
+                cursor.close()
+                return data, count
+        raise AssertionError(f"the held chunk never came (loop time {loop.time()})")
+
+    data, count = uvloop.run(main())
+    assert count == 1 and data == chunk(2, 2, 5, "b").data
+
+
 async def test_a_cursor_that_falls_behind_goes_on_batched_from_its_position() -> None:
     """The lagging switch (gateway.streaming._coalesce_from_now): what a realtime cursor
     wrote stays written once, the overlap a catch-up serves again is skipped, and what
