@@ -22,6 +22,8 @@ from eventlog.contentpolicy import ContentPolicy, parse_policy
 from eventlog.errors import ConfigError
 from eventlog.experiments import Experiments, parse_experiments
 from eventlog.plugins import AllowListError, parse_allow
+from eventlog.statsd import FLAVORS as STATSD_FLAVORS
+from eventlog.statsd import StatsdConfig, parse_address, parse_tags
 from eventlog.targets import AllowList, parse_allow_list
 from eventlog.targets import AllowListError as TargetAllowListError
 
@@ -598,6 +600,35 @@ class Settings:
         "METRICS_TENANTS", 20, "tenants that get their own label in per-tenant metrics; "
         "the ones seen after them count as tenant=\"other\"")
 
+    statsd: str = _env(
+        "STATSD", "", "host:port of a StatsD or DogStatsD server to push this process's "
+        "metrics to over UDP (docs/operations.md, \"StatsD\"); empty: off")
+    statsd_flavor: str = _env(
+        "STATSD_FLAVOR", "statsd", "statsd (labels become name parts) or dogstatsd "
+        "(labels become tags)")
+    statsd_prefix: str = _env(
+        "STATSD_PREFIX", "tidemark", "what the metrics' tidemark_ prefix becomes (then a "
+        "dot); empty: none")
+    statsd_interval_s: float = _env(
+        "STATSD_INTERVAL", 10.0, "seconds between two pushes (counters go as what they "
+        "grew by in between)")
+    statsd_tags: str = _env(
+        "STATSD_TAGS", "", "tags on every metric, k:v comma-separated (dogstatsd only)")
+    statsd_max_packet: int = _env(
+        "STATSD_MAX_PACKET", 1432, "largest datagram sent, in bytes (lines are packed "
+        "into datagrams up to it)")
+
+    @property
+    def statsd_config(self) -> StatsdConfig | None:
+        """Where to push metrics (``TIDEMARK_STATSD*``), or None: off."""
+        if not self.statsd:
+            return None
+        host, port = parse_address(self.statsd)
+        return StatsdConfig(host=host, port=port, flavor=self.statsd_flavor,
+                            prefix=self.statsd_prefix, interval_s=self.statsd_interval_s,
+                            tags=parse_tags(self.statsd_tags),
+                            max_packet=self.statsd_max_packet)
+
     @property
     def operators_tenant(self) -> str:
         """The operators' tenant: its admins see every tenant's analytics and set a
@@ -632,10 +663,30 @@ class Settings:
             raise ConfigError("TIDEMARK_METRICS_TENANTS must be 0 or more")
         if self.lag_sample_s <= 0:
             raise ConfigError("TIDEMARK_LAG_SAMPLE_SECONDS must be positive")
+        self._check_statsd()
         try:
             parse_allow(self.plugins)
         except AllowListError as exc:
             raise ConfigError(f"TIDEMARK_PLUGINS: {exc}") from exc
+
+    def _check_statsd(self) -> None:
+        if self.statsd_flavor not in STATSD_FLAVORS:
+            raise ConfigError("TIDEMARK_STATSD_FLAVOR must be statsd or dogstatsd")
+        if self.statsd and self.statsd_prefix and not re.fullmatch(
+                r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", self.statsd_prefix):
+            raise ConfigError("TIDEMARK_STATSD_PREFIX must be dot-separated words")
+        if not (0 < self.statsd_interval_s <= 3600 and 512 <= self.statsd_max_packet <= 65000):
+            raise ConfigError("TIDEMARK_STATSD_INTERVAL must be over 0 and at most 3600 s, "
+                              "TIDEMARK_STATSD_MAX_PACKET 512 to 65000 bytes")
+        if self.statsd_tags and self.statsd_flavor != "dogstatsd":
+            raise ConfigError("TIDEMARK_STATSD_TAGS needs TIDEMARK_STATSD_FLAVOR=dogstatsd "
+                              "(plain StatsD has no tags)")
+        try:
+            if self.statsd:
+                parse_address(self.statsd)
+            parse_tags(self.statsd_tags)
+        except ValueError as exc:
+            raise ConfigError(f"TIDEMARK_STATSD: {exc}") from exc
 
 
 OTEL_EXPORTERS: Final = ("otlp", "none")

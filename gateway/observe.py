@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from eventlog import loglevels
+from eventlog import loglevels, statsd
 from gateway import auth
 from gateway.audit import AUDIT
 from gateway.errors import Forbidden
@@ -39,8 +39,8 @@ BREAKER: Final = "kafka"
 
 
 def install(app: web.Application) -> None:
-    """Breaker metrics, the clients' buffered bytes, the lag sampler and the admin
-    routes, on a gateway app."""
+    """Breaker metrics, the clients' buffered bytes, the lag sampler, the StatsD push
+    (``TIDEMARK_STATSD``) and the admin routes, on a gateway app."""
     services = app[SERVICES]
     metrics = app[METRICS]
     transitions = {state: metrics.breaker_transitions.labels(BREAKER, state)
@@ -51,6 +51,7 @@ def install(app: web.Application) -> None:
     metrics.buffered.set_function(
         lambda: sum(session.buffered() for session in services.sessions))
     app.cleanup_ctx.append(_lag_ctx)
+    app.cleanup_ctx.append(_statsd_ctx)
     app.router.add_get(LOG_LEVELS_PATH, get_log_levels)
     app.router.add_put(LOG_LEVELS_PATH, put_log_levels)
 
@@ -61,6 +62,12 @@ async def _lag_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _statsd_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    async with statsd.pushing(services.metrics.registry, services.settings.statsd_config):
+        yield
 
 
 async def sample_tail_lag(services: Services) -> None:

@@ -17,7 +17,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventlog import tracing
 from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
@@ -33,6 +33,11 @@ from eventlog.settings import (
 from schemas.errors import TidemarkError
 from tidemark.logs import setup_logging
 from tidemark.redis_server import LocalRedis
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from workers.runner import Worker
 
 log = logging.getLogger("tidemark")
 
@@ -221,7 +226,6 @@ async def _run_gateway(settings: Settings, *, supervised: bool, dev: bool) -> in
 def _mount_durable(app: Any, settings: Settings) -> None:
     """The Durable Streams surface on the gateway's app, authorized by the gateway's
     tokens: ``durable`` and ``gateway`` never import each other; this composes them."""
-    from aiohttp import web
 
     from durable.app import mount
     from durable.routes import DS_LOG
@@ -264,7 +268,7 @@ async def run_worker(settings: Settings, traces: TraceSettings | None = None) ->
 
 
 async def _run_worker(settings: Settings) -> int:
-    from eventlog.janitor import run_janitor
+    from eventlog.statsd import pushing
     from workers.plugins import load_generators, load_processors
     from workers.runner import Worker
 
@@ -290,6 +294,15 @@ async def _run_worker(settings: Settings) -> int:
         ws.metrics_host, ws.metrics_port, auth=settings.auth,
         operators=settings.operators_tenant,
         instance=f"{socket.gethostname()}:{os.getpid()}")
+    async with pushing(worker.metrics.registry, settings.statsd_config):
+        return await _work(settings, worker, metrics, port)
+
+
+async def _work(settings: Settings, worker: Worker, metrics: web.AppRunner, port: int) -> int:
+    """Run ``worker`` (and the index janitor) until a signal; its metrics are served."""
+    from eventlog.janitor import run_janitor
+
+    ws = settings.worker
     task = asyncio.create_task(worker.run(), name="worker")
     # Tombstones in the stream index for streams retention has deleted: swept by the
     # worker that owns jobs partition 0.

@@ -710,3 +710,82 @@ def test_scrape_config_names_the_jobs_the_alerts_use_on_the_right_ports() -> Non
     assert (sd["names"], sd["port"]) == (["gateway"], gateway.gateway.port)
     target = probe["relabel_configs"][0]["replacement"]
     assert urlsplit(target).path in routes and urlsplit(target).path == "/readyz"
+
+
+# ---------------------------------------------------------------- Grafana dashboard
+
+DASHBOARD = DEPLOY / "grafana" / "tidemark.json"
+#: Grafana's variables as the dashboard's queries use them, with values Prometheus takes.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$gateway_job": "tidemark-gateway",
+                     "$worker_job": "tidemark-worker", "$instance": ".*"}
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+
+
+def dashboard_queries() -> Iterator[tuple[str, str]]:
+    """(panel title, PromQL with the variables filled in) of every query."""
+    for panel in dashboard_panels():
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name, value in sorted(GRAFANA_VARIABLES.items(), key=lambda kv: -len(kv[0])):
+                expr = expr.replace(name, value)
+            assert "$" not in expr, f"{panel['title']}: an unknown variable in {expr}"
+            yield panel["title"], expr
+
+
+def test_grafana_dashboard_has_the_structure_grafana_imports() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    assert doc["uid"] == "tidemark-overview" and doc["title"] and doc["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in doc["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert {f"${name}" for name in variables} >= set(GRAFANA_VARIABLES) - {"$__rate_interval"}
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in doc["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+    for panel in dashboard_panels():
+        assert panel["type"] in {"timeseries", "stat"}, panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["description"].strip(), panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)), panel["title"]
+    # Its default jobs are the scrape jobs of deploy/prometheus.
+    jobs = {job["job_name"] for job in
+            load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]}
+    assert {variables["gateway_job"]["query"], variables["worker_job"]["query"]} <= jobs
+
+
+def test_grafana_dashboard_queries_name_only_metrics_and_labels_that_exist() -> None:
+    exported = exported_metrics()
+    used = set()
+    for title, expr in dashboard_queries():
+        for selector in selectors(expr):
+            if selector.name in EXTERNAL_METRICS:
+                continue
+            assert selector.name in exported, f"{title}: {selector.name} is not exported"
+            used.add(selector.name)
+            labelnames, values = exported[selector.name]
+            for matcher in selector.matchers.matchers:
+                if matcher.name in TARGET_LABELS:
+                    continue
+                assert matcher.name in labelnames, f"{title}: {selector.name}{{{matcher.name}}}"
+                if matcher.op == promql_parser.MatchOp.Equal and matcher.name in values:
+                    assert matcher.value in values[matcher.name], (title, matcher.value)
+        for grouping in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (g.strip() for g in grouping.split(",")):
+                assert label in TARGET_LABELS or label == "le" or any(
+                    label in exported[name][0] for name in used), f"{title}: by ({label})"
+    # Whatever an alert watches has a panel.
+    alerted = {s.name for rule in alert_rules() for s in selectors(rule["expr"])}
+    assert alerted - set(EXTERNAL_METRICS) <= used, sorted(alerted - used)
+
+
