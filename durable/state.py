@@ -17,17 +17,35 @@ record in the source's partition, written only while the source lives, which con
 it. A fork counts for its source (and answers) once both are applied, whatever order the
 partitions are read in; a create whose ``fork`` record never came (its source was
 deleted first, its gateway died) stays pending: absent, and its path free.
+
+Memory is bounded for streams that went: a deleted stream (once its forks are gone) and
+an expired one are dropped, with the records that listed their bytes. Expiry is decided
+by each partition's clock, the newest ``ts`` of its records applied so far, not by the
+wall clock: a stream is dropped once its partition's clock is :data:`EXPIRED_GRACE_MS`
+past its expiry, so every gateway drops it after the same record, and a touch or append
+a gateway accepted just before the expiry (its ``ts`` is before it) is never lost to a
+gateway that applied it late. Until then it answers as absent (``durable.routes``), as
+after. An expired stream that forks still read waits for its last fork to go.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from durable.offsets import ORIGIN, Position
+
+#: How far past a stream's expiry its partition's clock must be before its state is
+#: dropped: more than the clocks of two gateways may disagree, and than a write takes
+#: from its check to its commit.
+EXPIRED_GRACE_MS = 10 * 60 * 1000
+#: Entries of records of dropped streams the memory budget's queue may hold before it is
+#: compacted (and at most as many as the live ones).
+_DEAD_ENTRIES = 1024
 
 
 def now_ms() -> int:
@@ -88,6 +106,8 @@ class Stream:
     counted: bool = False
     #: Bumped by every change; live readers wait for it to move.
     version: int = 0
+    #: Expired past the grace period while forks still read it: dropped with its last.
+    lapsed: bool = False
 
     @property
     def partition(self) -> int:
@@ -98,9 +118,16 @@ class Stream:
         return is_json(self.content_type)
 
     def expired(self, at_ms: int) -> bool:
-        if self.expires_at_ms is not None and at_ms >= self.expires_at_ms:
-            return True
-        return self.ttl_s is not None and at_ms >= self.last_access_ms + self.ttl_s * 1000
+        deadline = self.deadline_ms()
+        return deadline is not None and at_ms >= deadline
+
+    def deadline_ms(self) -> int | None:
+        """When it expires (its Expires-At, or its last access plus its TTL, the sooner);
+        None: never."""
+        ends = [] if self.expires_at_ms is None else [self.expires_at_ms]
+        if self.ttl_s is not None:
+            ends.append(self.last_access_ms + self.ttl_s * 1000)
+        return min(ends) if ends else None
 
     def own_from(self, frm: Position) -> list[Rec]:
         """This stream's own records that start at or after ``frm``."""
@@ -154,6 +181,15 @@ class Registry:
         #: The last offset applied per partition (to tell a stream that went from one
         #: whose create record is still to come).
         self._seen: dict[int, int] = {}
+        #: Per partition: the newest record ts applied (its clock), and (deadline, gen)
+        #: of the streams that may expire, soonest first (a deadline may have moved on).
+        self._clock: dict[int, int] = {}
+        self._expiring: dict[int, list[tuple[int, tuple[int, int]]]] = {}
+        #: Entries of ``_held_recs`` and of ``_expiring`` whose stream was dropped.
+        self._dead = 0
+        self._dead_deadlines = 0
+        #: Streams dropped because they expired.
+        self.swept = 0
 
     def get(self, key: str) -> Stream | None:
         return self.streams.get(key)
@@ -191,6 +227,9 @@ class Registry:
         self._seen[partition] = offset
         op = meta.get("op")
         ts = int(meta.get("ts", 0))
+        if ts > self._clock.get(partition, 0):
+            self._clock[partition] = ts
+            self._sweep(partition)
         if op == "create":
             return self._create(partition, offset, key, meta, value, ts)
         stream = self.streams.get(key)
@@ -276,7 +315,32 @@ class Registry:
         stream.closed = bool(meta.get("closed"))
         self.streams[key] = stream
         stream.version += 1
+        deadline = stream.deadline_ms()
+        if deadline is not None:
+            heapq.heappush(self._expiring.setdefault(partition, []), (deadline, stream.gen))
         return stream
+
+    def _sweep(self, partition: int) -> None:
+        """Drop the partition's streams that expired :data:`EXPIRED_GRACE_MS` before its
+        clock (a stream whose deadline moved on goes back in the queue)."""
+        queue = self._expiring.get(partition)
+        clock = self._clock[partition]
+        while queue and queue[0][0] + EXPIRED_GRACE_MS <= clock:
+            _, gen = heapq.heappop(queue)
+            stream = self._by_gen.get(gen)
+            if stream is None or stream.gone or stream.soft_deleted or stream.lapsed:
+                continue
+            deadline = stream.deadline_ms()
+            if deadline is None:
+                continue
+            if deadline + EXPIRED_GRACE_MS > clock:
+                heapq.heappush(queue, (deadline, gen))
+            elif stream.forks > 0:
+                stream.lapsed = True
+            else:
+                self.swept += 1
+                self._drop(stream)
+                stream.version += 1
 
     def _delete(self, stream: Stream) -> None:
         if stream.forks > 0:
@@ -294,11 +358,32 @@ class Registry:
             if rec.data is not None and not rec.pinned:
                 self._held -= rec.size
                 rec.data = None
+                self._dead += 1
+        if self._dead > _DEAD_ENTRIES and 2 * self._dead > len(self._held_recs):
+            self._held_recs = deque(r for r in self._held_recs if r.data is not None)
+            self._dead = 0
+        if stream.deadline_ms() is not None:
+            self._dead_deadlines += 1
+            if self._dead_deadlines > _DEAD_ENTRIES and 2 * self._dead_deadlines > sum(
+                    len(q) for q in self._expiring.values()):
+                self._requeue()
         source = stream.source
         if source is not None and stream.counted:
             source.forks -= 1
-            if source.soft_deleted and source.forks <= 0:
+            if (source.soft_deleted or source.lapsed) and source.forks <= 0:
                 self._drop(source)
+
+    def _requeue(self) -> None:
+        """The expiry queues again, from the streams held (a dropped stream's entry
+        would otherwise wait for its deadline, which may be years away)."""
+        self._expiring = {}
+        for stream in self._by_gen.values():
+            deadline = stream.deadline_ms()
+            if deadline is not None and not stream.gone:
+                self._expiring.setdefault(stream.partition, []).append((deadline, stream.gen))
+        for queue in self._expiring.values():
+            heapq.heapify(queue)
+        self._dead_deadlines = 0
 
     def _add(self, stream: Stream, start: Position, data: bytes, messages: int, *,
              pinned: bool = False) -> Rec:
@@ -314,7 +399,9 @@ class Registry:
         self._held_recs.append(rec)
         while self._held > self._cache_bytes and self._held_recs:
             old = self._held_recs.popleft()
-            if old.data is not None:
+            if old.data is None:  # its stream was dropped
+                self._dead -= 1
+            else:
                 old.data = None
                 self._held -= old.size
         return rec

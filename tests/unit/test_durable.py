@@ -9,7 +9,7 @@ import pytest
 
 from durable import protocol as p
 from durable.offsets import ORIGIN, Position, parse
-from durable.state import Registry
+from durable.state import EXPIRED_GRACE_MS, Registry
 
 
 def test_offset_tokens_sort_as_their_positions_and_round_trip() -> None:
@@ -186,3 +186,53 @@ def test_sse_frames_are_shared_and_bounded() -> None:
     assert frames.get(("s", 1)) is None and frames.get(("s", 3)) == b"cccc"
     frames.put(("s", 4), b"too large")  # above max_frame: not kept
     assert frames.get(("s", 4)) is None and frames.get(("s", 2)) == b"bbbb"
+
+
+def test_an_expired_stream_goes_once_its_partitions_clock_is_past_the_grace() -> None:
+    reg = Registry(cache_bytes=1 << 20)
+    _create(reg, 1, 0, "t/ttl", ttl=60, ts=1_000)  # expires at 61,000
+    reg.apply(1, 1, "t/ttl", {"op": "append", "ts": 2_000}, b"x" * 100)
+    _create(reg, 1, 2, "t/at", exp=30_000, ts=1_000)
+    _create(reg, 1, 3, "t/slide", ttl=60, ts=1_000)
+    reg.apply(1, 4, "t/slide", {"op": "touch", "ts": 50_000}, b"")  # now 110,000
+    held = reg._held
+    # Another partition's clock does not count; this one's just before the grace ends.
+    _create(reg, 0, 0, "t/other", ts=10**9)
+    _create(reg, 1, 5, "t/tick", ts=61_999 + EXPIRED_GRACE_MS)
+    assert reg.get("t/ttl") is not None and reg.get("t/at") is None
+    _create(reg, 1, 6, "t/tick2", ts=62_000 + EXPIRED_GRACE_MS)
+    assert reg.get("t/ttl") is None and reg._held == held - 100
+    assert reg.get("t/slide") is not None and reg.swept == 2
+    _create(reg, 1, 7, "t/tick3", ts=110_000 + EXPIRED_GRACE_MS)
+    assert reg.get("t/slide") is None and reg.swept == 3
+    assert {s.key for s in reg._by_gen.values()} == {"t/other", "t/tick", "t/tick2", "t/tick3"}
+
+
+def test_an_expired_source_stays_while_a_fork_reads_it() -> None:
+    reg = Registry(cache_bytes=1 << 20)
+    _create(reg, 2, 10, "t/src", ttl=1, ts=1_000)
+    reg.apply(2, 11, "t/src", {"op": "append", "ts": 1_500}, b"A")
+    _create(reg, 0, 5, "t/fork", src="t/src", srcgen=[2, 10], fo=[0, 2, 12], depth=1)
+    _create(reg, 2, 12, "t/late", ts=10**9)  # the source's partition, long after
+    fork = reg.get("t/fork")
+    assert fork is not None and [r.data for r in fork.segments(ORIGIN)] == [b"A"]
+    source = fork.source
+    assert source is not None and source.lapsed and not source.gone
+    reg.apply(0, 6, "t/fork", {"op": "delete", "ts": 10**9}, b"")
+    assert source.gone and reg.get("t/src") is None
+
+
+def test_memory_of_streams_that_went_stays_bounded() -> None:
+    """Thousands of streams made and deleted (or expired) leave no trace in the budget's
+    queue or the expiry queues."""
+    reg = Registry(cache_bytes=1 << 30)
+    offset = 0
+    for i in range(10_000):
+        key = f"t/s{i}"
+        _create(reg, 0, offset, key, exp=10**12)  # an Expires-At years away
+        reg.apply(0, offset + 1, key, {"op": "append", "ts": 1}, b"data")
+        reg.apply(0, offset + 2, key, {"op": "delete", "ts": 1}, b"")
+        offset += 3
+    assert not reg.streams and not reg._by_gen and reg._held == 0
+    assert len(reg._held_recs) <= 2 * 1024 + 2
+    assert sum(len(q) for q in reg._expiring.values()) <= 2 * 1024 + 2
