@@ -40,7 +40,7 @@ from eventlog.jobs import Job
 from schemas import events
 from workers.demo import demo_tokens
 from workers.filters import PiiProcessor, ProfanityProcessor, pii_scanner, profanity_scanner
-from workers.insights import LanguageProcessor, SentimentProcessor
+from workers.insights import LanguageProcessor, RelevanceProcessor, SentimentProcessor
 from workers.processors import Output, Pipeline, Processor
 
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "data" / "content" / "labelled.jsonl"
@@ -58,7 +58,7 @@ def job(query: str = "how do streams resume") -> Job:
 
 def builtin_processors() -> dict[str, Processor]:
     return {p.name: p for p in (PiiProcessor(), ProfanityProcessor(), SentimentProcessor(),
-                                LanguageProcessor())}
+                                RelevanceProcessor(), LanguageProcessor())}
 
 
 def labelled() -> list[dict[str, Any]]:

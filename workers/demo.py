@@ -2,7 +2,8 @@
 
 For a given query and options it always yields the same events: ``status`` running,
 ``metadata``, ``progress`` through its steps, one ``partial_result`` per token at
-``tokens_per_second`` (on an absolute schedule), a last ``progress`` at 100 %, then ``result`` whose
+``tokens_per_second`` (on an absolute schedule; the first one ``first_token_ms`` later
+than that, a model's time to first token), a last ``progress`` at 100 %, then ``result`` whose
 ``data.text`` is the chunks joined. ``fail_at_seq`` ends it with a terminal ``error``
 at that seq instead.
 
@@ -63,6 +64,7 @@ class DemoGenerator:
         """Every event after seq 0 as (type, data, delay before it), in seq order."""
         tokens = int(job.options.get("tokens") or DEFAULT_TOKENS)
         rate = float(job.options.get("tokens_per_second") or DEFAULT_RATE)
+        think = float(job.options.get("first_token_ms") or 0) / 1000
         fmt = (job.context.response_format if job.context is not None else None) or DETAILED
         if fmt == CONCISE:
             tokens = (tokens + 3) // 4
@@ -77,7 +79,8 @@ class DemoGenerator:
                                 "currentStep": "retrieving context", "completedSteps": 0}, 0.0
         for i, chunk in enumerate(chunks):
             yield events.PARTIAL_RESULT, {"chunk": chunk, "chunkIndex": i,
-                                          "isComplete": i == tokens - 1}, 1.0 / rate
+                                          "isComplete": i == tokens - 1}, \
+                (think if i == 0 else 0.0) + 1.0 / rate
             done = i + 1
             if done % step_every == 0 and done < tokens:
                 yield events.PROGRESS, {

@@ -31,7 +31,8 @@ __all__ = ["browser", "echo_installed"]  # the fixtures, used by name
 
 QUERY = "pay 4111 1111 1111 1111 or mail jo.doe@example.com ok "
 POLICY = {
-    "default": [{"processor": "pii"}, {"processor": "sentiment", "options": {"every": 5}}],
+    "default": [{"processor": "pii"}, {"processor": "sentiment", "options": {"every": 5}},
+                {"processor": "relevance", "options": {"every": 5}}],
     "tenants": {
         "t-flag": [{"processor": "pii", "action": "flag"}],
         "t-block": [{"processor": "pii", "action": "block"}],
@@ -67,7 +68,7 @@ async def follow(base: str, tenant: str, tokens: int, query: str = QUERY,
 async def test_each_tenant_policy_redacts_flags_or_blocks_terms_split_across_chunks(
         echo_installed: None, content_cluster: Cluster) -> None:
     listed = {(p["group"], p["name"]): p for p in plugins_listed()}
-    for name in ("pii", "profanity", "sentiment", "language"):
+    for name in ("pii", "profanity", "sentiment", "relevance", "language"):
         assert listed["tidemark.processors", name]["status"] == "loaded"
         assert listed["tidemark.processors", name]["distribution"] == "tidemark"
     assert listed["tidemark.processors", "shout"]["distribution"] == "tidemark-echo"
@@ -89,6 +90,13 @@ async def test_each_tenant_policy_redacts_flags_or_blocks_terms_split_across_chu
     assert redacted[-1].envelope["data"]["text"] == "pay [card] or mail [email] ok "
     assert redacted[-1].envelope["data"]["content"]["pii"]["found"] == {"card": 1, "email": 1}
     assert "sentiment" in redacted[-1].envelope["data"]["analysis"]
+    # The answer repeats the (redacted) question: relevant, scored on the written text,
+    # every 5 chunks that the pii filter let out.
+    relevance = redacted[-1].envelope["data"]["analysis"]["relevance"]
+    assert relevance["relevant"] and 0.3 <= relevance["score"] <= 1, relevance
+    assert [e.envelope["data"]["analysis"]["chunks"] for e in redacted if e.event == "metadata"
+            and "relevance" in e.envelope["data"].get("analysis", {})] == [
+        5 * (i + 1) for i in range(sum(e.event == "partial_result" for e in redacted) // 5)]
     assert any("analysis" in e.envelope["data"] for e in redacted if e.event == "metadata")
     for e in redacted:
         assert "4111" not in e.data and "jo.doe" not in e.data

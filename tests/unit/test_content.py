@@ -144,6 +144,54 @@ def test_sentiment_and_language_in_metadata_and_result() -> None:
     assert result["language"] == {"query": "de", "answer": "en"}
 
 
+def test_relevance_tells_an_answer_to_the_question_from_one_to_another() -> None:
+    question = "How do I reset my password?"
+    on_topic = ["To reset your password, ", "open the sign-in page, ", "choose Forgot password ",
+                "and follow the link ", "in the email we send you."]
+    off_topic = ["Boil the pasta ", "in salted water ", "for nine minutes, ", "then drain it ",
+                 "and add the tomato sauce."]
+    spec = [Spec(processor="relevance", options={"every": 2})]
+    got = {}
+    for name, chunks in (("on", on_topic), ("off", off_topic)):
+        out = stream(chunks, spec, PROCESSORS, for_job=job(question))
+        meta = [ev.data["analysis"] for ev in out if ev.type == events.METADATA]
+        assert [m["chunks"] for m in meta] == [2, 4]
+        got[name] = out[-1].data["analysis"]["relevance"]
+        assert out[-1].type == events.RESULT
+        assert [ev.data["chunk"] for ev in out if ev.type == events.PARTIAL_RESULT] == chunks
+    assert got["on"]["relevant"] and not got["off"]["relevant"], got
+    assert got["on"]["score"] > got["off"]["score"] + 0.3, got
+    strict = [Spec(processor="relevance", options={"threshold": 0.99})]
+    assert not stream(on_topic, strict, PROCESSORS, for_job=job(question))[-1].data[
+        "analysis"]["relevance"]["relevant"]
+
+
+@pytest.mark.parametrize("options", [{"every": 0}, {"window": "x"}, {"threshold": 2},
+                                     {"threshold": True}])
+def test_relevance_refuses_bad_options(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="relevance option"):
+        Pipeline(job(), PROCESSORS, [Spec(processor="relevance", options=options)])
+
+
+def test_a_relevance_run_resumed_from_its_state_scores_the_same() -> None:
+    chunks = ["Streams resume ", "from the last ", "event id ", "the client saw, ",
+              "so nothing is lost."]
+    drafts = [Output(events.PARTIAL_RESULT, {"chunk": c, "chunkIndex": i,
+                                             "isComplete": i == len(chunks) - 1})
+              for i, c in enumerate(chunks)]
+    drafts.append(Output(events.RESULT, {"text": "".join(chunks)}))
+    specs = [Spec(processor="relevance", options={"every": 2, "window": 20})]
+
+    def run(pipeline: Pipeline, start: int) -> list[tuple[Output, bytes]]:
+        return [pair for src in range(start, len(drafts) + 1)
+                for pair in pipeline.feed(src, drafts[src - 1])]
+
+    first = run(Pipeline(job(), PROCESSORS, specs), 1)
+    at = Position.decode(first[2][1])
+    again = run(Pipeline.resume(job(), PROCESSORS, at), at.src)[at.part + 1:]
+    assert [ev for ev, _ in first[:3]] + [ev for ev, _ in again] == [ev for ev, _ in first]
+
+
 def test_a_pipeline_resumed_from_any_events_position_writes_the_same_events() -> None:
     text = ("Contact ahmed.khan@example.org or +44 20 7946 0958, card 5500 0055 5555 5559, "
             "you bastard. Thanks!")

@@ -141,3 +141,13 @@ async def test_progress_is_non_decreasing_and_ends_at_100(tokens: int) -> None:
     assert drafts[-2] == progress[-1]
     last_chunk = of_type(drafts, events.PARTIAL_RESULT)[-1]
     assert last_chunk.seq < progress[-1].seq
+
+
+async def test_first_token_ms_delays_the_first_token_only() -> None:
+    plan = list(DemoGenerator().plan(job(first_token_ms=800)))
+    delays = [delay for kind, _, delay in plan if kind == events.PARTIAL_RESULT]
+    assert delays[0] == pytest.approx(0.8 + 1 / FAST)
+    assert set(delays[1:]) == {1 / FAST}
+    assert [d for _, _, d in plan if d] == delays  # nothing else waits
+    # The answer is the same, only later.
+    assert [(k, d) for k, d, _ in plan] == [(k, d) for k, d, _ in DemoGenerator().plan(job())]

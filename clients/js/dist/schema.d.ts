@@ -55,7 +55,7 @@ export interface PartialResultData {
     [k: string]: unknown;
 }
 /**
- * what the sentiment and language processors found (docs/content.md), in metadata and result events
+ * what the sentiment, relevance and language processors found (docs/content.md), in metadata and result events
  */
 export interface AnalysisData {
     sentiment?: {
@@ -67,6 +67,17 @@ export interface AnalysisData {
         negative?: number;
         neutral?: number;
         label: "positive" | "negative" | "neutral";
+        [k: string]: unknown;
+    };
+    relevance?: {
+        /**
+         * cosine of the query's and the answer's sentence embeddings (all-MiniLM-L6-v2)
+         */
+        score: number;
+        /**
+         * whether score reaches the policy's threshold
+         */
+        relevant: boolean;
         [k: string]: unknown;
     };
     language?: {
@@ -181,6 +192,10 @@ export interface CreateStreamRequest {
          * demo generator: end with an error at this seq
          */
         fail_at_seq?: number | null;
+        /**
+         * demo generator: how long it thinks before its first token, in milliseconds (default 0; a model's time to first token)
+         */
+        first_token_ms?: number;
         /**
          * interactive generator: longest wait for the reply to its question, in seconds (default 60); past it the stream ends with error input_timeout
          */
