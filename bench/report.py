@@ -13,6 +13,7 @@ from bench import (
     scn_content,
     scn_durable,
     scn_priority,
+    scn_warmup,
 )
 from bench.markdown import fmt as _f
 from bench.markdown import table as _table
@@ -175,6 +176,8 @@ def render(res: dict[str, Any]) -> str:
         lines += scn_priority.render(sc["priority"])
     if sc.get("cache"):
         lines += scn_cache.render(sc["cache"])
+    if sc.get("warmup"):
+        lines += scn_warmup.render(sc["warmup"])
     if sc.get("batch"):
         lines += scn_batch.render(sc["batch"])
     lines += report_tenants.render(sc)

@@ -41,6 +41,7 @@ from bench import (
     scn_priority,
     scn_storm,
     scn_tenants,
+    scn_warmup,
     scn_worker_path,
     swarm,
 )
@@ -49,7 +50,7 @@ from bench.procs import REPO, Registry, raise_fd_limit
 
 SCENARIOS = ("connections", "delivery", "first_resume", "side_by_side", "worker_path",
              "storm", "processes", "history", "priority", "tenants", "compression", "durable",
-             "cache", "content", "batch")
+             "cache", "content", "batch", "warmup")
 
 
 def _meta(profile: str, fd: tuple[int, int]) -> dict[str, Any]:
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "durable": lambda: {"durable": scn_durable.durable(
                 b, scn_durable.FULL if args.full else scn_durable.SHORT)},
             "content": lambda: {"content": scn_content.content(profile.name)},
+            "warmup": lambda: {"warmup": scn_warmup.warmup(b)},
         }
         for name in SCENARIOS:
             if name in only:

@@ -54,15 +54,21 @@ def _summary(values: list[float]) -> dict[str, Any]:
             "max_ms": round(max(values), 1) if values else None}
 
 
-async def _ask(http: Any, base: str, query: str) -> dict[str, Any]:
-    """Create a stream for ``query``, read it to its end; its cache marker and timings."""
+async def ask(http: Any, base: str, query: str, *, options: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None, use_cache: bool = True,
+              ) -> dict[str, Any]:
+    """Create a stream for ``query``, read it to its end; its cache marker and timings
+    (first event, first token, answer: ms from before the POST)."""
     start = time.perf_counter()
-    async with http.post(f"{base}/v1/streams", json={
-            "query": query, "options": {"tokens": TOKENS, "tokens_per_second": RATE}}) as r:
+    body: dict[str, Any] = {"query": query, "options": options or {
+        "tokens": TOKENS, "tokens_per_second": RATE}}
+    if not use_cache:
+        body["cache"] = {"use": False}
+    async with http.post(f"{base}/v1/streams", json=body, headers=headers or {}) as r:
         sid = (await r.json())["stream_id"]
     out: dict[str, Any] = {"stream": sid, "cache": None}
     async with http.get(f"{base}/v1/streams/{sid}/events",
-                        headers={"Accept": "text/event-stream"}) as resp:
+                        headers={**(headers or {}), "Accept": "text/event-stream"}) as resp:
         event = ""
         async for raw in resp.content:
             line = raw.decode().rstrip("\n")
@@ -93,15 +99,15 @@ async def workload(base: str, metrics_url: str, data: dict[str, Any]) -> dict[st
     async with aiohttp.ClientSession() as http:
         for original, paraphrase in data["pairs"]:
             before = _entries(metrics_url)
-            first = await _ask(http, base, original)
+            first = await ask(http, base, original)
             rows.append({"kind": "original", **first})
             await asyncio.to_thread(wait_until, lambda b=before: _entries(metrics_url) > b, 30)
             for kind, query in (("paraphrase", paraphrase), ("repeat", original)):
-                got = await _ask(http, base, query)
+                got = await ask(http, base, query)
                 got["expected"] = first["stream"]
                 rows.append({"kind": kind, **got})
         for _, near in data["near_misses"]:
-            rows.append({"kind": "near_miss", **await _ask(http, base, near)})
+            rows.append({"kind": "near_miss", **await ask(http, base, near)})
     return _tally(rows)
 
 

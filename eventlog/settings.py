@@ -382,8 +382,30 @@ class CacheSettings:
         "CACHE_GENERATOR_VERSIONS", "", "generator versions over the generators' own, "
         "e.g. demo=2,summarise=2026-12 (a changed version invalidates their cached "
         "answers)")
+    warmup: bool = _env(
+        "WARMUP", False, "on (with TIDEMARK_CACHE): workers learn each tenant's queries from "
+        "the jobs topics and, after each new query, pre-generate the likely next ones "
+        "into the cache (docs/cache.md, \"Predictive warm-up\")")
+    warmup_budget: int = _env(
+        "WARMUP_BUDGET", 10, "streams the warm-up may pre-generate per tenant per minute")
+    warmup_top: int = _env(
+        "WARMUP_TOP", 2, "predictions pre-generated after each query (at most)")
+    warmup_min_share: float = _env(
+        "WARMUP_MIN_SHARE", 0.2, "least share of a query's follow-ups (or of the hour's "
+        "queries) a prediction must have to be pre-generated")
+    warmup_session_gap_s: float = _env(
+        "WARMUP_SESSION_GAP", 1800.0, "a user's queries this close in time are one session "
+        "(a query followed within it counts as a follow-up)")
 
     def __post_init__(self) -> None:
+        if not (0 <= self.warmup_budget <= 10_000 and 0 <= self.warmup_top <= 20
+                and 0 <= self.warmup_min_share <= 1 and self.warmup_session_gap_s > 0):
+            raise ConfigError("TIDEMARK_WARMUP_BUDGET must be 0 to 10000, TIDEMARK_WARMUP_TOP "
+                              "0 to 20, TIDEMARK_WARMUP_MIN_SHARE 0 to 1 and "
+                              "TIDEMARK_WARMUP_SESSION_GAP positive")
+        if self.warmup and not self.enabled:
+            raise ConfigError("TIDEMARK_WARMUP=on needs TIDEMARK_CACHE=on (it pre-generates "
+                              "into the cache)")
         if not 0 < self.threshold <= 1:
             raise ConfigError("TIDEMARK_CACHE_THRESHOLD must be above 0 and at most 1")
         if self.ttl_s <= 0 or self.replay_max_gap_s < 0:

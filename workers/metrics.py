@@ -95,6 +95,18 @@ class WorkerMetrics:
         self.cache_entries = Gauge(
             "tidemark_worker_cache_entries", "Cached answers in this worker's index (the "
             "cache topic as read so far)", registry=r)
+        self.warmups = Counter(
+            "tidemark_worker_warmup_streams_total", "Streams the predictive warm-up "
+            "created, by why the query was predicted: follow-up or hot", ["why"],
+            registry=r)
+        self.warmup_skipped = Counter(
+            "tidemark_worker_warmup_skipped_total", "Predictions the warm-up did not "
+            "pre-generate, by reason: cached, recent (pre-generated already), budget",
+            ["reason"], registry=r)
+        for why in ("follow-up", "hot"):
+            self.warmups.labels(why)
+        for reason in ("cached", "recent", "budget"):
+            self.warmup_skipped.labels(reason)
         for outcome in ("hit_exact", "hit_similar", "miss"):
             self.cache_lookups.labels(outcome)
         for outcome in (*TERMINAL_STATUSES, "resumed"):

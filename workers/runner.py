@@ -88,6 +88,7 @@ from workers.processors import (
     ProcessorUnavailable,
 )
 from workers.tracing import generation_span, note_end, note_start
+from workers.warmup import WarmUp
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,8 @@ class Worker:
                                 on_lookup=self.metrics.count_cache_lookup,
                                 on_embed=self.metrics.embed_seconds.observe)
         self.metrics.cache_entries.set_function(lambda: len(self.cache))
+        #: The predictive warm-up (``TIDEMARK_WARMUP``), once running.
+        self.warmup: WarmUp | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._writer: _Writer | None = None
@@ -572,6 +575,8 @@ class Worker:
         # The generator numbers its events as if there were no inputs.
         own = seq - len(logged)
         hit, vector, cacheable = await self._cached(stream, state)
+        if self.warmup is not None and cacheable and not state.answered:
+            self.warmup.trigger(job)  # a new query: pre-generate what may follow it
         pipeline, own, skip, failure = self._pipeline(job, state.position, own)
         drafts: Any
         if failure is not None:
@@ -735,12 +740,19 @@ class Worker:
         self._admin = await started(lambda: make_admin(settings.kafka, role="worker-admin"),
                                     settings.kafka, "admin start")
         cache_task: asyncio.Task[None] | None = None
+        warmup_task: asyncio.Task[None] | None = None
         side = None
         try:
             await ensure_topics(self._admin, settings.log)
             if settings.cache.enabled:
                 cache_task = self._cache_task = asyncio.create_task(self.cache.run(),
                                                                     name="cache")
+            if settings.cache.warmup:
+                parts = settings.log.partitions
+                self.warmup = WarmUp(
+                    settings, self.cache, self.metrics, versions=self.versions,
+                    share=lambda: len({tp.partition for tp in self.partitions}) / parts)
+                warmup_task = asyncio.create_task(self._supervised_warmup(), name="warmup")
             side = await started(lambda: make_producer(settings.kafka, role="worker-batch"),
                                  settings.kafka, "batch producer start")
             self.batches.bind(KafkaAccess(producer=side, reader=self.reader))
@@ -765,12 +777,24 @@ class Worker:
             await asyncio.gather(*self._cancels, return_exceptions=True)
             if side is not None:
                 await stop_client(side)
-            if cache_task is not None:
-                cache_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await cache_task
+            for side_task in (warmup_task, cache_task):
+                if side_task is not None:
+                    side_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await side_task
             await stop_client(self._admin)
             await self.reader.close()
+
+    async def _supervised_warmup(self) -> None:
+        """The warm-up, started again after a failure (it is an optimisation: the worker
+        goes on without it meanwhile)."""
+        assert self.warmup is not None
+        while True:
+            try:
+                await self.warmup.run()
+            except Exception:
+                log.exception("warm-up failed; starting it again in 5 s")
+            await asyncio.sleep(5)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
