@@ -5,6 +5,8 @@ BIN       := $(VENV)/bin
 KAFKA_LIB := .cache/kafka/libs
 INSTALLED := $(VENV)/.installed
 FETCHED   := $(KAFKA_LIB)/.fetched
+MIRROR_LIB := .cache/mirror/libs
+MIRROR_FETCHED := $(MIRROR_LIB)/.fetched
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist; 0: run in this process). The e2e tests mostly wait on
 # sockets and brokers, so two share two cores well (tests/conftest.py says how).
@@ -14,7 +16,7 @@ JS_STAMP   := clients/js/node_modules/.installed
 
 .PHONY: setup run test lint kafka clean haproxy nginx redis chaos fuzz chromium conformance
 
-setup: $(INSTALLED) $(FETCHED) haproxy nginx redis chromium $(NODE_STAMP) $(JS_STAMP)
+setup: $(INSTALLED) $(FETCHED) $(MIRROR_FETCHED) haproxy nginx redis chromium $(NODE_STAMP) $(JS_STAMP)
 
 # The load balancer of the multi-gateway tests (Debian's haproxy).
 haproxy:
@@ -80,6 +82,13 @@ $(FETCHED): deploy/kafka/pom.xml
 	rm -rf $(KAFKA_LIB)
 	mvn --quiet --batch-mode -f deploy/kafka/pom.xml dependency:copy-dependencies \
 	    -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIB))
+	touch $@
+
+# MirrorMaker 2 for `tidemark mirror` (deploy/mirror/pom.xml; a classpath of its own).
+$(MIRROR_FETCHED): deploy/mirror/pom.xml
+	rm -rf $(MIRROR_LIB)
+	mvn --quiet --batch-mode -f deploy/mirror/pom.xml dependency:copy-dependencies \
+	    -DincludeScope=runtime -DoutputDirectory=$(abspath $(MIRROR_LIB))
 	touch $@
 
 run: setup

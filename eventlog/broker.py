@@ -229,19 +229,25 @@ def _cluster_properties(brokers: int) -> dict[str, object]:
 
 
 def _log4j_config(data_dir: Path) -> str:
-    log_file = str(data_dir / _BROKER_LOG).replace("\\", "/")
+    return log4j_file_config("tidemark-broker", data_dir / _BROKER_LOG, "WARN")
+
+
+def log4j_file_config(name: str, log_file: Path, level: str) -> str:
+    """A log4j2 configuration that writes ``level`` and above to ``log_file`` only (the
+    broker's, and MirrorMaker's: ``eventlog.mirror``)."""
+    path = str(log_file).replace("\\", "/")
     return (
-        "# Written by Tidemark: the broker logs WARN and above to broker.log only.\n"
+        f"# Written by Tidemark: {level} and above go to {log_file.name} only.\n"
         "status = warn\n"
         "shutdownHook = disable\n"
-        "name = tidemark-broker\n"
+        f"name = {name}\n"
         "appender.file.type = File\n"
         "appender.file.name = FILE\n"
-        f"appender.file.fileName = {log_file}\n"
+        f"appender.file.fileName = {path}\n"
         "appender.file.append = true\n"
         "appender.file.layout.type = PatternLayout\n"
         "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-        "rootLogger.level = WARN\n"
+        f"rootLogger.level = {level}\n"
         "rootLogger.appenderRef.file.ref = FILE\n"
     )
 

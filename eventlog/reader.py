@@ -169,6 +169,20 @@ class LogReader:
             self._bounds[key] = (start, end, loop.time())
             return start, end
 
+    async def offset_at_time(self, topic: str, partition: int, ts_ms: int) -> int:
+        """The first offset whose record's timestamp is ``ts_ms`` or later (the log end
+        when there is none)."""
+        tp = TopicPartition(topic, partition)
+        consumer = await self._acquire()
+        try:
+            found = await consumer.offsets_for_times({tp: max(0, ts_ms)})
+            at = found.get(tp)
+            if at is not None:
+                return int(at.offset)
+            return int((await consumer.end_offsets([tp]))[tp])
+        finally:
+            self._release(consumer)
+
     async def high_watermark(self, topic: str, partition: int) -> int:
         """The partition's end including records of open transactions: everything
         acknowledged to a producer so far is below it."""

@@ -47,6 +47,9 @@ class KafkaSettings:
         "KAFKA_CONNECT_TIMEOUT", 60.0, "how long a process waits for Kafka at start")
     jars_dir: Path = _env(  # noqa: RUF009 (Path is immutable)
         "KAFKA_JARS", Path(".cache/kafka/libs"), "where `make setup` put the broker's jars")
+    mirror_jars_dir: Path = _env(  # noqa: RUF009 (Path is immutable)
+        "MIRROR_JARS", Path(".cache/mirror/libs"),
+        "where `make setup` put MirrorMaker 2's jars (`tidemark mirror`)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +65,10 @@ class LogSettings:
     retention_ms: int = _env("RETENTION_MS", 86_400_000, "retention of the events topic")
     placement: str = _env(
         "PLACEMENT", "partitioned", "partitioned (default) or topic-per-stream (benchmarks)")
+    mirror_of: str = _env(
+        "MIRROR_OF", "", "the alias of the namespace's home cluster when this cluster holds a "
+        "MirrorMaker 2 copy of its events topic: gateways serve its streams read-only and "
+        "find them by time, not offset (docs/federation.md); empty: this is its home")
     janitor_interval_s: float = _env(
         "JANITOR_INTERVAL", 0.0, "seconds between workers' sweeps that tombstone index "
         "records of streams retention deleted (0: a quarter of the retention, <= 1 h)")

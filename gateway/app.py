@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from eventlog.settings import Settings
 from gateway import (
@@ -32,7 +33,7 @@ from gateway.audit import AUDIT, Audit
 from gateway.auth import AUTHENTICATOR, Authenticator
 from gateway.metrics import METRICS
 from gateway.observe import install as install_observability
-from gateway.problems import problem_middleware
+from gateway.problems import problem_middleware, read_only_middleware
 from gateway.services import READY_CHECKS, SERVICES, Services
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ def create_app(settings: Settings, *, dev: bool = False) -> web.Application:
                     settings.auth.default_tenant)
     elif not authenticator.can_issue:
         log.warning("no TIDEMARK_JWT_SECRET: POST /v1/streams answers without a read_token")
-    app = web.Application(middlewares=[problem_middleware],
+    middlewares: list[Middleware] = [problem_middleware]
+    if settings.log.mirror_of:
+        middlewares.append(read_only_middleware(settings.log.mirror_of))
+    app = web.Application(middlewares=middlewares,
                           client_max_size=settings.gateway.max_body_bytes)
     services = app[SERVICES] = Services(settings)
     app[READY_CHECKS] = []

@@ -50,7 +50,7 @@ class Frame(NamedTuple):
 
 def frame_record(epoch: str, rec: LogRecord) -> Frame:
     frame = sse.frame_event(rec.value, event=rec.type,
-                            id=encode_event_id(epoch, rec.partition, rec.offset))
+                            id=encode_event_id(epoch, rec.partition, rec.offset, rec.seq))
     return Frame(rec.offset, rec.key, rec.seq, rec.type in TERMINAL_TYPES, frame)
 
 
@@ -449,6 +449,6 @@ class Hub:
                 self._on_terminal(rec.key.decode(errors="replace"), rec.type)
             elif rec.input_id is not None and self._on_input is not None:
                 self._on_input(rec.input_id, rec.seq,
-                               encode_event_id(epoch, rec.partition, offset))
+                               encode_event_id(epoch, rec.partition, offset, rec.seq))
             for sub in subs.get((tp, rec.key), ()):
                 sub.push(frame)

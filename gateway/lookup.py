@@ -43,6 +43,9 @@ from schemas.streamid import StreamRef, parse_stream_id
 log = logging.getLogger(__name__)
 
 _UNKNOWN: Final = ""
+#: On a mirror, how long before its creation time a stream's first record may be
+#: stamped (its creator stamps it after taking the time: a margin, not a skew bound).
+MIRROR_SLACK_MS: Final = 5_000
 _V = TypeVar("_V")
 
 
@@ -119,6 +122,8 @@ class StreamLookup:
         if cached is not None and cached.earliest >= log_start:
             self._found.move_to_end(stream_id)
             return cached
+        if self._settings.mirror_of:
+            ref = await self._mirror_ref(ref, topic)
         found = await self._locate(stream_id, ref, tp, log_start)
         if found is None:
             # Not read by this gateway (yet?): wait, bounded, until its hub has read
@@ -141,12 +146,23 @@ class StreamLookup:
         self._remember(self._found, stream_id, found)
         return found
 
+    async def _mirror_ref(self, ref: StreamRef, topic: str) -> StreamRef:
+        """On a MirrorMaker 2 copy of the log (``TIDEMARK_MIRROR_OF``) the id's floor is an
+        offset of the home cluster, not of this copy, which keeps partitions, order and
+        record timestamps but not offsets. The floor here: the first record written
+        ``MIRROR_SLACK_MS`` before the stream was made, or later."""
+        floor = await self._reader.offset_at_time(topic, ref.partition,
+                                                  ref.created_ms - MIRROR_SLACK_MS)
+        return ref._replace(floor=floor)
+
     def placed(self, stream_id: str) -> StreamInfo | None:
         """Without reading anything: the stream's partition and floor, from its id alone
-        (enough to resume from a position of the stream that the log still holds)."""
+        (enough to resume from a position of the stream that the log still holds). None
+        on a mirror, whose offsets are not the id's."""
         ref = parse_stream_id(stream_id)
-        if ref is None or (self._settings.placement == "partitioned"
-                           and ref.partition >= self._settings.partitions):
+        if ref is None or self._settings.mirror_of or (
+                self._settings.placement == "partitioned"
+                and ref.partition >= self._settings.partitions):
             return None
         return _info(self._settings.namespace, self.topic(stream_id), stream_id, ref,
                      first_offset=ref.floor, generator=_UNKNOWN)

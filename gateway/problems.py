@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
 
 from eventlog.errors import (
@@ -86,6 +87,24 @@ def problem_for(exc: TidemarkError) -> Problem:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Methods that read: the only ones a gateway of a mirror serves.
+_READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def read_only_middleware(home: str) -> Middleware:
+    """A gateway of a MirrorMaker 2 copy of the namespace (``TIDEMARK_MIRROR_OF``) serves
+    reads; a write would go to a log that MirrorMaker, not Tidemark, writes: 409."""
+
+    @web.middleware
+    async def read_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in _READS and request.path.startswith("/v1/"):
+            raise Problem(409, f"this gateway serves a read-only mirror of cluster {home!r}: "
+                          "create, publish, cancel and reply through a gateway of that "
+                          "cluster", home=home)
+        return await handler(request)
+
+    return read_only
 
 
 @web.middleware

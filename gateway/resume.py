@@ -22,6 +22,9 @@ class Plan:
     after: int = -1
     #: Why the client's position could not be honoured ("retention", "epoch"), if so.
     reset: str | None = None
+    #: Deliver only events above this seq, -1 for all (a position of another cluster's
+    #: copy of the log: its offsets are not this log's, its seq is the stream's).
+    seq: int = -1
 
 
 def plan(info: StreamInfo, position: EventId | None, *, epoch: str, log_start: int,
@@ -38,6 +41,12 @@ def plan(info: StreamInfo, position: EventId | None, *, epoch: str, log_start: i
         reset = "retention" if info.first_offset < log_start else None
         return Plan(200, earliest, reset=reset)
     if position.epoch != epoch:
+        if position.seq is not None:
+            # Another cluster's copy of the log, or a recreated topic: the offsets are
+            # not this log's, the seq is still the stream's. From the stream's first
+            # event still held, after the client's seq (a reset if retention took some).
+            reset = "retention" if info.first_offset < log_start else None
+            return Plan(200, earliest, reset=reset, seq=position.seq)
         return Plan(200, earliest, reset="epoch")
     if position.partition != info.partition:
         raise InvalidEventId("Last-Event-ID is a position of another stream")

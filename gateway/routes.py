@@ -177,9 +177,12 @@ async def _describe(services: Services, info: StreamInfo, earliest: int) -> dict
         "created_at": info.created_at,
         "updated_at": info.updated_at,
         "last_seq": info.last_seq,
-        "first_event_id": encode_event_id(epoch, info.partition, earliest),
+        # The stream's first record is its seq 0, unless retention took it.
+        "first_event_id": encode_event_id(epoch, info.partition, earliest,
+                                          0 if earliest == info.first_offset else None),
         "terminal_event_id": (None if info.terminal_offset is None else
-                              encode_event_id(epoch, info.partition, info.terminal_offset)),
+                              encode_event_id(epoch, info.partition, info.terminal_offset,
+                                              info.last_seq)),
         "events_url": f"/v1/streams/{info.stream_id}/events",
         "experiments": info.experiments,
     }
@@ -352,7 +355,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
     epoch = await services.hub.epoch(info.topic)
     return _json({
         "accepted": len(inputs),
-        "written": [{"seq": seq, "id": encode_event_id(epoch, info.partition, offset)}
+        "written": [{"seq": seq, "id": encode_event_id(epoch, info.partition, offset, seq)}
                     for seq, offset in result.written],
         "duplicates": result.duplicates,
         "last_seq": result.last_seq,

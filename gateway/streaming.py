@@ -36,7 +36,7 @@ import socket
 import sys
 import termios
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -204,6 +204,17 @@ class Cursor:
     #: pull from them is left there).
     more: bool = False
 
+    def had(self, offset: int, seq: int, terminal: bool) -> bool:
+        """Whether the client has the frame already (at or below this offset or seq). A
+        terminal one it has (a resume by seq on another cluster's copy of the log, whose
+        offsets differ) ends the response: nothing comes after it."""
+        if offset <= self.offset:
+            return True
+        if seq <= self.seq:
+            self.ended = self.ended or terminal
+            return True
+        return False
+
     def take(self, frames: Iterable[Row], budget: int = 0) -> tuple[bytes, int]:
         """The bytes of the frames not written yet (above this offset and seq; nothing
         after a terminal event) joined for one write, and how many; advances over them.
@@ -214,7 +225,7 @@ class Cursor:
         for offset, _, seq, terminal, data in frames:
             if self.ended:
                 break
-            if offset <= self.offset or seq <= self.seq:
+            if self.had(offset, seq, terminal):
                 continue
             out.append(data)
             self.offset, self.seq = offset, seq
@@ -249,7 +260,7 @@ class ShapedCursor(Cursor):
             if self.ended:
                 break
             offset, _, seq, terminal, data = row
-            if offset <= self.offset or seq <= self.seq:
+            if self.had(offset, seq, terminal):
                 continue
             rows.append(row)
             self.offset, self.seq = offset, seq
@@ -520,6 +531,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.metrics.request_outcome["ended"].inc()
         return web.Response(status=204)
     session.cursor = Cursor(plan.after) if session.prefs.plain else _shaped(session, plan.after)
+    session.cursor.seq = plan.seq
     until = session.subscribe()
     session.metrics.connections.inc()
     session.registry.add(session)
@@ -533,6 +545,12 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
             first = await anext(items, None)
         else:
             first = (rows, "memory") if rows else None
+        if plan.seq >= 0:
+            first, had_end = await _past_seq(first, items, plan.seq)
+            if had_end:
+                # Resumed by seq on a copy of the log: the client has the terminal event.
+                session.metrics.request_outcome["ended"].inc()
+                return web.Response(status=204)
         if plan.after >= 0 and plan.start == plan.after:
             # The client's position lies within the stream: the record there must be the
             # stream's own. It sets the seq baseline, and if it ends the stream the client
@@ -557,7 +575,8 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         head = [sse.frame_retry(session.retry_ms)]
         if plan.reset is not None:
             earliest = first[0][0][0] if first is not None else plan.start
-            head.append(reset_frame(plan.reset, encode_event_id(epoch, tp.partition, earliest)))
+            head.append(reset_frame(plan.reset,
+                                    encode_event_id(epoch, tp.partition, earliest, None)))
         head_rows = iter(first[0] if first is not None else ())
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))
@@ -635,6 +654,23 @@ def _waker(session: Session) -> Callable[[], None]:
         if session.sub is not None:
             session.sub.wakeup.set()
     return wake
+
+
+async def _past_seq(first: tuple[list[Row], str] | None,
+                    items: AsyncIterator[tuple[list[Row], str]] | None, seq: int,
+                    ) -> tuple[tuple[list[Row], str] | None, bool]:
+    """The backlog's first batch with events above ``seq`` (what a client resuming by seq
+    lacks), reading on past the batches it has; and whether it has the stream's terminal
+    event already (then nothing is left to send: 204, as on the home cluster)."""
+    while first is not None:
+        rows, source = first
+        if any(row[3] and row[2] <= seq for row in rows):
+            return None, True
+        keep = [row for row in rows if row[2] > seq]
+        if keep:
+            return (keep, source), False
+        first = await anext(items, None) if items is not None else None
+    return None, False
 
 
 def _shaped(session: Session, after: int) -> ShapedCursor:

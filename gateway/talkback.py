@@ -78,7 +78,7 @@ async def append_input(request: web.Request, identity: Identity, stream_id: str,
     assert services.hub is not None
     epoch = await services.hub.epoch(found.info.topic)
     seq, offset = result.written[0]
-    return {"seq": seq, "id": encode_event_id(epoch, found.info.partition, offset)}
+    return {"seq": seq, "id": encode_event_id(epoch, found.info.partition, offset, seq)}
 
 
 async def _through_worker(services: Services, identity: Identity, found: Found,

@@ -42,6 +42,7 @@ HEAVY = frozenset({
     "tests/e2e/test_ds_conformance.py", "tests/e2e/test_fuzz.py",
     "tests/integration/test_cluster.py", "tests/integration/test_broker.py",
     "tests/e2e/test_broker_restart.py", "tests/e2e/test_ds_chaos.py",
+    "tests/e2e/test_federation.py",
 })
 #: Modules that install the test plugin package (tests/plugins/tidemark_echo) into the
 #: venv and uninstall it after: one worker, so one's uninstall never pulls it from under

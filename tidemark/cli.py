@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from eventlog import tracing
 from eventlog.broker import BrokerConfig, BrokerError, LocalBroker
 from eventlog.cluster import ClusterConfig, LocalCluster
+from eventlog.mirror import Side, prepare, run_mirror
 from eventlog.settings import (
     Settings,
     TraceSettings,
@@ -30,6 +31,7 @@ from eventlog.settings import (
     load_trace_settings,
     otel_env_names,
 )
+from eventlog.topics import events_topic
 from schemas.errors import TidemarkError
 from tidemark.logs import setup_logging
 from tidemark.redis_server import LocalRedis
@@ -45,9 +47,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _DEV_RESTARTS = 20
 
 
-def _jars_dir(settings: Settings) -> Path:
-    """The broker jars: as set, else where `make setup` puts them in this checkout."""
-    path = settings.kafka.jars_dir
+def _jars_dir(settings: Settings, path: Path | None = None) -> Path:
+    """The broker jars (or ``path``): as set, else where `make setup` puts them in this
+    checkout."""
+    path = settings.kafka.jars_dir if path is None else path
     if path.is_absolute() or path.exists():
         return path
     return PROJECT_ROOT / path
@@ -500,6 +503,18 @@ def _plugins(settings: Settings, as_json: bool) -> int:
     return 0
 
 
+async def _mirror(settings: Settings, args: argparse.Namespace) -> int:
+    """``tidemark mirror``: MirrorMaker 2 copying this namespace's events topic."""
+    home, copy = Side.parse(args.home), Side.parse(args.copy)
+    work = args.work_dir or PROJECT_ROOT / ".cache" / "mirror" / f"{home.alias}-{copy.alias}"
+    command = prepare(home, copy, settings.log.namespace, work_dir=work.resolve(),
+                      jars_dir=_jars_dir(settings, settings.kafka.mirror_jars_dir).resolve())
+    topic = events_topic(settings.log.namespace)
+    return await run_mirror(command, work_dir=work, started=lambda pid: _out(
+        f"Mirror started: {home.alias} -> {copy.alias}, topic {topic}; MirrorMaker 2 pid "
+        f"{pid}, log {work / 'mirror.log'}"))
+
+
 def _parser() -> argparse.ArgumentParser:
     variables = "\n".join(f"  {k:32} {v}" for k, v in sorted(
         {**env_names(), **otel_env_names()}.items()))
@@ -542,6 +557,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="limits.requestsPerMinute (overrides the tier's)")
     token.add_argument("--stream", help="a read token for this one stream")
     token.add_argument("--audience", help="the aud claim (default: TIDEMARK_JWT_AUDIENCE)")
+    mirror = sub.add_parser(
+        "mirror", help="copy the namespace's events topic to another cluster with "
+        "MirrorMaker 2 (docs/federation.md)")
+    mirror.add_argument("--from", dest="home", required=True, metavar="ALIAS=BOOTSTRAP",
+                        help="the namespace's home cluster, e.g. A=10.0.0.1:9092")
+    mirror.add_argument("--to", dest="copy", required=True, metavar="ALIAS=BOOTSTRAP",
+                        help="the cluster that gets the copy, e.g. B=10.1.0.1:9092")
+    mirror.add_argument("--work-dir", type=Path, help="MirrorMaker's configuration and log "
+                        "(default .cache/mirror/<from>-<to>)")
     sub.add_parser("worker", help="run a generation worker")
     sub.add_parser("webhooks", help="run a webhook delivery process (docs/webhooks.md)")
     plugins = sub.add_parser("plugins", help="list the installed plugins and their status")
@@ -585,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             and args.dev_token_endpoint, traces=traces),
         "worker": lambda: run_worker(settings, traces),
         "webhooks": lambda: run_webhooks(settings),
+        "mirror": lambda: _mirror(settings, args),
         "dev": lambda: run_dev(settings, args.data_dir),
     }
     try:

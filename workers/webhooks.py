@@ -287,7 +287,9 @@ class Deliverer:
         progress.add(rec.offset, len(targets))
         if not targets:
             return
-        event_id = encode_event_id(self._epoch, tp.partition, rec.offset)
+        # Version 1 (no seq): the id is the deliveries' idempotency key, and a delivery
+        # retried after an upgrade must keep the key it had.
+        event_id = encode_event_id(self._epoch, tp.partition, rec.offset, None)
         try:
             body = payload(event_id=event_id, envelope=orjson.loads(rec.value))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -39,8 +39,8 @@ def chunk(offset: int, seq: int, index: int, text: str, **extra: Any) -> Frame:
                                                        **extra})
 
 
-def eid(offset: int) -> str:
-    return encode_event_id(EPOCH, 0, offset)
+def eid(offset: int, seq: int | None = None) -> str:
+    return encode_event_id(EPOCH, 0, offset, seq)
 
 
 def rows(*frames: Frame) -> list[Row]:
@@ -64,7 +64,7 @@ def test_consecutive_chunks_become_one_event_with_the_last_chunks_id() -> None:
     data, count = shaper.shape([], now=0.25)
     assert count == 1
     assert data == (
-        b"id: " + eid(12).encode() + b"\nevent: partial_result\n"
+        b"id: " + eid(12, 5).encode() + b"\nevent: partial_result\n"
         b'data: {"stream":"s1","seq":5,"type":"partial_result","ts":1005,"data":'
         b'{"chunk":"the stream flows","chunkIndex":0,"isComplete":false,"chunkCount":3,'
         b'"lastChunkIndex":2,"firstSeq":3}}\n\n')
@@ -89,7 +89,7 @@ def test_another_event_flushes_the_batch_first_then_goes_out_as_it_is() -> None:
     data, count = shaper.shape(rows(a, b, progress, c), now=0.0)
     assert count == 2
     merged, rest = data.split(b"\n\n", 1)
-    assert merged.startswith(b"id: " + eid(2).encode() + b"\n")
+    assert merged.startswith(b"id: " + eid(2, 2).encode() + b"\n")
     assert b'"chunk":"a b","chunkIndex":0,"chunkCount":2,"lastChunkIndex":1' in merged
     assert rest == progress.data
     assert shaper.held == 1
@@ -166,7 +166,7 @@ async def test_shaped_cursor_moves_over_held_and_dropped_frames_and_wakes_at_the
     assert cursor.take(frames) == (b"", 0)  # already taken: nothing twice
     await asyncio.wait_for(woke.wait(), 1.0)
     data, count = cursor.take([])
-    assert count == 1 and data.startswith(b"id: " + eid(2).encode() + b"\n")
+    assert count == 1 and data.startswith(b"id: " + eid(2, 2).encode() + b"\n")
     assert cursor.written == 1
     cursor.close()
 
@@ -211,7 +211,7 @@ async def test_a_cursor_that_falls_behind_goes_on_batched_from_its_position() ->
     assert lagging.take(rows(*frames)) == (b"", 0)
     data, count = lagging.flush()
     assert count == 1 and lagging.written == 3
-    assert data.startswith(b"id: " + eid(6).encode() + b"\n")
+    assert data.startswith(b"id: " + eid(6, 6).encode() + b"\n")
     assert b'"chunk":"t2 t3 t4 t5 ","chunkIndex":2,"chunkCount":4' in data
     lagging.close()
 
@@ -226,6 +226,22 @@ async def test_a_cursor_that_falls_behind_goes_on_batched_from_its_position() ->
     data, count = both.flush()
     assert count == 1 and b'"chunk":"bc"' in data and b"metadata" not in data
     both.close()
+
+
+def test_a_cursor_resumed_by_seq_skips_what_the_client_has_and_duplicates() -> None:
+    """A resume on another cluster's copy (offsets differ, seq is the stream's): from the
+    stream's start, only events above the client's seq, each once (a copy MirrorMaker
+    wrote twice is skipped); if the client has the terminal event, the response ends."""
+    frames = [chunk(40 + i, 1 + i, i, f"t{i} ") for i in range(4)]
+    dup = chunk(44, 3, 2, "t2 ")  # seq 3 again, at a later offset
+    cursor = Cursor(-1, seq=2)
+    data, count = cursor.take(rows(*frames, dup))
+    assert count == 2 and data == frames[2].data + frames[3].data
+    assert not cursor.ended
+    done = frame(45, 5, events.RESULT, {"text": "t0 t1 t2 t3"})
+    has_all = Cursor(-1, seq=5)
+    assert has_all.take(rows(*frames, done)) == (b"", 0)
+    assert has_all.ended
 
 
 def test_resuming_from_each_coalesced_id_gives_exactly_the_rest() -> None:

@@ -1,5 +1,6 @@
 """The event-id codec: what a client sends back as Last-Event-ID must parse to the
-position it was encoded from, and nothing else may parse."""
+position (and seq) it was encoded from, and nothing else may parse. Version 2 ids carry
+the event's seq; version 1 ids (handed out before it) still parse, to the same position."""
 
 from __future__ import annotations
 
@@ -19,38 +20,41 @@ from schemas.eventid import (
 MAX_OFFSET = 2**63 - 1
 MAX_PARTITION = 99_999
 
+MAX_SEQ = 2**31 - 1
 POSITIONS = [
-    ("5f3a9c21", 7, 48213),
-    ("00000000", 0, 0),
-    ("ffffffff", 0, 1),
-    ("0123abcd", 11, MAX_OFFSET),
-    ("deadbeef", MAX_PARTITION, MAX_OFFSET),
-    ("a0b1c2d3", 10, 10),
+    ("5f3a9c21", 7, 48213, 12),
+    ("00000000", 0, 0, 0),
+    ("ffffffff", 0, 1, None),
+    ("0123abcd", 11, MAX_OFFSET, MAX_SEQ),
+    ("deadbeef", MAX_PARTITION, MAX_OFFSET, MAX_SEQ),
+    ("a0b1c2d3", 10, 10, None),
 ]
 
 #: RFC 3986 unreserved characters: no escaping in a URL query, a header or an SSE line.
 UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 
 
-@pytest.mark.parametrize(("epoch", "partition", "offset"), POSITIONS)
-def test_round_trip(epoch: str, partition: int, offset: int) -> None:
-    text = encode_event_id(epoch, partition, offset)
+Position = tuple[str, int, int, int | None]
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_round_trip(pos: Position) -> None:
+    text = encode_event_id(*pos)
     parsed = parse_event_id(text)
-    assert parsed == EventId(epoch, partition, offset)
-    assert (parsed.epoch, parsed.partition, parsed.offset) == (epoch, partition, offset)
+    assert parsed == EventId(*pos)
+    assert (parsed.epoch, parsed.partition, parsed.offset, parsed.seq) == pos
+    assert text.startswith("1-" if pos[3] is None else "2-")
 
 
-@pytest.mark.parametrize(("epoch", "partition", "offset"), POSITIONS)
-def test_str_of_event_id_is_the_encoded_id(epoch: str, partition: int, offset: int) -> None:
-    assert str(EventId(epoch, partition, offset)) == encode_event_id(epoch, partition, offset)
-    assert str(parse_event_id(encode_event_id(epoch, partition, offset))) == encode_event_id(
-        epoch, partition, offset
-    )
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_str_of_event_id_is_the_encoded_id(pos: Position) -> None:
+    assert str(EventId(*pos)) == encode_event_id(*pos)
+    assert str(parse_event_id(encode_event_id(*pos))) == encode_event_id(*pos)
 
 
-@pytest.mark.parametrize(("epoch", "partition", "offset"), POSITIONS)
-def test_ids_are_short_ascii_and_need_no_escaping(epoch: str, partition: int, offset: int) -> None:
-    text = encode_event_id(epoch, partition, offset)
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_ids_are_short_ascii_and_need_no_escaping(pos: Position) -> None:
+    text = encode_event_id(*pos)
     raw = text.encode("ascii")  # raises if not ASCII
     assert len(raw) < 64
     assert UNRESERVED.fullmatch(text), text
@@ -59,11 +63,17 @@ def test_ids_are_short_ascii_and_need_no_escaping(epoch: str, partition: int, of
 def test_distinct_positions_give_distinct_ids() -> None:
     ids = {encode_event_id(*p) for p in POSITIONS}
     assert len(ids) == len(POSITIONS)
-    # Partition and offset are not confused with each other.
-    assert encode_event_id("5f3a9c21", 1, 23) != encode_event_id("5f3a9c21", 12, 3)
+    # Partition, offset and seq are not confused with each other.
+    assert encode_event_id("5f3a9c21", 1, 23, 4) != encode_event_id("5f3a9c21", 12, 3, 4)
+    assert encode_event_id("5f3a9c21", 1, 23, 4) != encode_event_id("5f3a9c21", 1, 2, 34)
 
 
-GOOD = "1-5f3a9c21-7-48213"
+def test_a_version_1_id_handed_out_before_the_upgrade_parses_to_its_position() -> None:
+    assert parse_event_id("1-5f3a9c21-7-48213") == EventId("5f3a9c21", 7, 48213, None)
+    assert parse_event_id("2-5f3a9c21-7-48213-3") == EventId("5f3a9c21", 7, 48213, 3)
+
+
+GOOD = "2-5f3a9c21-7-48213-12"
 
 
 @pytest.mark.parametrize(
@@ -76,6 +86,13 @@ GOOD = "1-5f3a9c21-7-48213"
         "1-5f3a9c21-7-48213-1",
         "0-5f3a9c21-7-48213",
         "2-5f3a9c21-7-48213",
+        "3-5f3a9c21-7-48213-1",
+        "2-5f3a9c21-7-48213-01",
+        "2-5f3a9c21-7-48213-",
+        "2-5f3a9c21-7-48213--1",
+        f"2-5f3a9c21-7-48213-{2**31}",
+        "2-5f3a9c21-7-48213-12345678901",
+        "2-5f3a9c21-7-48213-1-2",
         "v1-5f3a9c21-7-48213",
         "1-5F3A9C21-7-48213",
         "1-5f3a9C21-7-48213",
@@ -141,7 +158,15 @@ def test_check_epoch_other_epoch_raises_foreign_epoch() -> None:
 )
 def test_encode_rejects_out_of_range_positions(partition: int, offset: int) -> None:
     with pytest.raises(ValueError):
-        encode_event_id("5f3a9c21", partition, offset)
+        encode_event_id("5f3a9c21", partition, offset, 1)
+    with pytest.raises(ValueError):
+        encode_event_id("5f3a9c21", partition, offset, None)
+
+
+@pytest.mark.parametrize("seq", [-1, MAX_SEQ + 1])
+def test_encode_rejects_an_out_of_range_seq(seq: int) -> None:
+    with pytest.raises(ValueError):
+        encode_event_id("5f3a9c21", 0, 0, seq)
 
 
 @pytest.mark.parametrize(
@@ -161,4 +186,4 @@ def test_encode_rejects_out_of_range_positions(partition: int, offset: int) -> N
 )
 def test_encode_rejects_a_bad_epoch(epoch: str) -> None:
     with pytest.raises(ValueError):
-        encode_event_id(epoch, 0, 0)
+        encode_event_id(epoch, 0, 0, 0)

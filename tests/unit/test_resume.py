@@ -55,6 +55,24 @@ def test_no_position_on_a_finished_stream_replays_it() -> None:
         status=200, start=100, after=-1, reset=None)
 
 
+def test_a_version_2_id_of_another_clusters_copy_resumes_after_its_seq() -> None:
+    # MirrorMaker 2 keeps partitions and order, not offsets: the seq says where.
+    elsewhere = EventId(OTHER_EPOCH, PARTITION, 987_654, 7)
+    assert plan(stream(), elsewhere, epoch=EPOCH, log_start=0, log_end=500) == Plan(
+        status=200, start=100, after=-1, reset=None, seq=7)
+    # Its offset may lie anywhere, even past this log's end: it is not this log's.
+    assert plan(stream(), elsewhere._replace(offset=5), epoch=EPOCH, log_start=0,
+                log_end=500).seq == 7
+    # Retention took the stream's first events here: said, and the rest after the seq.
+    assert plan(stream(), elsewhere, epoch=EPOCH, log_start=150, log_end=500) == Plan(
+        status=200, start=150, after=-1, reset="retention", seq=7)
+
+
+def test_a_version_2_id_of_this_log_resumes_by_its_offset_as_before() -> None:
+    assert plan(stream(), EventId(EPOCH, PARTITION, 120, 7), epoch=EPOCH, log_start=0,
+                log_end=500) == Plan(status=200, start=120, after=120, reset=None)
+
+
 @pytest.mark.parametrize(("log_start", "start"), [(0, 100), (150, 150)])
 def test_foreign_epoch_resets_from_the_earliest_event(log_start: int, start: int) -> None:
     result = plan(stream(), at(120, epoch=OTHER_EPOCH), epoch=EPOCH,
