@@ -574,9 +574,11 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         # The retry line, a reset notice and the first backlog batch in one write.
         head = [sse.frame_retry(session.retry_ms)]
         if plan.reset is not None:
-            earliest = first[0][0][0] if first is not None else plan.start
-            head.append(reset_frame(plan.reset,
-                                    encode_event_id(epoch, tp.partition, earliest, None)))
+            # The id of the earliest event served (a position with no seq if none is).
+            row = first[0][0] if first is not None else None
+            head.append(reset_frame(plan.reset, encode_event_id(
+                epoch, tp.partition, plan.start if row is None else row[0],
+                None if row is None else row[2])))
         head_rows = iter(first[0] if first is not None else ())
         if first is not None:
             session.metrics.backlog_source[first[1]].inc(len(first[0]))

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from schemas.eventid import encode_event_id, parse_event_id
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import create, publish
@@ -21,7 +22,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 def offset_of(event_id: str) -> int:
     """Read the offset out of an id. Only this test peeks inside the opaque id: it
     needs a Kafka offset to delete records up to."""
-    return int(event_id.rsplit("-", 1)[1])
+    return parse_event_id(event_id).offset
+
+
+def as_version_1(event_id: str) -> str:
+    """The id as codec version 1 wrote it (no seq): what clients hold from before."""
+    e = parse_event_id(event_id)
+    return encode_event_id(e.epoch, e.partition, e.offset, None)
 
 
 async def delete_before(bootstrap: str, topic: str, offset: int) -> None:
@@ -86,15 +93,28 @@ async def test_position_from_another_topic_epoch_gives_reset_then_whole_stream(
     await publish(http, base, sid, [{"type": "status", "data": {"state": "running"}},
                                     {"type": "result", "data": {"text": "ok"}}])
     full = await sse_client.read(http, f"{base}/v1/streams/{sid}/events")
-    real = full.last_id or ""
-    epoch = real.split("-")[1]
-    foreign = real.replace(epoch, "0" * 8 if epoch != "0" * 8 else "f" * 8, 1)
-
+    real = parse_event_id(full.stream_events[1].id or "")  # the running status, seq 1
+    other = "0" * 8 if real.epoch != "0" * 8 else "f" * 8
+    # A version 1 id carries no seq: a reset, then the whole stream.
+    foreign = encode_event_id(other, real.partition, real.offset, None)
     reply = await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
                                   last_event_id=foreign)
     assert reply.events[0].event == "reset"
     assert reply.events[0].envelope["reason"] == "epoch"
     assert [e.id for e in reply.stream_events] == [e.id for e in full.stream_events]
+    # A version 2 id carries its seq (what a copy of the log in another cluster resumes
+    # from: docs/federation.md): the events after it, no reset.
+    foreign = encode_event_id(other, real.partition, real.offset + 1000, real.seq)
+    reply = await sse_client.read(http, f"{base}/v1/streams/{sid}/events",
+                                  last_event_id=foreign)
+    assert [e.event for e in reply.events] == ["result"]
+    assert [e.id for e in reply.stream_events] == [e.id for e in full.stream_events[2:]]
+    # ... and its terminal event's seq: nothing is left, 204.
+    ended = parse_event_id(full.last_id or "")
+    async with http.get(f"{base}/v1/streams/{sid}/events", headers={
+            "Accept": "text/event-stream",
+            "Last-Event-ID": encode_event_id(other, ended.partition, 5, ended.seq)}) as resp:
+        assert resp.status == 204
 
 
 async def test_real_retention_deletes_a_finished_stream_and_resets_an_old_position(

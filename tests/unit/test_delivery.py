@@ -20,7 +20,7 @@ from gateway.hub import Frame, Row, frame_record
 from gateway.streaming import Cursor, ShapedCursor
 from schemas import events
 from schemas.context import StreamContext, context_of_envelope
-from schemas.eventid import encode_event_id
+from schemas.eventid import encode_event_id, parse_event_id
 from schemas.events import Event
 from schemas.validation import InvalidInput, Validators
 from workers.demo import DemoGenerator, demo_text
@@ -274,7 +274,7 @@ def test_resuming_from_each_coalesced_id_gives_exactly_the_rest() -> None:
     assert len(partial) < 9
     assert "".join(e["data"]["chunk"] for e in partial) == text
     for i, event in enumerate(whole[:-1]):
-        offset = int(event["id"].rsplit("-", 1)[1])
+        offset = parse_event_id(event["id"]).offset
         rest = follow(offset)
         chunks = "".join(e["data"]["chunk"] for e in whole[: i + 1]
                          if e["type"] == events.PARTIAL_RESULT)
