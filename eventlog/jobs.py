@@ -46,6 +46,12 @@ class Job:
     trace: tuple[tuple[str, bytes], ...] = ()
     #: The creator's similar-query cache preferences (``eventlog.cache``).
     cache: CachePrefs = field(default_factory=CachePrefs)
+    #: A completed stream of the same tenant whose answer this job replays instead of
+    #: generating (a batch's similar query, answered once: ``workers.batch``), and the
+    #: similarity it was matched with. Set only by Tidemark's own processes: no client
+    #: input reaches it.
+    replay_of: StreamInfo | None = None
+    replay_similarity: float = 0.0
 
     @property
     def stream_id(self) -> str:
@@ -63,6 +69,9 @@ class Job:
             obj["context"] = self.context.to_json()
         if self.cache != CachePrefs():
             obj["cache"] = self.cache.to_json()
+        if self.replay_of is not None:
+            obj["replay_of"] = self.replay_of.to_json().decode()
+            obj["replay_similarity"] = self.replay_similarity
         return orjson.dumps(obj)
 
 
@@ -135,12 +144,16 @@ def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
         obj = orjson.loads(raw)
         if obj.get("type") == GENERATE:
             context = obj.get("context")
+            replay = obj.get("replay_of")
             return Job(stream=StreamInfo.from_json(obj["stream"].encode()),
                        query=str(obj["query"]), options=dict(obj.get("options") or {}),
                        priority=bool(obj.get("priority", False)),
                        context=None if context is None else StreamContext.from_json(context),
                        trace=trace_headers_of(headers),
-                       cache=CachePrefs.from_json(obj.get("cache")))
+                       cache=CachePrefs.from_json(obj.get("cache")),
+                       replay_of=(StreamInfo.from_json(replay.encode())
+                                  if isinstance(replay, str) else None),
+                       replay_similarity=float(obj.get("replay_similarity") or 0.0))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
         if obj.get("type") == INPUT:

@@ -31,6 +31,7 @@ yet, so that its worker ends it ``cancelled`` at once).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from eventlog import index
 from eventlog.clients import make_consumer, started, stop_client
 from eventlog.index import StreamInfo
 from eventlog.jobs import Job, send_cancel, send_job
@@ -79,6 +81,23 @@ def _envelope_data(value: bytes) -> dict[str, Any]:
     except (orjson.JSONDecodeError, AttributeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def similar_leaders(vectors: Any, threshold: float) -> dict[int, tuple[int, float]]:
+    """Which children answer like an earlier one: child -> (its leader, cosine), for each
+    whose sentence embedding (rows of ``vectors``, unit length) is at least ``threshold``
+    from an earlier child that is itself a leader (the first such, in plan order)."""
+    leaders: list[int] = []
+    out: dict[int, tuple[int, float]] = {}
+    for i in range(len(vectors)):
+        for j in leaders:
+            cosine = float(vectors[i] @ vectors[j])
+            if cosine >= threshold:
+                out[i] = (j, round(cosine, 4))
+                break
+        else:
+            leaders.append(i)
+    return out
 
 
 class BatchGenerator:
@@ -178,14 +197,34 @@ class BatchGenerator:
         by_id = {info.stream_id: pos for pos, info in enumerate(infos)}
         got = await self._recover(job, start_seq, by_id)
         seq = max(start_seq, HEAD + 1)
-        async for kind, data in self._follow(job, plan, infos, got):
+        followers = await self._similar(job, plan) if len(got.outcomes) < len(infos) else {}
+        async for kind, data in self._follow(job, plan, infos, got, followers):
             yield Draft(seq, kind, data)
             seq += 1
         yield Draft(seq, events.RESULT, batch.aggregate(plan, got.outcomes, stream_ids))
 
+    async def _similar(self, job: Job, plan: batch.BatchPlan) -> dict[int, tuple[int, float]]:
+        """The children whose query is similar (the cache's threshold) to an earlier
+        child's: they wait for it and replay its answer (with the cache on)."""
+        cs = self._settings.cache
+        if not cs.enabled or not job.cache.use or len(plan.children) < 2:
+            return {}
+        from eventlog.embeddings import shared_embedder
+
+        queries = [c.query for c in plan.children]
+        try:
+            vectors = await asyncio.to_thread(shared_embedder().embed, queries)
+        except Exception:  # an optimisation: every child is generated instead
+            log.exception("batch %s: could not embed its queries", job.stream_id)
+            return {}
+        return similar_leaders(vectors, cs.threshold)
+
     async def _follow(self, job: Job, plan: batch.BatchPlan, infos: list[StreamInfo],
-                      got: _Progress) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Start the children and forward their events until every one has ended."""
+                      got: _Progress, followers: dict[int, tuple[int, float]],
+                      ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Start the children and forward their events until every one has ended. A
+        follower (``followers``) starts once its leader has ended: replaying the
+        leader's answer if it completed here (``Job.replay_of``), else as any child."""
         kafka = self._access()
         partitions = self._settings.log.partitions
         limit = batch.concurrency(plan.strategy, len(infos), plan.cap)
@@ -197,12 +236,24 @@ class BatchGenerator:
         began = loop.time()
         ended_here = 0
 
+        #: Leaders that completed while this generator followed them: their answer.
+        answered: dict[int, StreamInfo] = {}
+
         async def dispatch() -> None:
+            held: list[int] = []
             while pending and len(running) < limit:
                 pos = pending.popleft()
+                lead = followers.get(pos)
+                if lead is not None and lead[0] not in got.outcomes:
+                    held.append(pos)  # its leader has not ended yet
+                    continue
                 running.add(pos)
-                await send_job(kafka.producer, self._job(plan, pos, infos[pos]),
-                               partitions=partitions)
+                child = self._job(plan, pos, infos[pos])
+                if lead is not None and lead[0] in answered:
+                    child = dataclasses.replace(child, replay_of=answered[lead[0]],
+                                                replay_similarity=lead[1])
+                await send_job(kafka.producer, child, partitions=partitions)
+            pending.extendleft(reversed(held))
 
         if len(got.outcomes) == len(infos):
             return
@@ -243,6 +294,10 @@ class BatchGenerator:
                         if not events.is_terminal(rec.type):
                             continue
                         got.outcomes[pos] = batch.Outcome(type=rec.type, data=data)
+                        if rec.type == events.RESULT:
+                            answered[pos] = infos[pos].evolve(
+                                status=index.COMPLETED, terminal_offset=raw.offset,
+                                last_seq=rec.seq, updated_at=rec.timestamp)
                         running.discard(pos)
                         ended_here += 1
                         done = len(got.outcomes)

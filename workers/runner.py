@@ -56,6 +56,7 @@ from aiokafka.structs import OffsetAndMetadata
 from opentelemetry.trace import Span
 
 from eventlog import index, logcontext
+from eventlog.cache import SIMILAR
 from eventlog.clients import (
     make_admin,
     make_consumer,
@@ -649,6 +650,13 @@ class Worker:
                      and not takes_input(generator))
         if not cacheable or state.answered:
             return None, None, cacheable
+        source = job.replay_of
+        if source is not None and source.tenant == job.stream.tenant and (
+                source.namespace == job.stream.namespace):
+            # A batch answers a similar query once: replay its sibling's answer.
+            log.info("stream %s: replays the batch's similar answer, stream %s (%.3f)",
+                     job.stream_id, source.stream_id, job.replay_similarity)
+            return Hit(source, SIMILAR, job.replay_similarity, source.updated_at), None, False
         try:
             hit, vector = await self.cache.lookup(job, self.versions.get(job.generator, ""))
         except asyncio.CancelledError:

@@ -247,3 +247,30 @@ async def test_a_batch_counts_every_stream_against_the_users_limit_all_or_none(
         assert reply["generated"] == 3
         async with http.post(f"{base}/v1/streams", json={"query": "one more"}) as resp:
             assert resp.status == 429
+
+
+async def test_similar_queries_in_a_batch_are_generated_once_and_replayed(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    from tests.e2e.test_cache import PARAPHRASE, QUERY, cache_marker
+
+    # The cache's threshold as its own e2e tests set it (the pair's cosine is 0.83).
+    cluster.worker(TIDEMARK_CACHE="on", TIDEMARK_CACHE_THRESHOLD="0.8")
+    base = await cluster.gateway()
+    reply = await create_batch(http, base, queries=[QUERY, PARAPHRASE, "why kafka"],
+                               options={"tokens": 12, "tokens_per_second": 100},
+                               strategy={"type": "parallel"},
+                               aggregation={"combineResults": True,
+                                            "summaryType": "comprehensive"})
+    events = await read_all(http, base, reply["stream_id"])
+    assert events[-1].event == "result"
+    first, similar, other = [await read_all(http, base, c["stream_id"])
+                             for c in reply["children"]]
+    assert cache_marker(first) is None and cache_marker(other) is None  # generated
+    marker = cache_marker(similar)
+    assert marker is not None and marker["hit"] and marker["match"] == "similar", marker
+    assert marker["sourceStream"] == reply["children"][0]["stream_id"]
+    assert marker["similarity"] >= 0.8, marker
+    # The paraphrase's answer is the first query's, replayed from the log.
+    assert similar[-1].envelope["data"]["text"] == first[-1].envelope["data"]["text"]
+    assert first[-1].envelope["data"]["text"] == demo_text(QUERY, 12)
+    assert other[-1].envelope["data"]["text"] == demo_text("why kafka", 12)

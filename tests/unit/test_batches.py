@@ -141,3 +141,25 @@ def test_a_good_body_with_defaults() -> None:
     req = Validators().batch_request({"queries": ["a"]})
     assert req.strategy == Strategy() and req.aggregation == Aggregation()
     assert req.generator == "demo" and req.options == {}
+
+
+def test_similar_children_follow_the_first_earlier_leader_above_the_threshold() -> None:
+    import numpy as np
+
+    from workers.batch import similar_leaders
+
+    def unit(*xs: float) -> list[float]:
+        v = np.array(xs, dtype=np.float32)
+        return list(v / np.linalg.norm(v))
+
+    vectors = np.array([unit(1, 0, 0), unit(0, 1, 0), unit(0.95, 0.05, 0.3),
+                        unit(0.1, 1, 0), unit(0, 0, 1)], dtype=np.float32)
+    got = similar_leaders(vectors, 0.9)
+    assert set(got) == {2, 3}  # 0, 1 and 4 are generated
+    assert got[2][0] == 0 and got[3][0] == 1
+    assert all(0.9 <= cosine <= 1 for _, cosine in got.values())
+    assert similar_leaders(vectors, 1.01) == {}
+    # A follower is never a leader: 2 is like 1 (which follows 0) but not like 0, so it
+    # is generated itself.
+    chain = np.array([unit(1, 0), unit(0.9, 0.44), unit(0.6, 0.8)], dtype=np.float32)
+    assert similar_leaders(chain, 0.89) == {1: (0, round(float(chain[1] @ chain[0]), 4))}
