@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -216,8 +216,11 @@ class Limits:
 
     def __init__(self, settings: LimitSettings, *, namespace: str,
                  store: Store, reservation_ttl_s: float,
-                 window_ms: int = WINDOW_MS, per_user: bool = True) -> None:
+                 window_ms: int = WINDOW_MS, per_user: bool = True,
+                 on_fail_open: Callable[[], None] = lambda: None) -> None:
         self._settings = settings
+        #: Called for each request let through unchecked (``fail_open``).
+        self._on_fail_open = on_fail_open
         self.store = store
         client = store.client
         self._redis = client
@@ -287,6 +290,7 @@ class Limits:
             if fail_open:
                 log.debug("limits store unavailable: request of %s passes unthrottled",
                           identity.sub)
+                self._on_fail_open()
                 return
             raise
         if not int(admitted):

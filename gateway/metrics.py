@@ -57,6 +57,10 @@ class Metrics:
                                ["generator"], registry=r)
         self.published = Counter("tidemark_events_published_total",
                                  "Events appended through the publish API", registry=r)
+        self.limits_fail_open = Counter(
+            "tidemark_limits_fail_open_total", "Requests let through unchecked by the "
+            "per-user request limit because the limits store (Redis) did not answer in time "
+            "(reads and cancels fail open; creates and publishes answer 503)", registry=r)
         self.problems = Counter("tidemark_http_problems_total", "Error responses by status",
                                 ["status"], registry=r)
         self.subscribers = Gauge("tidemark_hub_subscribers", "Live subscribers in the hub",

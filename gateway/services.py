@@ -116,7 +116,8 @@ class Services:
         self.store = store = Store(s.limits.redis_url)
         self.limits = Limits(s.limits, namespace=s.log.namespace, store=store,
                              reservation_ttl_s=s.gateway.request_timeout_s + 5,
-                             per_user=s.auth.mode != "none")
+                             per_user=s.auth.mode != "none",
+                             on_fail_open=self.metrics.limits_fail_open.inc)
         self.user_sessions = Sessions(store, namespace=s.log.namespace,
                                       retention_ms=s.log.retention_ms)
 

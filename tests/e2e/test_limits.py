@@ -21,6 +21,7 @@ import pytest
 
 from tests import sse_client
 from tests.conftest import Cluster
+from tests.e2e.test_takeover import scrape
 from tests.procs import Proc, auth_headers, free_port, start_haproxy, start_redis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -99,6 +100,15 @@ async def create_when_free(http: aiohttp.ClientSession, base: str,
         await asyncio.sleep(0.1)
 
 
+async def fail_opens(http: aiohttp.ClientSession, setup: Setup) -> float:
+    """Requests the gateways let through unchecked so far (limits store too slow)."""
+    total = 0.0
+    for base in setup.gateways:
+        total += (await scrape(http, f"{base}/metrics")).get(
+            "tidemark_limits_fail_open_total", 0.0)
+    return total
+
+
 async def test_requests_per_minute_hold_across_two_gateways(
         cluster: Cluster, redis_url: str, fresh: aiohttp.ClientSession) -> None:
     setup = await two_gateways(cluster, redis_url)
@@ -111,9 +121,11 @@ async def test_requests_per_minute_hold_across_two_gateways(
         async with fresh.get(url, headers=alice) as resp:
             return resp.status, resp.headers, await resp.json(content_type=None)
 
+    unchecked = await fail_opens(fresh, setup)
     replies = await asyncio.gather(*(listing() for _ in range(3 * limit)))
     ok = sum(1 for code, _, _ in replies if 200 <= code < 300)
-    assert limit <= ok <= 1.05 * limit, ok
+    unchecked = await fail_opens(fresh, setup) - unchecked
+    assert limit <= ok <= 1.05 * limit + unchecked, (ok, unchecked)
     refused = [(h, body) for code, h, body in replies if code == 429]
     assert len(refused) == 3 * limit - ok
     for headers, body in refused:
@@ -133,10 +145,14 @@ async def test_requests_per_minute_hold_across_two_gateways(
                 status, reply = resp.status, await resp.json(content_type=None)
         return reply["limit"] if status == 429 else None
 
+    unchecked = await fail_opens(fresh, setup)
     refusals = await asyncio.gather(*(direct(i) for i in range(3 * limit)))
-    # Creates past bob's 3 streams are refused by that limit, but counted first.
+    # Creates past bob's 3 streams are refused by that limit, but counted first. A read
+    # that found Redis busy (its 64 calls in flight for 250 ms, on a loaded machine) was
+    # let through unchecked, and the gateway counted it.
     admitted = sum(1 for r in refusals if r != "requestsPerMinute")
-    assert limit - 1 <= admitted <= 1.05 * limit, refusals  # his create above was one
+    unchecked = await fail_opens(fresh, setup) - unchecked
+    assert limit - 1 <= admitted <= 1.05 * limit + unchecked, (refusals, unchecked)
 
 
 async def test_concurrent_streams_per_user_and_the_tokens_claim(
