@@ -164,6 +164,7 @@ class WarmUp:
                         heapq.heappush(self._pending,
                                        (job.stream.created_at, self._arrivals, job))
             if behind:
+                self._release(0)  # nothing but the oldest past _PENDING: memory stays bounded
                 for tp in list(behind):
                     if await consumer.position(tp) >= ends[tp]:
                         behind.discard(tp)
