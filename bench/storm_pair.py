@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import secrets
 import sys
@@ -46,13 +47,22 @@ def tcp_ext() -> dict[str, int]:
     return {}
 
 
+def proc_stat(pid: int) -> dict[str, float]:
+    """A server's user and system CPU seconds and minor page faults so far (its
+    ``/proc/<pid>/stat``): a storm's memory growth shows as faults and system time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"utime_s": int(fields[11]) / tick, "stime_s": int(fields[12]) / tick,
+            "minflt": int(fields[7])}
+
+
 def _line(name: str, x: dict[str, Any]) -> str:
     cpu = x["window"]["processes"]["server"]["cpu_s"]
     return (f"{name:9} connected {x['established']:>6} failed {x['failed']:>4} "
             f"wrong-seq {x['first_seq_mismatch']:>3} all-1st {x['all_first_events_s']} s "
             f"accept {x['accept_rate_per_s']} conn/s server-cpu {cpu:.2f} s "
             f"client-cpu {x['client_cpu_s']} s other {x['other_processes_cpu_s']} s "
-            f"syn {x.get('syn', {})}")
+            f"syn {x.get('syn', {})} proc {x.get('proc', {})}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 proc, lines = servers[name]
                 prof = args.profile if (name == "tidemark" and r == 0) else 0.0
-                before = tcp_ext()
+                before, stat0 = tcp_ext(), proc_stat(proc.pid)
                 got[name] = storm_once(b, p, f"storm-{name}-{r}", proc, lines,
                                        profile_s=prof)
-                after = tcp_ext()
+                after, stat1 = tcp_ext(), proc_stat(proc.pid)
+                got[name]["proc"] = {k: round(stat1[k] - stat0[k], 2) for k in stat1}
                 got[name]["syn"] = {k: after[k] - before[k] for k in after if after[k] - before[k]}
                 sys.stdout.write(f"round {r} {_line(name, got[name])}\n")
                 sys.stdout.flush()

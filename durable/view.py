@@ -241,7 +241,11 @@ class DsLog:
             # From the start; after a restart, from what is applied already.
             consumer.seek(tp, self._applied.setdefault(tp.partition, 0))
         self.partitions = len(parts)
+        # Both readers stay paused but while a read needs them: a consumer with assigned
+        # partitions fetches on its own, and the fetcher's short wait made an idle
+        # gateway send the broker ~70 fetches a second.
         self._fetcher.assign(tps)
+        self._fetcher.pause(*tps)
         self._catcher.assign(tps)
         self._catcher.pause(*tps)
         self.trouble = None
@@ -430,14 +434,18 @@ class DsLog:
                 tp = TopicPartition(self.topic, p)
                 todo = set(offsets)
                 fetcher.seek(tp, min(offsets))
-                while todo:
-                    batch = await fetcher.getmany(tp, timeout_ms=500, max_records=500)
-                    for msg in batch.get(tp, []):
-                        if msg.offset in todo:
-                            out[(p, msg.offset)] = msg.value or b""
-                            todo.discard(msg.offset)
-                    if todo and await fetcher.position(tp) > max(todo):
-                        raise KafkaUnavailable(f"records {sorted(todo)} of {tp} are gone")
+                fetcher.resume(tp)
+                try:
+                    while todo:
+                        batch = await fetcher.getmany(tp, timeout_ms=500, max_records=500)
+                        for msg in batch.get(tp, []):
+                            if msg.offset in todo:
+                                out[(p, msg.offset)] = msg.value or b""
+                                todo.discard(msg.offset)
+                        if todo and await fetcher.position(tp) > max(todo):
+                            raise KafkaUnavailable(f"records {sorted(todo)} of {tp} are gone")
+                finally:
+                    fetcher.pause(tp)
         return out
 
     def touch(self, stream: Stream) -> None:
