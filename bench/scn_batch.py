@@ -16,7 +16,14 @@ aiohttp, one process):
   distinct (each asked ``QUERIES / DISTINCT`` times, in different case and spacing), which
   the batch generates once each;
 - ``separate_duplicates``: the same ``QUERIES`` queries as separate requests (each is
-  generated: separate requests share nothing).
+  generated: separate requests share nothing);
+- ``batch_similar`` and ``separate_similar``: with the similar-query cache on
+  (``TIDEMARK_CACHE=on`` for worker and gateway), ``QUERIES`` / 2 questions of
+  ``bench/data/paraphrases.json`` and their paraphrases (other words, same meaning),
+  originals first. The batch waits for an original and replays its answer from the log to
+  each paraphrase within the cache's threshold; separate requests all sent at once find
+  nothing completed in the cache, so each is generated. Answers replayed are counted at
+  the client (``"hit": true`` in a stream's metadata).
 
 Total time: from just before the first POST to the last terminal event at the client.
 CPU: seconds of each server process from the client's start to its exit (worker,
@@ -31,6 +38,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.cluster import Bench, start_gateway
@@ -45,12 +53,18 @@ RATE = 60.0
 OPTIONS = {"tokens": TOKENS, "tokens_per_second": RATE}
 #: The roadmap's target: the batch at least this much better (total time, worker CPU).
 TARGET_GAIN = 0.8
-RUNS = ("separate", "batch", "separate_duplicates", "batch_duplicates")
+RUNS = ("separate", "batch", "separate_duplicates", "batch_duplicates", "separate_similar",
+        "batch_similar")
+PARAPHRASES = Path(__file__).resolve().parent / "data" / "paraphrases.json"
 
 
 def queries_for(run: str, n: int = QUERIES, distinct: int = DISTINCT) -> list[str]:
     """The run's queries: ``n`` distinct ones, or ``n`` with ``distinct`` different ones
-    (a repeat differs in case and spacing only: an exact duplicate once normalised)."""
+    (a repeat differs in case and spacing only: an exact duplicate once normalised); for
+    the ``similar`` runs, ``n / 2`` questions and then their paraphrases."""
+    if run.endswith("similar"):
+        pairs = json.loads(PARAPHRASES.read_text())["pairs"][:n // 2]
+        return [a for a, _ in pairs] + [b for _, b in pairs]
     if not run.endswith("duplicates"):
         return [f"bench batch question number {i}" for i in range(n)]
     out = []
@@ -63,16 +77,21 @@ def queries_for(run: str, n: int = QUERIES, distinct: int = DISTINCT) -> list[st
 # The client ---------------------------------------------------------------------------
 
 
-async def _follow(http: Any, url: str) -> str:
-    """Read an SSE stream to its terminal event; its type."""
+async def _follow(http: Any, url: str) -> tuple[str, int]:
+    """Read an SSE stream to its terminal event: its type, and how many answers in it
+    were replays of the cache (``"hit": true`` in a metadata event; a batch stream
+    forwards its children's)."""
+    hits = 0
     async with http.get(url, headers={"Accept": "text/event-stream"}) as resp:
         if resp.status != 200:
             raise RuntimeError(f"events answered {resp.status}")
         async for raw in resp.content:
             line = str(raw.decode()).rstrip("\r\n")
+            if line.startswith("data:") and '"hit":true' in line:
+                hits += 1
             if line.startswith("event:") and line[6:].strip() in (
                     "result", "error", "cancelled"):
-                return line[6:].strip()
+                return line[6:].strip(), hits
     raise RuntimeError("the response ended before a terminal event")
 
 
@@ -81,6 +100,7 @@ async def client(base: str, run: str, n: int, distinct: int) -> dict[str, Any]:
 
     queries = queries_for(run, n, distinct)
     ends: list[str] = []
+    hits = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=600)) as http:
         t0 = time.monotonic()
@@ -92,10 +112,11 @@ async def client(base: str, run: str, n: int, distinct: int) -> dict[str, Any]:
                     raise RuntimeError(f"batch answered {resp.status}: {await resp.text()}")
                 reply = await resp.json()
             created = time.monotonic()
-            ends.append(await _follow(http, base + reply["events_url"]))
+            end, hits = await _follow(http, base + reply["events_url"])
+            ends.append(end)
             streams = 1 + int(reply["generated"])
         else:
-            async def one(query: str) -> tuple[float, str]:
+            async def one(query: str) -> tuple[float, tuple[str, int]]:
                 body = {"query": query, "generator": "demo", "options": OPTIONS}
                 async with http.post(f"{base}/v1/streams", json=body) as resp:
                     if resp.status != 201:
@@ -105,11 +126,13 @@ async def client(base: str, run: str, n: int, distinct: int) -> dict[str, Any]:
                 return made, await _follow(http, base + reply["events_url"])
             got = await asyncio.gather(*(one(q) for q in queries))
             created = max(m for m, _ in got)
-            ends.extend(e for _, e in got)
+            ends.extend(e for _, (e, _) in got)
+            hits = sum(h for _, (_, h) in got)
             streams = len(queries)
         total = time.monotonic() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"run": run, "queries": len(queries), "streams_made": streams,
+            "answers_replayed": hits,
             "client_cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
             "creates_s": round(created - t0, 3), "total_s": round(total, 3),
             "ends": {e: ends.count(e) for e in sorted(set(ends))}}
@@ -120,11 +143,12 @@ async def client(base: str, run: str, n: int, distinct: int) -> dict[str, Any]:
 
 def _run(b: Bench, run: str) -> dict[str, Any]:
     ns = b.namespace(f"ba{RUNS.index(run)}")
+    cache = {"TIDEMARK_CACHE": "on"} if run.endswith("similar") else {}
     with b.reg.scope():
         gw = start_gateway(b, f"gateway-{run}", ns,
-                           TIDEMARK_BATCH_MAX_CONCURRENCY=str(QUERIES))
+                           TIDEMARK_BATCH_MAX_CONCURRENCY=str(QUERIES), **cache)
         worker = b.reg.start(f"worker-{run}", [PYTHON, "-m", "bench.serve", "worker"],
-                             b.env(ns))
+                             b.env(ns, **cache))
         worker.wait_line("Worker started", 90)
         time.sleep(3)  # the worker's group join and claims settle before the clock starts
         cl = b.reg.start(f"batch-client-{run}", [
@@ -156,7 +180,8 @@ def batch(b: Bench) -> dict[str, Any]:
     res: dict[str, Any] = {"setup": {
         "what": f"{QUERIES} queries as one POST /v1/batches (followed on the batch stream "
                 f"to its result) against {QUERIES} POST /v1/streams followed to their ends; "
-                f"then {QUERIES} queries of which {DISTINCT} distinct, both ways",
+                f"then {QUERIES} queries of which {DISTINCT} distinct, both ways; then "
+                f"{QUERIES // 2} questions and their paraphrases with the cache on, both ways",
         "queries": QUERIES, "distinct_in_duplicates_runs": DISTINCT, "stream": OPTIONS,
         "workers": 1, "gateways": "1 (TIDEMARK_AUTH=none, no Redis)",
         "batch_concurrency": QUERIES,
@@ -169,6 +194,7 @@ def batch(b: Bench) -> dict[str, Any]:
             res[run] = {"error": f"{type(exc).__name__}: {exc}"[-1500:]}
     res["gain_distinct"] = _gain(res, "separate", "batch")
     res["gain_duplicates"] = _gain(res, "separate_duplicates", "batch_duplicates")
+    res["gain_similar"] = _gain(res, "separate_similar", "batch_similar")
     return res
 
 
@@ -181,18 +207,20 @@ def render(res: dict[str, Any]) -> list[str]:
     for run in RUNS:
         r = res.get(run) or {}
         if r.get("error"):
-            rows.append([run, "error", "-", "-", "-", "-", "-", "-"])
+            rows.append([run, "error", "-", "-", "-", "-", "-", "-", "-"])
             continue
         p = r.get("window", {}).get("processes", {})
         rows.append([run, fmt(r.get("queries")), fmt(r.get("streams_made")),
+                     fmt(r.get("answers_replayed")),
                      fmt(r.get("total_s"), 2), fmt(p.get("worker", {}).get("cpu_s"), 2),
                      fmt(p.get("gateway", {}).get("cpu_s"), 2),
                      fmt(p.get("kafka", {}).get("cpu_s"), 2),
                      fmt(r.get("client_cpu_s"), 2)])
-    lines += table(["run", "queries", "streams made", "total s", "worker CPU s",
+    lines += table(["run", "queries", "streams made", "answers replayed", "total s", "worker CPU s",
                     "gateway CPU s", "kafka CPU s", "client CPU s"], rows)
     for key, label in (("gain_distinct", "distinct queries"),
-                       ("gain_duplicates", "with duplicates")):
+                       ("gain_duplicates", "with duplicates"),
+                       ("gain_similar", "with paraphrases (cache on)")):
         g = res.get(key) or {}
         lines += ["", f"Batch against separate, {label}: total time "
                   f"{fmt(100 * g['total_time'], 1) if g else '-'} % better, worker CPU "
