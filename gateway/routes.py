@@ -309,7 +309,8 @@ async def session_of(request: web.Request, identity: Identity, stream_id: str,
         registry=services.sessions, prefs=prefs, transport=transport,
         experiments=gw.experiments, recorder=services.recorder,
         lag_coalesce=gw.lag_coalesce, slow_socket_s=gw.slow_socket_s,
-        send_buffer_bytes=gw.client_send_buffer_bytes)
+        send_buffer_bytes=gw.client_send_buffer_bytes,
+        listener_bounded=services.listener_send_buffer)
     return session
 
 

@@ -61,6 +61,9 @@ class Services:
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: Whether the broker answered the watcher's last probe.
     kafka_ok: bool = True
+    #: The listening sockets carry ``TIDEMARK_CLIENT_SEND_BUFFER_BYTES`` (set by the
+    #: process that opened them: ``gateway.streaming.bound_listeners``).
+    listener_send_buffer: bool = False
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     #: Limits shared by every gateway, and the users' session lists (both in Redis);
     #: None without TIDEMARK_REDIS_URL (limits off).

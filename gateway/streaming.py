@@ -339,6 +339,9 @@ class Session:
     #: ``TIDEMARK_CLIENT_SEND_BUFFER_BYTES``: the client socket's ``SO_SNDBUF`` (0: the
     #: kernel's own; see :func:`_bound_send_buffer`).
     send_buffer_bytes: int = 0
+    #: The listening socket has ``send_buffer_bytes`` already, and Linux gives an
+    #: accepted socket its listener's buffer sizes: nothing to set per connection.
+    listener_bounded: bool = False
     #: The A/B experiments' definitions (a stream's variants may change its delivery).
     experiments: Experiments = NO_EXPERIMENTS
     #: This subscriber's ``: ping`` interval is shorter than the one every subscriber
@@ -641,13 +644,32 @@ def _bound_send_buffer(session: Session) -> None:
     from :meth:`Session._watch_socket` for as long as that takes to fill, and after
     which the socket is writable again only once about a third of it drained (over
     10 s for a 100 KB/s reader: the watchdog's cut-off)."""
+    if not session.send_buffer_bytes or session.listener_bounded:
+        return
     transport = session.request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if session.send_buffer_bytes and sock is not None:
+    if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, session.send_buffer_bytes)
         except OSError as exc:  # not a TCP socket (a test's pipe): nothing to bound
             log.debug("SO_SNDBUF not set: %s", exc)
+
+
+def bound_listeners(sockets: Iterable[Any], send_buffer_bytes: int) -> bool:
+    """Give the listening ``sockets`` the clients' ``SO_SNDBUF`` (see
+    :func:`_bound_send_buffer`), so that every accepted socket has it from the start
+    (Linux copies a listener's buffer sizes, and their lock against autotuning, to the
+    sockets it accepts): one system call per listener instead of one per connection.
+    True when every listener took it."""
+    done = False
+    for sock in sockets:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+        except OSError as exc:
+            log.warning("SO_SNDBUF not set on the listener (set per connection): %s", exc)
+            return False
+        done = True
+    return done
 
 
 def _waker(session: Session) -> Callable[[], None]:

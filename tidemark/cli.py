@@ -205,6 +205,11 @@ async def _run_gateway(settings: Settings, *, supervised: bool, dev: bool) -> in
                        reuse_port=supervised or None, backlog=gw.listen_backlog)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else gw.port
+    if gw.client_send_buffer_bytes:
+        from gateway.streaming import bound_listeners
+        server = getattr(site, "_server", None)  # aiohttp names no public accessor
+        app[SERVICES].listener_send_buffer = bound_listeners(
+            getattr(server, "sockets", ()), gw.client_send_buffer_bytes)
     _tune_gc()
     _out(f"{LISTENING}http://{gw.host}:{port}/")
 
