@@ -211,10 +211,10 @@ def storm_once(b: Bench, p: StormProfile, name: str, server: Proc, lines: list[s
     return out
 
 
-def start_bare(b: Bench) -> tuple[Proc, str]:
+def start_bare(b: Bench, backlog: int = 4096) -> tuple[Proc, str]:
     port = free_port()
-    proc = b.reg.start("bare", [PYTHON, "-m", "bench.bare_server", "--port", str(port)],
-                       b.env("unused"))
+    proc = b.reg.start("bare", [PYTHON, "-m", "bench.bare_server", "--port", str(port),
+                                "--backlog", str(backlog)], b.env("unused"))
     proc.wait_line("Bare SSE server listening", 30)
     return proc, f"http://127.0.0.1:{port}"
 

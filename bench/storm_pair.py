@@ -47,6 +47,16 @@ def tcp_ext() -> dict[str, int]:
     return {}
 
 
+def kernel_limits() -> dict[str, int]:
+    """The kernel's caps on a listener's queues (accept: ``somaxconn``; half-open:
+    ``tcp_max_syn_backlog``) and whether SYN cookies stand in when they overflow."""
+    out = {}
+    for name in ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog",
+                 "net/ipv4/tcp_syncookies"):
+        out[name.rsplit("/", 1)[1]] = int(Path(f"/proc/sys/{name}").read_text())
+    return out
+
+
 def proc_stat(pid: int) -> dict[str, float]:
     """A server's user and system CPU seconds and minor page faults so far (its
     ``/proc/<pid>/stat``): a storm's memory growth shows as faults and system time."""
@@ -74,9 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="py-spy the gateway for this long during its first storm")
     ap.add_argument("--set", action="append", default=[], metavar="TIDEMARK_X=VALUE",
                     help="an extra setting for the gateway (repeatable)")
+    ap.add_argument("--backlog", type=int, default=4096,
+                    help="both servers' accept backlog (the kernel caps it at "
+                         "net.core.somaxconn)")
     ap.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "storm-pair.json")
     args = ap.parse_args(argv)
-    settings = dict(x.split("=", 1) for x in args.set)
+    settings = {"TIDEMARK_LISTEN_BACKLOG": str(args.backlog),
+                **dict(x.split("=", 1) for x in args.set)}
     p = StormProfile(**{**SHORT.__dict__, "name": "pair", "clients": args.clients})
     raise_fd_limit()
     run_id = secrets.token_hex(3)
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "logs").mkdir(parents=True)
     reg = Registry(workdir / "logs")
     results: dict[str, Any] = {"clients": args.clients, "settings": settings,
+                               "kernel": kernel_limits(),
                                "workdir": str(workdir), "rounds": []}
     try:
         client = swarm.build(REPO / ".cache" / "bench")
@@ -92,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                   run_id=run_id, broker=broker, gateway_settings=settings)
         ns = b.namespace("sp")
         gw = start_gateway(b, "gateway-storm", ns)
-        bare, bare_url = start_bare(b)
+        bare, bare_url = start_bare(b, args.backlog)
         tm_lines, bare_lines = resume_targets(b, p, ns, [gw], bare_url, random.Random(p.seed))
         time.sleep(2)
         servers = {"bare": (bare, bare_lines), "tidemark": (gw.proc, tm_lines)}
