@@ -586,6 +586,10 @@ class WebhookSettings:
     dlq_view_max: int = _env(
         "WEBHOOK_DLQ_VIEW_MAX", 100_000, "dead letters a gateway keeps in memory for the "
         "listing (the oldest are forgotten first)")
+    metrics_host: str = _env("WEBHOOK_METRICS_HOST", "127.0.0.1",
+                             "webhooks process /metrics address")
+    metrics_port: int = _env("WEBHOOK_METRICS_PORT", 0,
+                             "webhooks process /metrics port (0: a free one)")
 
     allow_list: AllowList = field(init=False, repr=False)
 

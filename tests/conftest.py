@@ -171,7 +171,8 @@ class Cluster:
         n = sum(p.name.startswith("webhooks") for p in self.procs)
         proc = Proc(f"webhooks{n}", ["webhooks"], {**self.env, **settings}, self.logdir)
         self.procs.append(proc)
-        proc.wait_line("Webhooks started")
+        line = proc.wait_line("Webhooks started")
+        proc.metrics_url = line.rsplit(" ", 1)[1]
         return proc
 
     def proc(self, name: str) -> Proc:

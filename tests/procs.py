@@ -20,6 +20,14 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 
 
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """A ``/metrics`` page: each series (name and labels as written) and its value."""
+    async with http.get(url) as resp:
+        text = await resp.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

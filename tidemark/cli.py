@@ -331,6 +331,8 @@ async def _work(settings: Settings, worker: Worker, metrics: web.AppRunner, port
 
 async def run_webhooks(settings: Settings) -> int:
     """The webhooks process: delivers events to the registered webhooks (``workers.webhooks``)."""
+    from eventlog.statsd import pushing
+    from workers.metrics import serve_metrics
     from workers.plugins import load_signers
     from workers.webhooks import STARTED, Deliverer
 
@@ -340,20 +342,25 @@ async def run_webhooks(settings: Settings) -> int:
                   "delivery will be a dead letter")
     log.info("webhook signers: %s", ", ".join(sorted(signers)) or "none")
     deliverer = Deliverer(settings, signers)
+    wh = settings.webhooks
+    metrics, port = await serve_metrics(deliverer.metrics.registry, wh.metrics_host,
+                                        wh.metrics_port)
     task = asyncio.create_task(deliverer.run(), name="webhooks")
 
     async def announce() -> None:
         await deliverer.started.wait()
-        _out(STARTED)
+        _out(f"{STARTED}; metrics on http://{wh.metrics_host}:{port}/metrics")
 
     announcer = asyncio.create_task(announce(), name="webhooks-started")
     try:
-        await _until_signal(task)
+        async with pushing(deliverer.metrics.registry, settings.statsd_config):
+            await _until_signal(task)
     finally:
         for part in (announcer, task):
             part.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await part
+        await metrics.cleanup()
     return 0
 
 

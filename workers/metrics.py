@@ -127,20 +127,61 @@ class WorkerMetrics:
 
     async def serve(self, host: str, port: int, *, auth: AuthSettings | None = None,
                     operators: str = "", instance: str = "") -> tuple[web.AppRunner, int]:
-        """Serve ``GET /metrics`` (and, given ``auth``, the admin endpoints of
-        ``workers.admin``, for admins of tenant ``operators``, by default the default
-        tenant); return the runner and the bound port."""
+        """:func:`serve_metrics` of this worker's registry."""
+        return await serve_metrics(self.registry, host, port, auth=auth,
+                                   operators=operators, instance=instance)
 
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(self.registry),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        if auth is not None:
-            admin.add_routes(app, auth, operators=operators or auth.default_tenant,
-                             instance=instance)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        return runner, runner.addresses[0][1]
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int, *,
+                        auth: AuthSettings | None = None, operators: str = "",
+                        instance: str = "") -> tuple[web.AppRunner, int]:
+    """Serve ``GET /metrics`` of ``registry`` (and, given ``auth``, the admin endpoints of
+    ``workers.admin``, for admins of tenant ``operators``, by default the default
+    tenant); return the runner and the bound port."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    if auth is not None:
+        admin.add_routes(app, auth, operators=operators or auth.default_tenant,
+                         instance=instance)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner, runner.addresses[0][1]
+
+
+#: Seconds of one webhook delivery attempt (connect, send, answer): bounded by
+#: ``TIDEMARK_WEBHOOK_TIMEOUT`` (15 s by default).
+WEBHOOK_ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                           15.0, 30.0)
+
+
+class WebhookMetrics:
+    """Prometheus metrics of one webhooks process (``tidemark webhooks``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.attempts = Counter(
+            "tidemark_webhook_attempts_total", "Delivery attempts, by outcome: ok (a 2xx "
+            "answer) or failed (another answer, a timeout, a refused or failed connection)",
+            ["outcome"], registry=r)
+        self.deliveries = Counter(
+            "tidemark_webhook_deliveries_total", "Deliveries finished, by outcome: "
+            "delivered, dead_letter (attempts ran out, no signer, or the webhook's queue "
+            "was full) or dropped (the webhook was deleted)", ["outcome"], registry=r)
+        self.attempt_seconds = Histogram(
+            "tidemark_webhook_attempt_seconds", "Seconds of one delivery attempt",
+            buckets=WEBHOOK_ATTEMPT_BUCKETS, registry=r)
+        self.in_flight = Gauge("tidemark_webhook_deliveries_in_flight",
+                               "Deliveries queued or being attempted in this process",
+                               registry=r)
+        # Every outcome from the start: a rate over a series that appears late is wrong.
+        for outcome in ("ok", "failed"):
+            self.attempts.labels(outcome)
+        for outcome in ("delivered", "dead_letter", "dropped"):
+            self.deliveries.labels(outcome)

@@ -57,6 +57,7 @@ from eventlog.webhooks import DeadLetter, TopicView, Webhook, dead_letter_id, pu
 from schemas import events
 from schemas.eventid import encode_event_id
 from schemas.streamid import belongs_to, parse_stream_id
+from workers.metrics import WebhookMetrics
 from workers.signing import WebhookSigner
 from workers.webhook_http import Sender, backoff
 
@@ -171,6 +172,8 @@ class Deliverer:
         self._consumer: AIOKafkaConsumer | None = None
         self._tg: asyncio.TaskGroup | None = None
         self.started = asyncio.Event()
+        self.metrics = WebhookMetrics()
+        self.metrics.in_flight.set_function(lambda: self._in_flight)
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -370,18 +373,23 @@ class Deliverer:
             webhook = self.registry.get(d.webhook)
             if webhook is None:
                 log.info("webhook %s was deleted: delivery of %s dropped", d.webhook, d.msg_id)
+                self.metrics.deliveries.labels("dropped").inc()
                 return
             signer = self.signers.get(webhook.signer)
             if signer is None:
                 reason = f"no webhook signer {webhook.signer!r} is loaded (tidemark plugins)"
                 break
             attempts += 1
+            began = time.monotonic()
             outcome = await self.sender.attempt(webhook, signer, msg_id=d.msg_id, body=d.body)
+            self.metrics.attempt_seconds.observe(time.monotonic() - began)
+            self.metrics.attempts.labels("ok" if outcome.ok else "failed").inc()
             if outcome.ok:
                 log.debug("delivered %s to webhook %s (attempt %d)", d.msg_id, d.webhook,
                           attempts, extra={"stream": d.stream})
                 if d.replay_of is not None:
                     await self._write(self._dlq_topic, d.replay_of.id, None)
+                self.metrics.deliveries.labels("delivered").inc()
                 return
             reason = outcome.reason
             log.info("webhook %s: attempt %d of %s failed: %s", d.webhook, attempts,
@@ -406,6 +414,7 @@ class Deliverer:
                     d.webhook, d.msg_id, letter.id, attempts, reason,
                     extra={"stream": d.stream})
         await self._write(self._dlq_topic, letter.id, letter.to_json())
+        self.metrics.deliveries.labels("dead_letter").inc()
 
     async def _write(self, topic: str, key: str, value: bytes | None) -> None:
         """Until the broker has it: a delivery is not finished before."""

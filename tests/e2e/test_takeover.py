@@ -13,7 +13,7 @@ import pytest
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, create, joined_chunks
-from tests.procs import Proc
+from tests.procs import Proc, scrape
 from tests.sse_client import Event
 from workers.demo import demo_text
 
@@ -61,13 +61,6 @@ async def test_worker_killed_mid_stream_another_finishes_it_exactly_once(
     assert worker_metrics[resumed.replace("resumed", "completed")] == 1
     gateway_metrics = await scrape(http, f"{base}/metrics")
     assert gateway_metrics['tidemark_stream_outcomes_total{outcome="completed"}'] == 1
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with http.get(url) as resp:
-        text = await resp.text()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 async def test_gateway_sigterm_ends_open_responses_and_exits(

@@ -23,7 +23,7 @@ from schemas.validation import load_schema
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_positions import as_version_1
-from tests.procs import ALL_SCOPES, auth_headers, free_port
+from tests.procs import ALL_SCOPES, auth_headers, free_port, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -179,7 +179,7 @@ async def test_dead_letters_replay_ssrf_and_tenant_isolation(
     settings = {**ALLOW, "TIDEMARK_WEBHOOK_TIMEOUT": "1", "TIDEMARK_WEBHOOK_RETRY_BASE": "0.1",
                 "TIDEMARK_WEBHOOK_RETRY_MAX": "0.2", "TIDEMARK_WEBHOOK_MAX_ATTEMPTS": "2"}
     base = await cluster.gateway(**settings)
-    cluster.webhooks(**settings)
+    deliverer = cluster.webhooks(**settings)
     a = auth_headers(sub="ops", tenant="hooks-a", scope=MANAGE)
     b = auth_headers(sub="ops", tenant="hooks-b", scope=MANAGE)
 
@@ -250,6 +250,16 @@ async def test_dead_letters_replay_ssrf_and_tenant_isolation(
         await asyncio.sleep(0.2)
         letters = await dead_letters()
     assert receiver.unverified == []
+    # The webhooks process counts what happened: 4 failed attempts and 2 dead letters,
+    # then the replay's one attempt, delivered.
+    counts = await scrape(http, deliverer.metrics_url)
+    assert counts['tidemark_webhook_attempts_total{outcome="failed"}'] == 4
+    assert counts['tidemark_webhook_attempts_total{outcome="ok"}'] == 1
+    assert counts['tidemark_webhook_deliveries_total{outcome="dead_letter"}'] == 2
+    assert counts['tidemark_webhook_deliveries_total{outcome="delivered"}'] == 1
+    assert counts['tidemark_webhook_deliveries_total{outcome="dropped"}'] == 0
+    assert counts["tidemark_webhook_attempt_seconds_count"] == 5
+    assert counts["tidemark_webhook_deliveries_in_flight"] == 0
 
     async with http.delete(f"{base}/v1/webhooks/{wid}", headers=a) as resp:
         assert resp.status == 204
