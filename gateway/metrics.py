@@ -32,6 +32,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Gauge("tidemark_sse_connections", "Open SSE responses", registry=r)
+        responses = Gauge("tidemark_open_responses", "Open streaming responses by transport "
+                          "(sse, websocket, long-poll; tidemark_sse_connections is their sum)",
+                          ["transport"], registry=r)
+        self.open_responses = {k: responses.labels(k) for k in ("sse", "websocket",
+                                                                "long-poll")}
         self.buffered = Gauge(
             "tidemark_client_buffered_bytes", "Bytes held for the clients of open "
             "responses: their live feeds in the hub (each at most "

@@ -39,6 +39,8 @@ class Answered(Exception):
 class PollTransport:
     """Collects the pipeline's first written events into one answer."""
 
+    name = "long-poll"
+
     def __init__(self, *, wait_s: float, max_events: int, max_bytes: int) -> None:
         self.wait_s = wait_s
         self.max_events = max_events

@@ -98,6 +98,8 @@ class _EventStreamResponse(web.StreamResponse):
 class SseTransport:
     """The SSE route's transport: the pipeline's bytes go to the response as they are."""
 
+    name = "sse"
+
     def __init__(self, *, vary: bool = False) -> None:
         #: Whether answers say ``Vary: Accept-Encoding`` (compression is on: this
         #: client's answer is identity because of what it accepts).
@@ -537,6 +539,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
     session.cursor.seq = plan.seq
     until = session.subscribe()
     session.metrics.connections.inc()
+    session.metrics.open_responses[session.transport.name].inc()
     session.registry.add(session)
     # The memory tail serves most resumes at once; only an older position needs the
     # Kafka reader (an async generator, read batch by batch).
@@ -618,6 +621,7 @@ async def serve(session: Session, position: EventId | None) -> web.StreamRespons
         session.unsubscribe()
         session.registry.discard(session)
         session.metrics.connections.dec()
+        session.metrics.open_responses[session.transport.name].dec()
 
 
 def _coalesce_from_now(session: Session) -> None:

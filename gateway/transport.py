@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 class Transport(Protocol):
     """What :func:`gateway.streaming.serve` needs of a transport."""
 
+    #: The ``transport`` label of ``tidemark_open_responses``.
+    name: str
+
     async def open(self, session: Session) -> web.StreamResponse:
         """Start the answer (called once, before the first write); return the response
         the handler returns."""

@@ -75,6 +75,8 @@ def problem_close(problem: Problem) -> tuple[int, bytes]:
 class WsTransport:
     """The pipeline's writes as WebSocket frames (see the module docstring)."""
 
+    name = "websocket"
+
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         #: Set once this side has begun to close the connection.

@@ -24,7 +24,7 @@ from tests.e2e.test_dashboard import browser  # noqa: F401 (a fixture)
 from tests.e2e.test_legacy_ids import write_v1_stream
 from tests.e2e.test_positions import delete_before, offset_of
 from tests.e2e.test_streams import create, publish
-from tests.procs import auth_headers
+from tests.procs import auth_headers, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -311,6 +311,45 @@ async def test_long_poll_waits_for_the_next_event_or_answers_empty(
         async with http.get(url, params={"wait": bad}) as resp:
             assert resp.status == 400
             assert resp.content_type == "application/problem+json"
+
+
+async def test_open_responses_are_counted_per_transport(
+        gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    base = gateway.base
+    sid = await create(http, base, generator="external")
+
+    def series(m: dict[str, float]) -> dict[str, float]:
+        return {t: m.get(f'tidemark_open_responses{{transport="{t}"}}', -1.0)
+                for t in ("sse", "websocket", "long-poll")} | {
+                    "all": m["tidemark_sse_connections"]}
+
+    async def until(want: dict[str, float]) -> dict[str, float]:
+        deadline = time.monotonic() + 10
+        while (got := series(await scrape(http, f"{base}/metrics"))) != want:
+            assert time.monotonic() < deadline, (got, want)
+            await asyncio.sleep(0.1)
+        return got
+
+    async with http.get(tc.url_of(base, sid, "poll"), params={"wait": "0"}) as resp:
+        position = (await resp.json())["last_event_id"]  # the stream's end: a poll waits
+    before = series(await scrape(http, f"{base}/metrics"))
+    assert min(before.values()) >= 0  # every transport's series is there from the start
+    async with http.get(tc.url_of(base, sid, "sse")) as sse, \
+            http.ws_connect(tc.url_of(base, sid, "ws")) as ws:
+        await sse.content.readline()
+        await ws.receive_json()
+        poll = asyncio.create_task(http.get(tc.url_of(base, sid, "poll"), params={
+            "wait": "20", "last_event_id": position}))
+        try:
+            await until({"sse": before["sse"] + 1, "websocket": before["websocket"] + 1,
+                         "long-poll": before["long-poll"] + 1, "all": before["all"] + 3})
+        finally:
+            # An event answers the waiting poll (a client that went away would leave
+            # it open on the gateway until its wait ends).
+            await publish(http, base, sid, {"type": "result", "data": {"text": "t"}})
+            async with await poll as resp:
+                assert resp.status == 200
+    await until(before)
 
 
 def ws_frames(raw: bytes) -> tuple[list[dict[str, Any]], int | None, str]:
