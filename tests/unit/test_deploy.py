@@ -41,7 +41,7 @@ from eventlog.settings import Settings, env_names, load_settings
 from eventlog.topics import STREAMS_TOPIC, jobs_topic, namespace_topics
 from gateway.metrics import Metrics
 from tests.procs import free_port
-from workers.metrics import WorkerMetrics
+from workers.metrics import WebhookMetrics, WorkerMetrics, serve_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -209,7 +209,7 @@ def test_compose_tidemark_services_use_real_settings_and_reach_their_peers() -> 
     assert gateway["deploy"]["replicas"] == 2
     assert worker["deploy"]["replicas"] == 2
     secrets = env_file(COMPOSE_DIR / "secrets.env.example")
-    for name in ("gateway", "worker"):
+    for name in ("gateway", "worker", "webhooks"):
         svc = services[name]
         assert svc["command"] == [name]
         assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile"
@@ -253,6 +253,11 @@ def test_compose_health_checks_hit_real_routes_on_the_right_ports() -> None:
     (port, path), = url.findall(" ".join(services["worker"]["healthcheck"]["test"]))
     assert (int(port), path) == (wk_env.worker.metrics_port, "/metrics")
     assert wk_env.worker.metrics_host == "0.0.0.0"
+    wh_env = load_settings(service_env(services["webhooks"]))
+    (port, path), = url.findall(" ".join(services["webhooks"]["healthcheck"]["test"]))
+    assert (int(port), path) == (wh_env.webhooks.metrics_port, "/metrics")
+    assert wh_env.webhooks.metrics_host == "0.0.0.0"
+    assert str(wh_env.webhooks.metrics_port) in services["webhooks"]["expose"]
 
 
 def haproxy_config() -> str:
@@ -434,7 +439,7 @@ def container_port(deployment: dict[str, Any], name: str) -> int:
 
 
 def test_k8s_settings_are_real_and_load() -> None:
-    for name in ("gateway", "worker"):
+    for name in ("gateway", "worker", "webhooks"):
         deployment = k8s("Deployment", name)
         env = pod_env(deployment)
         assert_settings(env, f"k8s {name}")
@@ -486,28 +491,31 @@ def test_k8s_autoscaler_and_disruption_budgets_target_the_deployments() -> None:
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "gateway")
     assert hpa["spec"]["minReplicas"] >= 2
-    for name in ("gateway", "worker"):
+    for name in ("gateway", "worker", "webhooks"):
         pdb = k8s("PodDisruptionBudget", name)
         labels = k8s("Deployment", name)["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-async def test_k8s_worker_probes_a_route_the_worker_serves() -> None:
-    deployment = k8s("Deployment", "worker")
+@pytest.mark.parametrize("name", ["worker", "webhooks"])
+async def test_k8s_worker_probes_a_route_the_worker_serves(name: str) -> None:
+    deployment = k8s("Deployment", name)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     settings = load_settings(pod_env(deployment))
-    assert settings.worker.metrics_host == "0.0.0.0"
+    metrics = settings.worker if name == "worker" else settings.webhooks
+    assert metrics.metrics_host == "0.0.0.0"
     assert deployment["spec"]["replicas"] <= settings.log.partitions
     paths = set()
     for probe in ("readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert container_port(deployment, get["port"]) == settings.worker.metrics_port
+        assert container_port(deployment, get["port"]) == metrics.metrics_port
         paths.add(get["path"])
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert int(annotations["prometheus.io/port"]) == settings.worker.metrics_port
+    assert int(annotations["prometheus.io/port"]) == metrics.metrics_port
     paths.add(annotations["prometheus.io/path"])
-    # A real worker metrics endpoint answers every path the manifests name.
-    runner, port = await WorkerMetrics().serve("127.0.0.1", free_port())
+    # A real metrics endpoint of that process answers every path the manifests name.
+    registry = (WorkerMetrics() if name == "worker" else WebhookMetrics()).registry
+    runner, port = await serve_metrics(registry, "127.0.0.1", free_port())
     try:
         async with aiohttp.ClientSession() as session:
             for path in paths:
@@ -568,7 +576,7 @@ def test_k8s_kafka_cluster_and_topics_match_the_code_and_settings() -> None:
 
 
 def test_k8s_termination_grace_outlasts_the_drain_for_every_tidemark_pod() -> None:
-    for name in ("gateway", "worker"):
+    for name in ("gateway", "worker", "webhooks"):
         deployment = k8s("Deployment", name)
         settings = load_settings(pod_env(deployment))
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -586,7 +594,7 @@ def exported_metrics() -> dict[str, tuple[set[str], dict[str, set[str]]]]:
     """Sample name -> (label names, known values per label) of every gateway and worker
     metric, read from the code's own registries."""
     out: dict[str, tuple[set[str], dict[str, set[str]]]] = {}
-    for metrics in (Metrics(), WorkerMetrics()):
+    for metrics in (Metrics(), WorkerMetrics(), WebhookMetrics()):
         for collector in vars(metrics).values():
             if not isinstance(collector, MetricWrapperBase):
                 continue
@@ -699,8 +707,11 @@ def test_scrape_config_names_the_jobs_the_alerts_use_on_the_right_ports() -> Non
     gateway = load_settings(service_env(services["gateway"]))
     worker = load_settings(service_env(services["worker"]))
     routes = gateway_get_routes()
+    webhooks = load_settings(service_env(services["webhooks"]))
     for name, service, port in (("tidemark-gateway", "gateway", gateway.gateway.port),
-                                ("tidemark-worker", "worker", worker.worker.metrics_port)):
+                                ("tidemark-worker", "worker", worker.worker.metrics_port),
+                                ("tidemark-webhooks", "webhooks",
+                                 webhooks.webhooks.metrics_port)):
         (sd,) = jobs[name]["dns_sd_configs"]
         assert (sd["names"], sd["port"]) == ([service], port)
         assert jobs[name]["metrics_path"] == "/metrics"
@@ -717,7 +728,8 @@ def test_scrape_config_names_the_jobs_the_alerts_use_on_the_right_ports() -> Non
 DASHBOARD = DEPLOY / "grafana" / "tidemark.json"
 #: Grafana's variables as the dashboard's queries use them, with values Prometheus takes.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$gateway_job": "tidemark-gateway",
-                     "$worker_job": "tidemark-worker", "$instance": ".*"}
+                     "$worker_job": "tidemark-worker", "$webhooks_job": "tidemark-webhooks",
+                     "$instance": ".*"}
 
 
 def dashboard_panels() -> list[dict[str, Any]]:
@@ -761,7 +773,8 @@ def test_grafana_dashboard_has_the_structure_grafana_imports() -> None:
     # Its default jobs are the scrape jobs of deploy/prometheus.
     jobs = {job["job_name"] for job in
             load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]}
-    assert {variables["gateway_job"]["query"], variables["worker_job"]["query"]} <= jobs
+    assert {variables["gateway_job"]["query"], variables["worker_job"]["query"],
+            variables["webhooks_job"]["query"]} <= jobs
 
 
 def test_grafana_dashboard_queries_name_only_metrics_and_labels_that_exist() -> None:
