@@ -106,7 +106,15 @@ async def test_a_gateway_and_a_worker_push_what_their_metrics_say_to_statsd(
     assert all(r.stream_events[-1].event == "result" for r in replies)
 
     gw = await prometheus(http, f"{base}/metrics")
+    # A worker counts an event once its transaction's commit is acknowledged, which can
+    # come after a client has read the event: wait until its count stops moving.
     wk = await prometheus(http, worker.metrics_url)
+    for _ in range(50):
+        await asyncio.sleep(0.3)
+        again = await prometheus(http, worker.metrics_url)
+        if again["tidemark_worker_events_total"] == wk["tidemark_worker_events_total"]:
+            break
+        wk = again
     delivered = gw["tidemark_events_delivered_total"]
     assert delivered >= sum(len(r.stream_events) for r in replies)
     # Counters are sent as what they grew by: the daemon's sums are the totals.
