@@ -647,7 +647,8 @@ def _bound_send_buffer(session: Session) -> None:
     buffer grow to ``net.ipv4.tcp_wmem``'s maximum (4 MB here), which hides its lag
     from :meth:`Session._watch_socket` for as long as that takes to fill, and after
     which the socket is writable again only once about a third of it drained (over
-    10 s for a 100 KB/s reader: the watchdog's cut-off)."""
+    10 s for a 100 KB/s reader: the watchdog's cut-off). Nothing to do when the
+    listening socket has it already (:func:`bound_listeners`, the usual case)."""
     if not session.send_buffer_bytes or session.listener_bounded:
         return
     transport = session.request.transport
