@@ -35,15 +35,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
+import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bench.cluster import Bench, start_gateway
 from bench.markdown import fmt, table
 from bench.procs import PYTHON, Proc, Sample, base_env, window
+from bench.profiling import find_py_spy, record
 
 QUERIES = 100
 DISTINCT = 20
@@ -157,12 +161,28 @@ def _run(b: Bench, run: str) -> dict[str, Any]:
         procs: dict[str, Proc | list[Proc]] = {"worker": worker, "gateway": gw.proc,
                                                "kafka": b.broker}
         a = Sample.take(procs)
+        spy = _spy(worker, run)
         cl.wait_exit(300)
         z = Sample.take(procs)
+        profile = spy.result() if spy is not None else None
         finals = [x for x in cl.json_lines() if x.get("kind") == "final"]
         if not finals:
             raise RuntimeError(f"the batch client gave no result:\n{cl.logs()}")
-    return {**finals[-1]["result"], "window": window(a, z)}
+    out = {**finals[-1]["result"], "window": window(a, z)}
+    if profile is not None:
+        out["worker_profile"] = profile
+    return out
+
+
+def _spy(worker: Proc, run: str) -> Future[dict[str, Any]] | None:
+    """With ``BENCH_BATCH_PROFILE=<s>``: py-spy samples of the worker for its first ``s``
+    seconds of the run (``bench.profiling``), in a thread beside the client."""
+    seconds = float(os.environ.get("BENCH_BATCH_PROFILE") or 0)
+    spy = find_py_spy() if seconds > 0 else None
+    if spy is None:
+        return None
+    out = Path(tempfile.gettempdir()) / f"tidemark-batch-{run}-{worker.pid}.spy"
+    return ThreadPoolExecutor(1).submit(record, spy, worker.pid, out, seconds=seconds)
 
 
 def _gain(res: dict[str, Any], ref: str, run: str) -> dict[str, Any]:
@@ -187,7 +207,11 @@ def batch(b: Bench) -> dict[str, Any]:
         "batch_concurrency": QUERIES,
         "client": "python -m bench.scn_batch (asyncio + aiohttp, 1 process)",
         "cores": 2, "target_gain": TARGET_GAIN}}
+    # ``BENCH_BATCH_RUNS=batch,batch_similar``: only those (a profile of one, say).
+    chosen = [r for r in os.environ.get("BENCH_BATCH_RUNS", "").split(",") if r] or RUNS
     for run in RUNS:
+        if run not in chosen:
+            continue
         try:
             res[run] = _run(b, run)
         except Exception as exc:  # noqa: BLE001 - recorded, the run goes on

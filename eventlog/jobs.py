@@ -9,6 +9,8 @@ and an input it already has (by its ``input_id``)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -52,6 +54,13 @@ class Job:
     #: input reaches it.
     replay_of: StreamInfo | None = None
     replay_similarity: float = 0.0
+    #: The query's sentence embedding, when the process that wrote the job computed it
+    #: (a batch embeds its children's queries at once): the model's id and the vector as
+    #: little-endian float32 bytes. The worker's cache lookup uses it instead of
+    #: embedding the query again (if the model is its own). Set only by Tidemark's own
+    #: processes, like ``replay_of``.
+    query_model: str = ""
+    query_vector: bytes = b""
 
     @property
     def stream_id(self) -> str:
@@ -72,6 +81,9 @@ class Job:
         if self.replay_of is not None:
             obj["replay_of"] = self.replay_of.to_json().decode()
             obj["replay_similarity"] = self.replay_similarity
+        if self.query_vector:
+            obj["query_vector"] = {"model": self.query_model,
+                                   "f32le": base64.b64encode(self.query_vector).decode()}
         return orjson.dumps(obj)
 
 
@@ -153,7 +165,8 @@ def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
                        cache=CachePrefs.from_json(obj.get("cache")),
                        replay_of=(StreamInfo.from_json(replay.encode())
                                   if isinstance(replay, str) else None),
-                       replay_similarity=float(obj.get("replay_similarity") or 0.0))
+                       replay_similarity=float(obj.get("replay_similarity") or 0.0),
+                       **_query_vector(obj.get("query_vector")))
         if obj.get("type") == CANCEL:
             return str(obj["stream_id"])
         if obj.get("type") == INPUT:
@@ -166,3 +179,17 @@ def parse_job_record(raw: bytes, headers: Iterable[tuple[str, bytes]] = (),
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
     return None
+
+
+def _query_vector(raw: Any) -> dict[str, Any]:
+    """A job record's ``query_vector`` as :class:`Job` fields; none for a record without
+    one (every record before it existed) or with a malformed one (the worker embeds)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("f32le"), str):
+        return {}
+    try:
+        vector = base64.b64decode(raw["f32le"], validate=True)
+    except (binascii.Error, ValueError):
+        return {}
+    if not vector or len(vector) % 4:
+        return {}
+    return {"query_model": str(raw.get("model") or ""), "query_vector": vector}

@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from eventlog import index
 from eventlog.clients import make_consumer, started, stop_client
+from eventlog.embeddings import MODEL_ID
 from eventlog.index import StreamInfo
 from eventlog.jobs import Job, send_cancel, send_job
 from eventlog.reader import LogReader
@@ -127,9 +128,16 @@ class BatchGenerator:
                 raise ValueError(f"child {info.stream_id} is not the batch's creator's")
         return infos
 
-    def _job(self, plan: batch.BatchPlan, pos: int, info: StreamInfo) -> Job:
-        return Job(stream=info, query=plan.children[pos].query, options=plan.options,
-                   priority=plan.priority)
+    def _job(self, plan: batch.BatchPlan, pos: int, info: StreamInfo,
+             vectors: Any = None) -> Job:
+        """Child ``pos``'s job; with the children's query ``vectors`` (the cache on), its
+        own goes along, so that its worker's cache lookup does not embed it again."""
+        job = Job(stream=info, query=plan.children[pos].query, options=plan.options,
+                  priority=plan.priority)
+        if vectors is None:
+            return job
+        return dataclasses.replace(job, query_model=MODEL_ID,
+                                   query_vector=vectors[pos].astype("<f4").tobytes())
 
     async def cancel_children(self, job: Job) -> None:
         """Cancel every child of the batch: its job (harmless if it ran already), then
@@ -197,18 +205,22 @@ class BatchGenerator:
         by_id = {info.stream_id: pos for pos, info in enumerate(infos)}
         got = await self._recover(job, start_seq, by_id)
         seq = max(start_seq, HEAD + 1)
-        followers = await self._similar(job, plan) if len(got.outcomes) < len(infos) else {}
-        async for kind, data in self._follow(job, plan, infos, got, followers):
+        followers, vectors = (await self._similar(job, plan)
+                              if len(got.outcomes) < len(infos) else ({}, None))
+        async for kind, data in self._follow(job, plan, infos, got, followers, vectors):
             yield Draft(seq, kind, data)
             seq += 1
         yield Draft(seq, events.RESULT, batch.aggregate(plan, got.outcomes, stream_ids))
 
-    async def _similar(self, job: Job, plan: batch.BatchPlan) -> dict[int, tuple[int, float]]:
-        """The children whose query is similar (the cache's threshold) to an earlier
-        child's: they wait for it and replay its answer (with the cache on)."""
+    async def _similar(self, job: Job, plan: batch.BatchPlan,
+                       ) -> tuple[dict[int, tuple[int, float]], Any]:
+        """With the cache on: the children whose query is similar (the cache's
+        threshold) to an earlier child's (they wait for it and replay its answer), and
+        the children's query embeddings, computed here in one call (each child's job
+        carries its own: its worker's cache lookup need not embed it again)."""
         cs = self._settings.cache
-        if not cs.enabled or not job.cache.use or len(plan.children) < 2:
-            return {}
+        if not cs.enabled or not job.cache.use:
+            return {}, None
         from eventlog.embeddings import shared_embedder
 
         queries = [c.query for c in plan.children]
@@ -216,12 +228,12 @@ class BatchGenerator:
             vectors = await asyncio.to_thread(shared_embedder().embed, queries)
         except Exception:  # an optimisation: every child is generated instead
             log.exception("batch %s: could not embed its queries", job.stream_id)
-            return {}
-        return similar_leaders(vectors, cs.threshold)
+            return {}, None
+        return similar_leaders(vectors, cs.threshold), vectors
 
     async def _follow(self, job: Job, plan: batch.BatchPlan, infos: list[StreamInfo],
                       got: _Progress, followers: dict[int, tuple[int, float]],
-                      ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                      vectors: Any = None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Start the children and forward their events until every one has ended. A
         follower (``followers``) starts once its leader has ended: replaying the
         leader's answer if it completed here (``Job.replay_of``), else as any child."""
@@ -241,6 +253,7 @@ class BatchGenerator:
 
         async def dispatch() -> None:
             held: list[int] = []
+            jobs: list[Job] = []
             while pending and len(running) < limit:
                 pos = pending.popleft()
                 lead = followers.get(pos)
@@ -248,12 +261,16 @@ class BatchGenerator:
                     held.append(pos)  # its leader has not ended yet
                     continue
                 running.add(pos)
-                child = self._job(plan, pos, infos[pos])
+                child = self._job(plan, pos, infos[pos], vectors)
                 if lead is not None and lead[0] in answered:
                     child = dataclasses.replace(child, replay_of=answered[lead[0]],
                                                 replay_similarity=lead[1])
-                await send_job(kafka.producer, child, partitions=partitions)
+                jobs.append(child)
             pending.extendleft(reversed(held))
+            # Sent together (queued in this order, acknowledged in one round trip or
+            # a few), not one acknowledgement after another.
+            await asyncio.gather(*(send_job(kafka.producer, j, partitions=partitions)
+                                   for j in jobs))
 
         if len(got.outcomes) == len(infos):
             return

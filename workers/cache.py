@@ -225,7 +225,9 @@ class QueryCache:
         if exact is not None and await self._usable(exact):
             self._on_lookup("hit_exact")
             return Hit(exact.source, EXACT, 1.0, exact.created_at), None
-        vector = await self.embed(job.query)
+        vector = self.given(job)
+        if vector is None:
+            vector = await self.embed(job.query)
         for candidate in index.nearest(scope, vector):
             if candidate.similarity < self._cs.threshold:
                 break
@@ -236,6 +238,17 @@ class QueryCache:
                            entry.created_at), vector
         self._on_lookup("miss")
         return None, vector
+
+    @staticmethod
+    def given(job: Job) -> npt.NDArray[np.float32] | None:
+        """The query's embedding the job brought (a batch computed it), if it is this
+        model's; None: embed it here."""
+        if job.query_model != MODEL_ID or len(job.query_vector) != DIM * 4:
+            return None
+        import numpy as np
+
+        vector: npt.NDArray[np.float32] = np.frombuffer(job.query_vector, dtype="<f4")
+        return vector.astype(np.float32)
 
     async def embed(self, text: str) -> npt.NDArray[np.float32]:
         """``text``'s unit vector, computed off the event loop."""

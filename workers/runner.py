@@ -646,8 +646,10 @@ class Worker:
         if state.cache_source is not None:
             return QueryCache.hit_in_log(state.cache_source), None, False
         generator = self.generators.get(job.generator)
+        # Not a batch stream: its answer is its children's (each looked up on its own),
+        # and its own query ("batch of n queries") says nothing of them.
         cacheable = (self.settings.cache.enabled and job.cache.use and generator is not None
-                     and not takes_input(generator))
+                     and not takes_input(generator) and job.generator != batch.GENERATOR)
         if not cacheable or state.answered:
             return None, None, cacheable
         source = job.replay_of

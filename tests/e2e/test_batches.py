@@ -16,7 +16,7 @@ from schemas.batch import highlight
 from tests import sse_client
 from tests.conftest import Cluster
 from tests.e2e.test_streams import assert_contiguous, joined_chunks
-from tests.procs import auth_headers
+from tests.procs import auth_headers, scrape
 from tests.sse_client import Event
 from workers.demo import demo_text
 
@@ -254,7 +254,7 @@ async def test_similar_queries_in_a_batch_are_generated_once_and_replayed(
     from tests.e2e.test_cache import PARAPHRASE, QUERY, cache_marker
 
     # The cache's threshold as its own e2e tests set it (the pair's cosine is 0.83).
-    cluster.worker(TIDEMARK_CACHE="on", TIDEMARK_CACHE_THRESHOLD="0.8")
+    worker = cluster.worker(TIDEMARK_CACHE="on", TIDEMARK_CACHE_THRESHOLD="0.8")
     base = await cluster.gateway()
     reply = await create_batch(http, base, queries=[QUERY, PARAPHRASE, "why kafka"],
                                options={"tokens": 12, "tokens_per_second": 100},
@@ -274,3 +274,8 @@ async def test_similar_queries_in_a_batch_are_generated_once_and_replayed(
     assert similar[-1].envelope["data"]["text"] == first[-1].envelope["data"]["text"]
     assert first[-1].envelope["data"]["text"] == demo_text(QUERY, 12)
     assert other[-1].envelope["data"]["text"] == demo_text("why kafka", 12)
+    # The batch embedded the three queries at once; each child's job carried its vector,
+    # so the generated children's cache lookups (two misses) embedded nothing again.
+    metrics = await scrape(http, worker.metrics_url)
+    assert metrics['tidemark_worker_cache_lookups_total{outcome="miss"}'] == 2, metrics
+    assert metrics.get("tidemark_worker_embedding_seconds_count", 0) == 0

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from eventlog.embeddings import DIM, MODEL_ID
 from eventlog.index import StreamInfo
 from eventlog.jobs import InputRecord, Job, parse_job_record
 from schemas import events
 from schemas.validation import CreateRequest, EventInput, InvalidInput, Validators, load_schema
+from workers.cache import QueryCache
 from workers.demo import DemoGenerator
 from workers.generators import Inputs
 from workers.interactive import InteractiveGenerator
@@ -373,6 +378,30 @@ def test_the_input_record_schema_refuses_bad_records(
                                       tenant="", sub="", ts=0).to_json())
     with pytest.raises(InvalidInput):
         validators.check("input_record", {**record, **change})
+
+
+def test_a_job_record_carries_its_query_vector_and_reads_records_without_one() -> None:
+    vector = np.arange(DIM, dtype="<f4") / DIM
+    job = dataclasses.replace(demo_job(), query_model=MODEL_ID,
+                              query_vector=vector.tobytes())
+    back = parse_job_record(job.to_json())
+    assert back == job
+    assert isinstance(back, Job)
+    given = QueryCache.given(back)
+    assert given is not None and np.array_equal(given, vector)
+    # A record of before (no vector), a malformed one, another model's: embedded anew.
+    plain = orjson.loads(job.to_json())
+    del plain["query_vector"]
+    old = parse_job_record(orjson.dumps(plain))
+    assert isinstance(old, Job) and old == demo_job() and QueryCache.given(old) is None
+    for bad in ({"model": MODEL_ID, "f32le": "not base64!"}, {"model": MODEL_ID},
+                {"model": MODEL_ID, "f32le": base64.b64encode(b"abc").decode()}):
+        parsed = parse_job_record(orjson.dumps({**plain, "query_vector": bad}))
+        assert isinstance(parsed, Job) and parsed.query_vector == b"", bad
+    other = dataclasses.replace(job, query_model="another-model")
+    assert QueryCache.given(other) is None
+    short = dataclasses.replace(job, query_vector=vector[:10].tobytes())
+    assert QueryCache.given(short) is None
 
 
 def test_a_job_record_parser_drops_an_input_record_without_an_object() -> None:
