@@ -57,6 +57,13 @@ log = logging.getLogger(__name__)
 #: The batch's own events before the children's (status, metadata, progress 0 %).
 HEAD: Final = 3
 _NOT_FORWARDED: Final = frozenset({events.PARTIAL_RESULT})
+#: The children's consumer asks the broker for this much per fetch, or what it has after
+#: this wait: a batch's events lag its children's by at most the wait, and the broker
+#: answers a few fetches a second instead of one per children's transaction (100 children
+#: streaming commit hundreds a second, and the token records are fetched only to be
+#: skipped).
+FOLLOW_MIN_BYTES: Final = 256 * 1024
+FOLLOW_MAX_WAIT_MS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +282,9 @@ class BatchGenerator:
         if len(got.outcomes) == len(infos):
             return
         consumer = await started(
-            lambda: make_consumer(self._settings.kafka, role="worker-batch"),
+            lambda: make_consumer(self._settings.kafka, role="worker-batch",
+                                  fetch_min_bytes=FOLLOW_MIN_BYTES,
+                                  fetch_max_wait_ms=FOLLOW_MAX_WAIT_MS),
             self._settings.kafka, "batch consumer start")
         try:
             starts: dict[TopicPartition, int] = {}

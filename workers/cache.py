@@ -148,8 +148,8 @@ def marker(hit: Hit, pacing: str) -> dict[str, Any]:
 
 
 class QueryCache:
-    """The worker's cache: the index (rebuilt from the topic), the embedder (loaded on
-    the first query that is not an exact match), the hot answers and a producer for
+    """The worker's cache: the index (rebuilt from the topic), the embedder (loaded in a
+    thread when :meth:`run` starts), the hot answers and a producer for
     entries and tombstones. :meth:`run` until cancelled."""
 
     def __init__(self, settings: Settings, reader: LogReader, *,
@@ -192,9 +192,21 @@ class QueryCache:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(tail.run(), name="cache-tail")
                 tasks.create_task(self._sweep(), name="cache-sweep")
+                tasks.create_task(self._load_model(), name="cache-model")
         finally:
             await stop_client(self._producer)
             self._producer = None
+
+    async def _load_model(self) -> None:
+        """Load the model now, in a thread, rather than on the first query that needs it
+        (0.5 s and more: that query's first event, or a batch's start, would wait)."""
+        start = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._embedder_factory)
+        except Exception:  # the first query that needs it tries again, and says why
+            log.exception("could not load the embedding model")
+            return
+        log.info("embedding model loaded in %.2f s", time.perf_counter() - start)
 
     async def _sweep(self) -> None:
         while True:
